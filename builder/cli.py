@@ -1,0 +1,136 @@
+"""Command-line entry points: ``upft-build`` and ``push-to-hub``.
+
+Thin by design: parse flags, call the library (``builder.pipeline``, ``builder.hub``), map
+``UpftError`` to a message on stderr and exit code 2. Everything importable from here stays
+light so that ``--help`` works without vLLM, torch or transformers installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from builder.errors import UpftError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def setup_logging(quiet: bool, verbose: bool = False) -> None:
+    """Route library logging to stderr through rich; ``--quiet`` keeps warnings only."""
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = RichHandler(show_path=False, show_time=False, markup=False)
+    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    # Engines are chatty at INFO; their progress is shown by our own bars.
+    for noisy in ("vllm", "transformers", "datasets", "huggingface_hub", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def handle_errors(fn: F) -> F:
+    """Turn our exceptions into 'error: ...' on stderr and exit 2, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UpftError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: completed shards are kept; re-run to resume", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --- upft-build -------------------------------------------------------------------------------
+
+
+BUILD_EPILOG = """\b
+Examples:
+  upft-build recipes/demo.yaml
+  upft-build recipes/demo.yaml --limit 16 --backend transformers --out /tmp/out
+  upft-build recipes/gsm8k-qwen-math.yaml --dry-run
+
+The last line printed on success is the version directory."""
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=BUILD_EPILOG)
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Output root (overrides output.dir).")
+@click.option("--limit", type=click.IntRange(min=1), help="Use at most N questions (source.limit).")
+@click.option("--backend", type=click.Choice(["vllm", "transformers"]),
+              help="Sampling engine (overrides model.backend).")
+@click.option("--dry-run", is_flag=True, help="Validate recipe and source, print the plan, sample nothing.")
+@click.option("--force", is_flag=True, help="Rebuild even if this version exists (replaces it).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or info logs.")
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+@handle_errors
+def build_main(recipe: str, out: str | None, limit: int | None, backend: str | None,
+               dry_run: bool, force: bool, quiet: bool, verbose: bool) -> None:
+    """Build a UPFT dataset from RECIPE (YAML) into <output.dir>/<name>/<version>/.
+
+    Questions are sampled in two phases: N short continuations of at most L tokens per question
+    (voted into one prefix), then one full trace for a seeded share p of the questions. The
+    output directory is laid out like a Hub dataset repo (card, data/<config>/*.parquet,
+    recipe.yaml, manifest.json). Interrupted builds resume from the shards already sampled.
+    """
+    from builder.recipe import apply_overrides, load_recipe
+
+    setup_logging(quiet, verbose)
+    parsed, base_dir = load_recipe(recipe)
+    parsed = apply_overrides(parsed, out=out, limit=limit, backend=backend)
+    if dry_run:
+        from builder.pipeline import plan
+
+        _print_plan(plan(parsed, base_dir))
+        return
+    from builder.pipeline import build
+
+    result = build(parsed, base_dir, force=force, quiet=quiet)
+    m = result.manifest
+    if result.status == "unchanged":
+        click.echo(f"already built with this recipe (fingerprint {m['fingerprint'][:12]}); "
+                   "nothing sampled")
+    else:
+        c, t = m["counts"], m["tokens"]
+        click.echo(f"questions: {c['questions']}  mixture rows: {c['mixture_rows']} "
+                   f"({c['prefix_rows']} prefix, {c['full_rows']} full)  traces: {c['trace_rows']}")
+        reduction = (f"{t['reduction_pct']:.1f}% fewer than RFT (~{t['rft_estimate']:,})"
+                     if t["reduction_pct"] is not None else "no RFT estimate (no full traces)")
+        click.echo(f"sampled tokens: {t['total_sampled']:,} (prefix {t['prefix_phase']:,}, "
+                   f"full {t['full_phase']:,}); {reduction}")
+        click.echo(f"mean agreement at L: {m['agreement']['mean_at_L']}")
+    click.echo(str(result.path))
+
+
+def _print_plan(p: dict[str, Any]) -> None:
+    src = p["source"]
+    counts = src["counts"]
+    click.echo(f"source: {src.get('id') or src.get('path')}  read {counts['read']}, "
+               f"empty {counts['empty']}, duplicate {counts['duplicate']}, "
+               f"over limit {counts['limited']}, kept {counts['kept']}")
+    for key, label in (("prefix_phase", "phase 1 (prefixes)"), ("full_phase", "phase 2 (full traces)")):
+        ph = p[key]
+        click.echo(f"{label}: {ph['prompts']} prompts, {ph['samples']} samples x <= "
+                   f"{ph['max_tokens_each']} tokens = <= {ph['token_bound']:,} tokens")
+    click.echo(f"token budget (upper bound): {p['token_bound']:,}; RFT (16 full traces/question) "
+               f"upper bound: {p['rft_token_bound']:,} (ratio {p['bound_ratio_vs_rft']})")
+    click.echo(f"output: {p['output']}")
+    click.echo("dry run: recipe and source are valid; nothing was sampled")
+
+
+# --- push-to-hub ------------------------------------------------------------------------------
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("version_dir", type=click.Path(file_okay=False))
+def push_main(version_dir: str) -> None:
+    """Publish VERSION_DIR (written by upft-build) to the Hub as one commit tagged v<version>."""
+    raise NotImplementedError  # filled in by the publishing work

@@ -1,0 +1,347 @@
+"""The build: recipe -> questions -> phase 1 (prefixes) -> vote -> phase 2 (full traces) -> files.
+
+This module only orchestrates; each step lives in its own module. It owns the rules that span
+steps: the fingerprint check against an existing version directory (same fingerprint: nothing
+to do, no engine is loaded; different: refuse unless ``force``), resuming from persisted
+shards, loading the engine only when something is left to sample, and the token accounting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from builder import voting
+from builder.errors import OutputError
+from builder.manifest import (
+    RFT_SAMPLES_PER_QUESTION,
+    agreement_summary,
+    build_manifest,
+    fingerprint,
+    token_accounting,
+)
+from builder.mixture import PrefixChoice, assemble, full_trace_ids, generated_tokens
+from builder.models import ResolvedModel, resolve_model
+from builder.progress import phase_progress
+from builder.prompts import encode_prompt, messages, stable_prefix
+from builder.recipe import Recipe
+from builder.sampling.base import EngineOptions, Sample, Sampler, SamplingSettings, make_sampler
+from builder.sources import LoadedSource, Question, load_questions
+from builder.store import ShardStore
+from builder.writer import publish_dir, read_existing_fingerprint, write_card, write_config, write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildResult:
+    """What a build did: ``built`` a new version directory, or found it ``unchanged``."""
+
+    path: Path
+    status: str
+    manifest: dict[str, Any]
+    engine_calls: int = 0
+
+
+@dataclass
+class _Run:
+    """Mutable state of one build: the lazily loaded engine and counters."""
+
+    recipe: Recipe
+    model: ResolvedModel
+    settings: SamplingSettings
+    quiet: bool
+    sampler: Sampler | None = None
+    owns_sampler: bool = False
+    tokenizer: Any = None
+    engine_calls: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    resume: dict[str, int] = field(default_factory=lambda: {
+        "prefix_shards_reused": 0, "prefix_shards_sampled": 0,
+        "full_shards_reused": 0, "full_shards_sampled": 0,
+    })
+
+    def engine(self) -> Sampler:
+        if self.sampler is None:
+            started = time.monotonic()
+            m = self.recipe.model
+            logger.info("loading %s with %s", self.model.display_name, m.backend)
+            self.sampler = make_sampler(
+                m.backend, self.model.path, self.model.revision, self.settings,
+                EngineOptions(m.dtype, m.max_model_len, m.tensor_parallel_size,
+                              m.gpu_memory_utilization, m.cpu_kvcache_gib),
+                m.chat_template,
+            )
+            self.owns_sampler = True
+            self.timings["engine_load"] = time.monotonic() - started
+        return self.sampler
+
+    def get_tokenizer(self) -> Any:
+        if self.sampler is not None:
+            return self.sampler.tokenizer
+        if self.tokenizer is None:
+            from transformers import AutoTokenizer
+
+            rev = {"revision": self.model.revision} if self.recipe.model.revision else {}
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model.path, **rev)
+            if self.recipe.model.chat_template is not None:
+                self.tokenizer.chat_template = self.recipe.model.chat_template
+        return self.tokenizer
+
+    def generate(self, prompts: list[list[int]], n: int, max_tokens: int,
+                 progress: Callable[[int, int], None]) -> list[list[Sample]]:
+        self.engine_calls += 1
+        return self.engine().generate(prompts, n, max_tokens, progress)
+
+
+def _generation_defaults(model: ResolvedModel) -> dict[str, Any]:
+    """top_p / top_k from the model's generation config (the paper's rule), if readable."""
+    path = Path(model.path) / "generation_config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(model.path, "generation_config.json",
+                                        revision=model.revision))
+        except Exception:  # offline, gated or absent: fall back to neutral values
+            logger.warning("no generation_config.json for %s; using top_p=1.0, top_k=0", model.path)
+            return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def resolve(recipe: Recipe, model: ResolvedModel) -> Recipe:
+    """Fill what the recipe left to the model (top_p, top_k): the resolved recipe."""
+    gen = _generation_defaults(model)
+    s = recipe.sampling
+    sampling = s.model_copy(update={
+        "top_p": s.top_p if s.top_p is not None else float(gen.get("top_p") or 1.0),
+        "top_k": s.top_k if s.top_k is not None else int(gen.get("top_k") or 0),
+    })
+    return recipe.model_copy(update={"sampling": sampling})
+
+
+def plan(recipe: Recipe, base_dir: Path | None) -> dict[str, Any]:
+    """What a build would sample, without loading a model (``--dry-run``)."""
+    loaded = load_questions(recipe.source, base_dir)
+    q = len(loaded.questions)
+    n_full = int(round(recipe.mixture.full_trace_ratio * q))
+    per_full = recipe.mixture.label_filter_samples if recipe.mixture.label_filter else 1
+    prefix_bound = q * recipe.prefix.samples * recipe.prefix.length
+    full_bound = n_full * per_full * recipe.sampling.max_tokens
+    rft_bound = RFT_SAMPLES_PER_QUESTION * q * recipe.sampling.max_tokens
+    return {
+        "output": str(Path(recipe.output.dir) / recipe.name / recipe.version),
+        "source": loaded.manifest_entry(),
+        "questions": q,
+        "prefix_phase": {"prompts": q, "samples": q * recipe.prefix.samples,
+                         "max_tokens_each": recipe.prefix.length, "token_bound": prefix_bound},
+        "full_phase": {"prompts": n_full, "samples": n_full * per_full,
+                       "max_tokens_each": recipe.sampling.max_tokens, "token_bound": full_bound},
+        "token_bound": prefix_bound + full_bound,
+        "rft_token_bound": rft_bound,
+        "bound_ratio_vs_rft": round((prefix_bound + full_bound) / rft_bound, 4) if rft_bound else None,
+    }
+
+
+def _shards(items: list[Question], size: int) -> list[list[Question]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _sample_phase(run: _Run, store: ShardStore, phase: str, shards: list[list[Question]],
+                  make_prompts: Callable[[list[Question]], list[list[int]]], n: int,
+                  max_tokens: int, label: str) -> dict[str, list[Sample]]:
+    """Sample every shard not already persisted; persist each as soon as it is done."""
+    out: dict[str, list[Sample]] = {}
+    total = sum(len(s) for s in shards)
+    with phase_progress(label, total, enabled=not run.quiet) as advance:
+        for index, shard in enumerate(shards):
+            if store.has(phase, index):
+                loaded = store.load(phase, index)
+                run.resume[f"{phase}_shards_reused"] += 1
+                advance(len(shard), 0)
+                results = [loaded[q.id] for q in shard]
+            else:
+                results = run.generate(make_prompts(shard), n, max_tokens, advance)
+                store.save(phase, index, [q.id for q in shard], results)
+                run.resume[f"{phase}_shards_sampled"] += 1
+            out.update({q.id: r for q, r in zip(shard, results, strict=True)})
+    return out
+
+
+def _vote(run: _Run, questions: list[Question],
+          phase1: dict[str, list[Sample]]) -> dict[str, PrefixChoice]:
+    p = run.recipe.prefix
+    tokens = voting.pack([[s.token_ids for s in phase1[q.id]] for q in questions], p.length)
+    logprobs = np.array([[np.nan if s.cumulative_logprob is None else s.cumulative_logprob
+                          for s in phase1[q.id]] for q in questions], dtype=np.float64)
+    result = voting.vote(tokens, logprobs, p.vote, p.min_agreement)
+    tok = run.get_tokenizer()
+    choices: dict[str, PrefixChoice] = {}
+    trimmed = 0
+    for i, q in enumerate(questions):
+        raw = result.prefix_ids(i)
+        ids, text = stable_prefix(tok, raw)
+        if len(ids) < len(raw):
+            trimmed += 1
+            voting.truncate(result, i, len(ids))
+        choices[q.id] = PrefixChoice(ids, text, int(result.support[i]), p.samples,
+                                     [float(x) for x in result.curves[i]], bool(result.complete[i]))
+    if trimmed:
+        logger.info("%d prefix(es) shortened to a token-exact, trimmed text boundary", trimmed)
+    return choices
+
+
+def build(
+    recipe: Recipe,
+    base_dir: Path | None = None,
+    *,
+    force: bool = False,
+    quiet: bool = False,
+    sampler: Sampler | None = None,
+) -> BuildResult:
+    """Run the whole build; returns the version directory (new or already complete)."""
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+    loaded: LoadedSource = load_questions(recipe.source, base_dir)
+    timings["source"] = time.monotonic() - t0
+
+    model = resolve_model(recipe.model.id, recipe.model.revision)
+    recipe = resolve(recipe, model)
+    fp = fingerprint(recipe, loaded.info, model.revision)
+    root = Path(recipe.output.dir) / recipe.name
+    final = root / recipe.version
+    staging = root / f".{recipe.version}.partial"
+
+    existing = read_existing_fingerprint(final) if final.exists() else None
+    if final.exists() and not force:
+        if existing == fp:
+            shutil.rmtree(staging, ignore_errors=True)
+            logger.info("%s is already built with this recipe; nothing to do", final)
+            manifest = json.loads((final / "manifest.json").read_text())
+            return BuildResult(final, "unchanged", manifest)
+        raise OutputError(
+            f"{final} already exists and was built from a different recipe, source or model "
+            f"(fingerprint {str(existing)[:12]} vs {fp[:12]}); bump `version` in the recipe to "
+            "build a new version, or pass --force to replace it"
+        )
+
+    s = recipe.sampling
+    assert s.top_p is not None and s.top_k is not None
+    settings = SamplingSettings(s.temperature, s.top_p, s.top_k, s.seed)
+    run = _Run(recipe, model, settings, quiet, timings=timings)
+    if sampler is not None:
+        if sampler.settings.seed != settings.seed:
+            logger.warning("the engine was created with seed %d, the recipe asks for %d",
+                           sampler.settings.seed, settings.seed)
+        sampler.settings = settings
+        run.sampler = sampler
+    store = ShardStore(staging, fp, fresh=force)
+    try:
+        return _build(run, loaded, store, final, fp, replace=final.exists(), t0=t0)
+    finally:
+        if run.owns_sampler and run.sampler is not None:
+            run.sampler.close()
+
+
+def _build(run: _Run, loaded: LoadedSource, store: ShardStore, final: Path, fp: str,
+           replace: bool, t0: float) -> BuildResult:
+    r = run.recipe
+    questions = loaded.questions
+    system, instruction = r.model.system_prompt, r.prefix.instruction
+
+    def prefix_prompts(shard: list[Question]) -> list[list[int]]:
+        tok = run.get_tokenizer()
+        return [encode_prompt(tok, messages(q.text, instruction, system)) for q in shard]
+
+    started = time.monotonic()
+    phase1 = _sample_phase(run, store, "prefix", _shards(questions, r.output.shard_size),
+                           prefix_prompts, r.prefix.samples, r.prefix.length,
+                           "phase 1: prefixes")
+    run.timings["prefix_phase"] = time.monotonic() - started
+
+    started = time.monotonic()
+    choices = _vote(run, questions, phase1)
+    run.timings["vote"] = time.monotonic() - started
+
+    full_ids = full_trace_ids([q.id for q in questions], r.mixture.full_trace_ratio, r.mixture.seed)
+    full_qs = [q for q in questions if q.id in full_ids]
+    from_prefix = r.mixture.full_trace_from == "prefix"
+    n_full = r.mixture.label_filter_samples if r.mixture.label_filter else 1
+    budget = max(1, r.sampling.max_tokens - r.prefix.length) if from_prefix else r.sampling.max_tokens
+
+    def full_prompts(shard: list[Question]) -> list[list[int]]:
+        tok = run.get_tokenizer()
+        out = []
+        for q in shard:
+            ids = encode_prompt(tok, messages(q.text, None, system))
+            out.append(ids + choices[q.id].ids if from_prefix else ids)
+        return out
+
+    started = time.monotonic()
+    phase2 = _sample_phase(run, store, "full", _shards(full_qs, r.output.shard_size),
+                           full_prompts, n_full, budget, "phase 2: full traces")
+    run.timings["full_phase"] = time.monotonic() - started
+
+    prefix_cost = sum(generated_tokens(x) for samples in phase1.values() for x in samples)
+    full_cost = sum(generated_tokens(x) for samples in phase2.values() for x in samples)
+    if from_prefix:
+        tok = run.get_tokenizer()
+        # The trace is the voted prefix followed by what the engine continued it with.
+        phase2 = {
+            qid: [Sample(choices[qid].ids + x.token_ids,
+                         tok.decode(choices[qid].ids + x.token_ids, skip_special_tokens=True),
+                         x.finish_reason, x.cumulative_logprob) for x in samples]
+            for qid, samples in phase2.items()
+        }
+    traces2 = [x for samples in phase2.values() for x in samples]
+    mean_full = (sum(generated_tokens(x) for x in traces2) / len(traces2)) if traces2 else None
+
+    started = time.monotonic()
+    tables = assemble(r, questions, choices, phase1, phase2)
+    n_full_rows = sum(1 for k in tables.mixture["kind"] if k == "full")
+    counts = {
+        "questions": len(questions),
+        "prefix_rows": len(questions) - n_full_rows,
+        "full_rows": n_full_rows,
+        "mixture_rows": len(questions),
+        "trace_rows": len(tables.traces["question_id"]),
+        "label_filter_dropped": tables.stats["label_filter_dropped"],
+    }
+    curves = np.array(tables.prefixes["agreement_curve"], dtype=np.float64)
+    manifest_model = {"id": r.model.id, "revision": run.model.revision,
+                      "name": run.model.display_name}
+    release = store.staging / "release"
+    shutil.rmtree(release, ignore_errors=True)
+    release.mkdir(parents=True)
+    for config, cols in (("mixture", tables.mixture), ("prefixes", tables.prefixes),
+                         ("traces", tables.traces)):
+        write_config(release, config, cols)
+    recipe_yaml = r.to_yaml()
+    (release / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
+    run.timings["write"] = time.monotonic() - started
+    run.timings["total"] = time.monotonic() - t0
+    manifest = build_manifest(
+        r, fp, loaded.manifest_entry(), manifest_model, counts,
+        token_accounting(prefix_cost, full_cost, mean_full, len(questions),
+                         tables.stats["tuning_tokens"]),
+        agreement_summary(curves, tables.prefixes["agreement"], tables.prefixes["prefix_tokens"]),
+        tables.stats["accuracy"], run.timings, run.resume,
+    )
+    write_json(release / "manifest.json", manifest)
+    write_card(release, manifest, recipe_yaml, tables.prefixes["agreement_curve"],
+               tables.prefixes["agreement"])
+    publish_dir(release, final, replace=replace)
+    store.remove()
+    logger.info("wrote %s", final)
+    return BuildResult(final, "built", manifest, run.engine_calls)

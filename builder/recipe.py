@@ -1,0 +1,275 @@
+"""The recipe: a strict, validated description of one dataset build.
+
+``load_recipe`` reads a YAML file into :class:`Recipe` (pydantic, unknown keys rejected) and
+turns validation failures into one :class:`RecipeError` that names each bad field path, its YAML
+line and what is expected. ``apply_overrides`` layers CLI flags on top, so the one precedence
+rule is defaults < recipe file < CLI flags; the result is resolved once and written into the
+output directory as ``recipe.yaml``. This is the first stage of the pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from builder.errors import RecipeError
+
+DEFAULT_INSTRUCTION = (
+    "Do not solve the whole problem. Write only the opening step of your solution: the first "
+    "thing you would work out. It does not need to reach the final answer."
+)
+
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_FIELD = re.compile(r"\{([^{}]+)\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Strict):
+    """Where questions come from: a Hub dataset (``hub``) or a local file (``path``)."""
+
+    hub: str | None = Field(None, description="Hub dataset id, e.g. openai/gsm8k")
+    path: str | None = Field(None, description="local .jsonl/.json/.parquet/.csv file")
+    config: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    question: str = Field("question", description="a field name, or a template like '{Body} {Question}'")
+    answer: str | None = None
+    id: str | None = None
+    limit: int | None = Field(None, ge=1)
+    shuffle: bool = False
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SourceConfig:
+        if (self.hub is None) == (self.path is None):
+            raise ValueError("set exactly one of 'hub' (a Hub dataset id) or 'path' (a local file)")
+        if self.path is not None:
+            suffix = Path(self.path).suffix.lower()
+            if suffix not in {".jsonl", ".json", ".parquet", ".csv"}:
+                raise ValueError(
+                    f"path {self.path!r} has suffix {suffix!r}; use .jsonl, .json, .parquet or .csv"
+                )
+            for name in ("config", "revision"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"'{name}' only applies to a Hub source; remove it")
+        if not self.question.strip():
+            raise ValueError("'question' must name a field or be a template like '{problem}'")
+        return self
+
+    def question_fields(self) -> list[str]:
+        """Field names the question needs: the template's placeholders, or the bare name."""
+        found = _FIELD.findall(self.question)
+        return found if found else [self.question]
+
+
+class ModelConfig(_Strict):
+    """The model that samples, and how its engine is set up."""
+
+    id: str = "embedded:smollm2"
+    revision: str | None = None
+    system_prompt: str | None = None
+    chat_template: str | None = None
+    backend: Literal["vllm", "transformers"] = "vllm"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    max_model_len: int | None = Field(None, ge=64)
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    cpu_kvcache_gib: float = Field(2.0, gt=0, description="vLLM KV cache on CPU machines (GiB)")
+
+
+class SamplingConfig(_Strict):
+    """Decoding settings; top_p/top_k left empty take the model's generation config."""
+
+    temperature: float = Field(0.6, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1)
+    seed: int = 0
+    max_tokens: int = Field(1024, ge=1, description="token budget of a full trace")
+
+
+class PrefixConfig(_Strict):
+    """How prefixes are sampled and chosen."""
+
+    length: int = Field(32, ge=1, le=4096)
+    vote: Literal["first", "majority"] = "majority"
+    samples: int = Field(8, ge=1, le=256)
+    min_agreement: float = Field(0.0, ge=0, le=1)
+    instruction: str = DEFAULT_INSTRUCTION
+
+    @model_validator(mode="after")
+    def _check(self) -> PrefixConfig:
+        if self.vote == "majority" and self.samples < 2:
+            raise ValueError("vote 'majority' needs samples >= 2 (use vote 'first' for one sample)")
+        if self.vote == "first" and self.min_agreement > 0:
+            raise ValueError("min_agreement only applies to vote 'majority'; remove it or set 0")
+        if not self.instruction.strip():
+            raise ValueError("instruction must not be empty")
+        return self
+
+
+class MixtureConfig(_Strict):
+    """Which questions get a full trace instead of a prefix."""
+
+    full_trace_ratio: float = Field(0.1, ge=0, le=1)
+    seed: int = 0
+    full_trace_from: Literal["fresh", "prefix"] = "fresh"
+    label_filter: bool = False
+    label_filter_samples: int = Field(4, ge=1, le=64)
+
+
+class OutputConfig(_Strict):
+    """Where the version directory goes, and how sampling results are sharded for resume."""
+
+    dir: str = "./out"
+    shard_size: int = Field(64, ge=1, description="questions per persisted sampling shard")
+
+
+class PublishConfig(_Strict):
+    """Defaults for push-to-hub."""
+
+    repo_id: str | None = None
+    private: bool = False
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo(cls, value: str | None) -> str | None:
+        if value is not None and value.count("/") != 1:
+            raise ValueError(f"repo_id {value!r} must look like 'org/name'")
+        return value
+
+
+class Recipe(_Strict):
+    """A whole build: name + version + one section per pipeline stage."""
+
+    name: str
+    version: str
+    description: str | None = None
+    license: str | None = None
+    language: list[str] = Field(default_factory=lambda: ["en"])
+    source: SourceConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    prefix: PrefixConfig = Field(default_factory=PrefixConfig)
+    mixture: MixtureConfig = Field(default_factory=MixtureConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"name {value!r} must be letters, digits, '.', '_' or '-' (it becomes a folder)"
+            )
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if not _SEMVER.match(str(value)):
+            raise ValueError(f"version {value!r} is not a semantic version like 1.0.0")
+        return str(value)
+
+    @model_validator(mode="after")
+    def _cross(self) -> Recipe:
+        if self.mixture.label_filter and not self.source.answer:
+            raise ValueError(
+                "mixture.label_filter needs gold answers: set source.answer to the answer field"
+            )
+        return self
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """Every field with its effective value, in declaration order."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        """The resolved recipe as YAML (what goes into the output directory)."""
+        return yaml.safe_dump(self.resolved_dict(), sort_keys=False, allow_unicode=True)
+
+
+def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based YAML line of the deepest node on ``loc`` that exists in the file."""
+    node, line = root, None
+    if node is not None:
+        line = node.start_mark.line + 1
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if getattr(k, "value", None) == str(key):
+                    nxt, line = v, k.start_mark.line + 1
+                    break
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            node = node.value[key] if key < len(node.value) else None
+            if node is not None:
+                line = node.start_mark.line + 1
+        else:
+            break
+        if node is None:
+            break
+    return line
+
+
+def _format_errors(exc: ValidationError, where: str, root: yaml.Node | None) -> str:
+    lines = [f"{where}: invalid recipe ({exc.error_count()} problem(s)):"]
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        line = _node_line(root, loc)
+        at = f"{where}:{line}" if line else where
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; remove it or check its spelling"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"  - {path} ({at}): {msg}")
+    return "\n".join(lines)
+
+
+def parse_recipe(data: Any, where: str = "<recipe>", root: yaml.Node | None = None) -> Recipe:
+    """Validate an already-parsed mapping; errors name field paths (and lines when known)."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, where, root)) from None
+
+
+def load_recipe(path: str | Path) -> tuple[Recipe, Path]:
+    """Read and validate a recipe file; relative source paths resolve against its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {str(path)!r} not found; pass the path to a .yaml recipe")
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{at}: not valid YAML: {problem}") from None
+    recipe = parse_recipe(data, str(path), root)
+    return recipe, path.parent.resolve()
+
+
+def apply_overrides(recipe: Recipe, **flags: Any) -> Recipe:
+    """CLI flags win over the file: ``out``, ``limit``, ``backend`` (None means not given)."""
+    data = recipe.resolved_dict()
+    if flags.get("out") is not None:
+        data["output"]["dir"] = str(flags["out"])
+    if flags.get("limit") is not None:
+        data["source"]["limit"] = int(flags["limit"])
+    if flags.get("backend") is not None:
+        data["model"]["backend"] = flags["backend"]
+    return parse_recipe(data, "command-line flags")

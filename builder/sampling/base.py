@@ -1,0 +1,109 @@
+"""The sampling interface shared by every backend.
+
+The pipeline hands a backend a batch of already-templated prompts (token ids) and gets back,
+per prompt, ``n`` samples with their generated token ids, decoded text, finish reason and
+cumulative log-probability. Backends live in their own modules (``vllm.py``, ``hf.py``) and
+import their engines lazily, so that this module (and ``upft-build --help``) stays light.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from builder.errors import SamplingError
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled continuation. ``token_ids`` excludes the stop token that ended it."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" (end of turn) or "length" (hit max_tokens)
+    cumulative_logprob: float | None
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Decoding settings common to both backends (resolved: no None for top_p/top_k)."""
+
+    temperature: float
+    top_p: float
+    top_k: int  # 0 or -1 means disabled
+    seed: int
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Engine construction options taken from the recipe's ``model`` section."""
+
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    cpu_kvcache_gib: float = 2.0
+
+
+ProgressFn = Callable[[int, int], None]  # (prompts finished, tokens generated) increments
+
+
+class Sampler(ABC):
+    """A loaded engine that samples continuations for templated prompts."""
+
+    backend: str = "base"
+
+    def __init__(self, settings: SamplingSettings) -> None:
+        self.settings = settings
+
+    @property
+    @abstractmethod
+    def tokenizer(self) -> Any:
+        """The engine's Hugging Face tokenizer (used for templating and decoding)."""
+
+    @abstractmethod
+    def generate(
+        self,
+        prompts: Sequence[list[int]],
+        n: int,
+        max_tokens: int,
+        progress: ProgressFn | None = None,
+    ) -> list[list[Sample]]:
+        """Sample ``n`` continuations of at most ``max_tokens`` for every prompt, in order."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine (processes, memory)."""
+
+    def stop_token_ids(self) -> set[int]:
+        """Token ids that end a turn: eos plus the template's end-of-turn token if it has one."""
+        tok = self.tokenizer
+        ids = set()
+        if tok.eos_token_id is not None:
+            ids.add(int(tok.eos_token_id))
+        for name in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<｜end▁of▁sentence｜>"):
+            tid = tok.convert_tokens_to_ids(name)
+            if isinstance(tid, int) and tid != tok.unk_token_id and tid is not None and tid >= 0:
+                ids.add(tid)
+        return ids
+
+
+def make_sampler(
+    backend: str,
+    model_path: str,
+    revision: str | None,
+    settings: SamplingSettings,
+    engine: EngineOptions,
+    chat_template: str | None = None,
+) -> Sampler:
+    """Load the requested backend on the model (heavy imports happen here, not at import)."""
+    if backend == "vllm":
+        from builder.sampling.vllm import VLLMSampler
+
+        return VLLMSampler(model_path, revision, settings, engine, chat_template)
+    if backend == "transformers":
+        from builder.sampling.hf import HFSampler
+
+        return HFSampler(model_path, revision, settings, engine, chat_template)
+    raise SamplingError(f"unknown backend {backend!r}; use 'vllm' or 'transformers'")

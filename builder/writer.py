@@ -1,0 +1,104 @@
+"""Writing a version directory that is laid out exactly like a Hub dataset repo.
+
+Last stage of the build. Everything is written into ``<staging>/release`` first -- parquet
+files per config under ``data/<config>/``, ``recipe.yaml``, ``manifest.json``, the card
+(``README.md`` with ``configs:``) and its plots under ``assets/`` -- and only then renamed to
+``<dir>/<name>/<version>``, so a version directory that exists is always complete. A forced
+rebuild swaps the old directory out the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from builder.errors import OutputError
+
+logger = logging.getLogger(__name__)
+
+MAX_ROWS_PER_FILE = 250_000
+CONFIGS = ("mixture", "prefixes", "traces")
+REQUIRED_FILES = ("README.md", "recipe.yaml", "manifest.json")
+
+_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+SCHEMAS = {
+    "mixture": pa.schema([
+        ("question_id", pa.string()), ("kind", pa.string()),
+        ("prompt", pa.list_(_MESSAGE)), ("completion", pa.list_(_MESSAGE)),
+        ("num_tokens", pa.int32()),
+    ]),
+    "prefixes": pa.schema([
+        ("question_id", pa.string()), ("question", pa.string()), ("prefix", pa.string()),
+        ("prefix_tokens", pa.int32()), ("support", pa.int32()), ("agreement", pa.float64()),
+        ("n_samples", pa.int32()), ("method", pa.string()), ("complete", pa.bool_()),
+        ("agreement_curve", pa.list_(pa.float64())), ("gold_answer", pa.string()),
+    ]),
+    "traces": pa.schema([
+        ("question_id", pa.string()), ("phase", pa.string()), ("sample_index", pa.int32()),
+        ("text", pa.string()), ("num_tokens", pa.int32()), ("finish_reason", pa.string()),
+        ("cumulative_logprob", pa.float64()), ("extracted_answer", pa.string()),
+        ("is_correct", pa.bool_()),
+    ]),
+}
+
+
+def write_config(root: Path, config: str, columns: dict[str, list[Any]]) -> list[str]:
+    """Write one config's rows as ``data/<config>/train-XXXXX-of-YYYYY.parquet``."""
+    table = pa.Table.from_pydict(columns, schema=SCHEMAS[config])
+    folder = root / "data" / config
+    folder.mkdir(parents=True, exist_ok=True)
+    n_files = max(1, -(-table.num_rows // MAX_ROWS_PER_FILE))
+    written = []
+    for i in range(n_files):
+        part = table.slice(i * MAX_ROWS_PER_FILE, MAX_ROWS_PER_FILE)
+        name = f"train-{i:05d}-of-{n_files:05d}.parquet"
+        pq.write_table(part, folder / name, compression="zstd")
+        written.append(f"data/{config}/{name}")
+    return written
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_card(root: Path, manifest: dict[str, Any], recipe_yaml: str,
+               curves: list[list[float]], agreements: list[float]) -> None:
+    """The dataset card and its plots (templates and plotting live in card.py / plots.py)."""
+    from builder.card import render_card
+    from builder.plots import write_agreement_plots
+
+    write_agreement_plots(curves, agreements, root)
+    (root / "README.md").write_text(render_card(manifest, recipe_yaml), encoding="utf-8")
+
+
+def publish_dir(release: Path, final: Path, replace: bool) -> None:
+    """Move a finished release folder into place; the old one is swapped out, not mixed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        if not replace:
+            raise OutputError(f"{final} appeared while building; re-run to compare with it")
+        trash = final.with_name(f".{final.name}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.rename(final, trash)
+        os.rename(release, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(release, final)
+
+
+def read_existing_fingerprint(final: Path) -> str | None:
+    """The fingerprint of an existing version directory (None when absent or unreadable)."""
+    manifest = final / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, json.JSONDecodeError):
+        return None

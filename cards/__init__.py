@@ -1,0 +1,1 @@
+"""Dataset-card templates, shipped as package data (imported as ``builder.cards``)."""
