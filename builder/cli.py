@@ -22,10 +22,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def setup_logging(quiet: bool, verbose: bool = False) -> None:
     """Route library logging to stderr through rich; ``--quiet`` keeps warnings only."""
+    from rich.console import Console
     from rich.logging import RichHandler
 
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
-    handler = RichHandler(show_path=False, show_time=False, markup=False)
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False,
+                          markup=False)
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
     # Engines are chatty at INFO; their progress is shown by our own bars.
     for noisy in ("vllm", "transformers", "datasets", "huggingface_hub", "httpx", "filelock"):
@@ -129,8 +131,60 @@ def _print_plan(p: dict[str, Any]) -> None:
 # --- push-to-hub ------------------------------------------------------------------------------
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Example:\n\n  push-to-hub out/demo-upft/1.0.0 --repo-id my-org/demo-upft --dry-run",
+)
 @click.argument("version_dir", type=click.Path(file_okay=False))
-def push_main(version_dir: str) -> None:
-    """Publish VERSION_DIR (written by upft-build) to the Hub as one commit tagged v<version>."""
-    raise NotImplementedError  # filled in by the publishing work
+@click.option("--repo-id", metavar="ORG/NAME",
+              help="Target dataset repo (default: publish.repo_id from the recipe).")
+@click.option("--private", is_flag=True, help="Create the repo as private if it does not exist.")
+@click.option("--revision", default="main", show_default=True, metavar="BRANCH",
+              help="Branch to commit to (created from main if missing).")
+@click.option("--message", "-m", metavar="TEXT", help="Commit message.")
+@click.option("--dry-run", is_flag=True,
+              help="List what would be published; write nothing to the Hub.")
+@click.option("--token", metavar="TOKEN", envvar=None,
+              help="Hub token (default: HF_TOKEN or the `hf auth login` cache). Never printed.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the commit id and the URL.")
+@handle_errors
+def push_main(
+    version_dir: str,
+    repo_id: str | None,
+    private: bool,
+    revision: str,
+    message: str | None,
+    dry_run: bool,
+    token: str | None,
+    quiet: bool,
+) -> None:
+    """Publish VERSION_DIR (written by upft-build) to the Hub as one commit tagged v<version>.
+
+    Re-running is safe: an identical published version is left alone, a different one under
+    the same tag is refused. The last line printed is the URL of the tagged revision.
+    """
+    setup_logging(quiet)
+    from builder.hub import push_version
+
+    result = push_version(version_dir, repo_id, private=private, revision=revision,
+                          message=message, token=token, dry_run=dry_run)
+    if result.status == "dry-run":
+        total = sum(f.size for f in result.files)
+        click.echo(f"dry run: nothing was written to the Hub; target {result.repo_id} "
+                   f"(branch {revision}), tag {result.tag}")
+        if result.detail:
+            click.echo(result.detail)
+        if not quiet:
+            for item in result.files:
+                click.echo(f"  {item.size:>12,}  {item.path}")
+        click.echo(f"{len(result.files)} files, {total:,} bytes")
+    else:
+        if not quiet:
+            if result.status == "unchanged":
+                click.echo(f"{result.repo_id} {result.tag} is already published with identical "
+                           "content; nothing to do")
+            else:
+                click.echo(f"published {len(result.files)} files to {result.repo_id} "
+                           f"as {result.tag}")
+        click.echo(f"commit: {result.commit}")
+    click.echo(result.url)

@@ -6,7 +6,7 @@ order). Everything else gets its voted prefix. The three subsets are plain colum
 
 * ``mixture`` -- the training set in TRL's conversational prompt-completion format;
 * ``prefixes`` -- one row per question with its vote statistics and agreement curve;
-* ``traces`` -- every sampled sequence of both phases.
+* ``traces`` -- every sampled sequence of both phases, with its token ids.
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ def assemble(
     }
     traces: Columns = {
         k: []
-        for k in ("question_id", "phase", "sample_index", "text", "num_tokens", "finish_reason",
-                  "cumulative_logprob", "extracted_answer", "is_correct")
+        for k in ("question_id", "phase", "sample_index", "text", "token_ids", "num_tokens",
+                  "finish_reason", "cumulative_logprob", "extracted_answer", "is_correct")
     }
     checked = correct = dropped = 0
     tuning = {"prefix": 0, "full": 0}
@@ -160,6 +160,7 @@ def _trace(cols: Columns, qid: str, phase: str, index: int, s: Sample,
     cols["phase"].append(phase)
     cols["sample_index"].append(index)
     cols["text"].append(s.text)
+    cols["token_ids"].append(s.token_ids)
     cols["num_tokens"].append(len(s.token_ids))
     cols["finish_reason"].append(s.finish_reason)
     cols["cumulative_logprob"].append(s.cumulative_logprob)

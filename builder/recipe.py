@@ -26,6 +26,7 @@ DEFAULT_INSTRUCTION = (
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _FIELD = re.compile(r"\{([^{}]+)\}")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
 class _Strict(BaseModel):
@@ -35,15 +36,17 @@ class _Strict(BaseModel):
 class SourceConfig(_Strict):
     """Where questions come from: a Hub dataset (``hub``) or a local file (``path``)."""
 
-    hub: str | None = Field(None, description="Hub dataset id, e.g. openai/gsm8k")
-    path: str | None = Field(None, description="local .jsonl/.json/.parquet/.csv file")
+    hub: str | None = Field(default=None, description="Hub dataset id, e.g. openai/gsm8k")
+    path: str | None = Field(default=None, description="local .jsonl/.json/.parquet/.csv file")
     config: str | None = None
     split: str = "train"
     revision: str | None = None
-    question: str = Field("question", description="a field name, or a template like '{Body} {Question}'")
+    question: str = Field(
+        default="question", description="a field name, or a template like '{Body} {Question}'"
+    )
     answer: str | None = None
     id: str | None = None
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(default=None, ge=1)
     shuffle: bool = False
     seed: int = 0
 
@@ -79,29 +82,31 @@ class ModelConfig(_Strict):
     chat_template: str | None = None
     backend: Literal["vllm", "transformers"] = "vllm"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    max_model_len: int | None = Field(None, ge=64)
-    tensor_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    cpu_kvcache_gib: float = Field(2.0, gt=0, description="vLLM KV cache on CPU machines (GiB)")
+    max_model_len: int | None = Field(default=None, ge=64)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    cpu_kvcache_gib: float = Field(
+        default=2.0, gt=0, description="vLLM KV cache on CPU machines (GiB)"
+    )
 
 
 class SamplingConfig(_Strict):
     """Decoding settings; top_p/top_k left empty take the model's generation config."""
 
-    temperature: float = Field(0.6, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1)
+    temperature: float = Field(default=0.6, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=-1)
     seed: int = 0
-    max_tokens: int = Field(1024, ge=1, description="token budget of a full trace")
+    max_tokens: int = Field(default=1024, ge=1, description="token budget of a full trace")
 
 
 class PrefixConfig(_Strict):
     """How prefixes are sampled and chosen."""
 
-    length: int = Field(32, ge=1, le=4096)
+    length: int = Field(default=32, ge=1, le=4096)
     vote: Literal["first", "majority"] = "majority"
-    samples: int = Field(8, ge=1, le=256)
-    min_agreement: float = Field(0.0, ge=0, le=1)
+    samples: int = Field(default=8, ge=1, le=256)
+    min_agreement: float = Field(default=0.0, ge=0, le=1)
     instruction: str = DEFAULT_INSTRUCTION
 
     @model_validator(mode="after")
@@ -118,18 +123,20 @@ class PrefixConfig(_Strict):
 class MixtureConfig(_Strict):
     """Which questions get a full trace instead of a prefix."""
 
-    full_trace_ratio: float = Field(0.1, ge=0, le=1)
+    full_trace_ratio: float = Field(default=0.1, ge=0, le=1)
     seed: int = 0
     full_trace_from: Literal["fresh", "prefix"] = "fresh"
     label_filter: bool = False
-    label_filter_samples: int = Field(4, ge=1, le=64)
+    label_filter_samples: int = Field(default=4, ge=1, le=64)
 
 
 class OutputConfig(_Strict):
     """Where the version directory goes, and how sampling results are sharded for resume."""
 
     dir: str = "./out"
-    shard_size: int = Field(64, ge=1, description="questions per persisted sampling shard")
+    shard_size: int = Field(
+        default=64, ge=1, description="questions per persisted sampling shard"
+    )
 
 
 class PublishConfig(_Strict):
@@ -141,8 +148,10 @@ class PublishConfig(_Strict):
     @field_validator("repo_id")
     @classmethod
     def _repo(cls, value: str | None) -> str | None:
-        if value is not None and value.count("/") != 1:
-            raise ValueError(f"repo_id {value!r} must look like 'org/name'")
+        if value is not None and not _REPO_ID.match(value):
+            raise ValueError(
+                f"repo_id {value!r} must look like 'org/name' (letters, digits, '.', '_', '-')"
+            )
         return value
 
 
@@ -169,6 +178,14 @@ class Recipe(_Strict):
             raise ValueError(
                 f"name {value!r} must be letters, digits, '.', '_' or '-' (it becomes a folder)"
             )
+        return value
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        # YAML reads `version: 1.0` as a float; say what is wrong with it, not "not a string".
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
         return value
 
     @field_validator("version")
@@ -235,6 +252,25 @@ def _format_errors(exc: ValidationError, where: str, root: yaml.Node | None) -> 
     return "\n".join(lines)
 
 
+def _reject_duplicate_keys(node: yaml.Node | None, where: str, path: str = "") -> None:
+    """PyYAML keeps the last of two equal keys silently; in a recipe that hides an edit."""
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(getattr(key, "value", ""))
+            line = key.start_mark.line + 1
+            if name in first:
+                raise RecipeError(
+                    f"{where}:{line}: key {path}{name} appears twice (first at line "
+                    f"{first[name]}); keep one of them"
+                )
+            first[name] = line
+            _reject_duplicate_keys(value, where, f"{path}{name}.")
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _reject_duplicate_keys(item, where, f"{path}{i}.")
+
+
 def parse_recipe(data: Any, where: str = "<recipe>", root: yaml.Node | None = None) -> Recipe:
     """Validate an already-parsed mapping; errors name field paths (and lines when known)."""
     if not isinstance(data, dict):
@@ -259,6 +295,7 @@ def load_recipe(path: str | Path) -> tuple[Recipe, Path]:
         at = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise RecipeError(f"{at}: not valid YAML: {problem}") from None
+    _reject_duplicate_keys(root, str(path))
     recipe = parse_recipe(data, str(path), root)
     return recipe, path.parent.resolve()
 

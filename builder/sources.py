@@ -80,7 +80,11 @@ def _sha256(path: Path) -> str:
 
 
 def _iter_local(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (location, row) pairs; location is ``file:line`` for JSON Lines, else ``file row N``."""
+    """Yield (location, row) pairs.
+
+    The location is ``file:line`` for JSON Lines and CSV, ``file item N`` for a JSON list and
+    ``file row N`` for parquet.
+    """
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         with path.open(encoding="utf-8") as fh:
@@ -132,7 +136,9 @@ def _load_hub(cfg: SourceConfig) -> tuple[Iterator[tuple[str, dict[str, Any]]], 
         raise SourceError("a Hub source needs the datasets package: pip install datasets") from exc
     try:
         sha = HfApi().dataset_info(cfg.hub, revision=cfg.revision).sha
-        ds = datasets.load_dataset(cfg.hub, cfg.config, split=cfg.split, revision=sha or cfg.revision)
+        ds = datasets.load_dataset(
+            cfg.hub, cfg.config, split=cfg.split, revision=sha or cfg.revision
+        )
     except Exception as exc:  # the clients raise a zoo of types; the message is what matters
         kind = type(exc).__name__
         raise SourceError(

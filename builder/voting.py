@@ -118,7 +118,10 @@ def vote(
     else:
         stop_pos = np.full(q, length)
     lengths = np.minimum(end_pos, stop_pos)
-    complete = (end_pos < length) & (end_pos <= stop_pos)
+    # Ending is a vote like any token: when too few samples ended where the walk ends, the
+    # prefix is the agreed tokens before it, not a whole answer (else its support would fall
+    # below min_agreement).
+    complete = (end_pos < length) & (end_pos < stop_pos)
     # Support of the chosen prefix: for a complete one, the samples that also ended there.
     at = np.where(complete, lengths, np.maximum(lengths - 1, 0))
     final_support = support[np.arange(q), at]

@@ -42,7 +42,8 @@ SCHEMAS = {
     ]),
     "traces": pa.schema([
         ("question_id", pa.string()), ("phase", pa.string()), ("sample_index", pa.int32()),
-        ("text", pa.string()), ("num_tokens", pa.int32()), ("finish_reason", pa.string()),
+        ("text", pa.string()), ("token_ids", pa.list_(pa.int32())), ("num_tokens", pa.int32()),
+        ("finish_reason", pa.string()),
         ("cumulative_logprob", pa.float64()), ("extracted_answer", pa.string()),
         ("is_correct", pa.bool_()),
     ]),

