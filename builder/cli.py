@@ -30,7 +30,8 @@ def setup_logging(quiet: bool, verbose: bool = False) -> None:
                           markup=False)
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
     # Engines are chatty at INFO; their progress is shown by our own bars.
-    for noisy in ("vllm", "transformers", "datasets", "huggingface_hub", "httpx", "filelock"):
+    for noisy in ("vllm", "transformers", "datasets", "huggingface_hub", "httpx", "httpx2",
+                  "filelock"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
@@ -69,7 +70,8 @@ The last line printed on success is the version directory."""
 @click.option("--limit", type=click.IntRange(min=1), help="Use at most N questions (source.limit).")
 @click.option("--backend", type=click.Choice(["vllm", "transformers"]),
               help="Sampling engine (overrides model.backend).")
-@click.option("--dry-run", is_flag=True, help="Validate recipe and source, print the plan, sample nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Validate recipe and source, print the plan, sample nothing.")
 @click.option("--force", is_flag=True, help="Rebuild even if this version exists (replaces it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or info logs.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
@@ -118,7 +120,8 @@ def _print_plan(p: dict[str, Any]) -> None:
     click.echo(f"source: {src.get('id') or src.get('path')}  read {counts['read']}, "
                f"empty {counts['empty']}, duplicate {counts['duplicate']}, "
                f"over limit {counts['limited']}, kept {counts['kept']}")
-    for key, label in (("prefix_phase", "phase 1 (prefixes)"), ("full_phase", "phase 2 (full traces)")):
+    phases = (("prefix_phase", "phase 1 (prefixes)"), ("full_phase", "phase 2 (full traces)"))
+    for key, label in phases:
         ph = p[key]
         click.echo(f"{label}: {ph['prompts']} prompts, {ph['samples']} samples x <= "
                    f"{ph['max_tokens_each']} tokens = <= {ph['token_bound']:,} tokens")
@@ -144,7 +147,7 @@ def _print_plan(p: dict[str, Any]) -> None:
 @click.option("--message", "-m", metavar="TEXT", help="Commit message.")
 @click.option("--dry-run", is_flag=True,
               help="List what would be published; write nothing to the Hub.")
-@click.option("--token", metavar="TOKEN", envvar=None,
+@click.option("--token", metavar="TOKEN",
               help="Hub token (default: HF_TOKEN or the `hf auth login` cache). Never printed.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the commit id and the URL.")
 @handle_errors

@@ -113,6 +113,7 @@ def build_manifest(
             "top_k": r.sampling.top_k,
             "max_tokens": r.sampling.max_tokens,
             "seed": r.sampling.seed,
+            "split_seed": r.mixture.seed,
             "system_prompt": r.model.system_prompt,
             "instruction": r.prefix.instruction,
         },

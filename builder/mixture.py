@@ -85,7 +85,9 @@ def assemble(
     system = recipe.model.system_prompt
     instruction = recipe.prefix.instruction
     has_gold = recipe.source.answer is not None
-    mixture: Columns = {k: [] for k in ("question_id", "kind", "prompt", "completion", "num_tokens")}
+    mixture: Columns = {
+        k: [] for k in ("question_id", "kind", "prompt", "completion", "num_tokens")
+    }
     prefix_cols: Columns = {
         k: []
         for k in ("question_id", "question", "prefix", "prefix_tokens", "support", "agreement",

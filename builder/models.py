@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from builder.errors import ModelError
 
@@ -96,7 +97,7 @@ def _materialise_embedded(key: str) -> ResolvedModel:
     tmp = Path(tempfile.mkdtemp(prefix=f".{info['folder']}-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(package_dir), gguf_file=info["gguf"])
-        model = AutoModelForCausalLM.from_pretrained(str(package_dir), gguf_file=info["gguf"])
+        model: Any = AutoModelForCausalLM.from_pretrained(str(package_dir), gguf_file=info["gguf"])
         # The tensors are dequantised to float32 on load; the quantizer flag only blocks saving.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):

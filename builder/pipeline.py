@@ -36,7 +36,13 @@ from builder.recipe import Recipe
 from builder.sampling.base import EngineOptions, Sample, Sampler, SamplingSettings, make_sampler
 from builder.sources import LoadedSource, Question, load_questions
 from builder.store import ShardStore
-from builder.writer import publish_dir, read_existing_fingerprint, write_card, write_config, write_json
+from builder.writer import (
+    publish_dir,
+    read_existing_fingerprint,
+    write_card,
+    write_config,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +156,9 @@ def plan(recipe: Recipe, base_dir: Path | None) -> dict[str, Any]:
                        "max_tokens_each": recipe.sampling.max_tokens, "token_bound": full_bound},
         "token_bound": prefix_bound + full_bound,
         "rft_token_bound": rft_bound,
-        "bound_ratio_vs_rft": round((prefix_bound + full_bound) / rft_bound, 4) if rft_bound else None,
+        "bound_ratio_vs_rft": (
+            round((prefix_bound + full_bound) / rft_bound, 4) if rft_bound else None
+        ),
     }
 
 
@@ -278,7 +286,10 @@ def _build(run: _Run, loaded: LoadedSource, store: ShardStore, final: Path, fp: 
     full_qs = [q for q in questions if q.id in full_ids]
     from_prefix = r.mixture.full_trace_from == "prefix"
     n_full = r.mixture.label_filter_samples if r.mixture.label_filter else 1
-    budget = max(1, r.sampling.max_tokens - r.prefix.length) if from_prefix else r.sampling.max_tokens
+    # Continued traces keep the whole trace (prefix + continuation) within max_tokens.
+    budget = r.sampling.max_tokens
+    if from_prefix:
+        budget = max(1, budget - r.prefix.length)
 
     def full_prompts(shard: list[Question]) -> list[list[int]]:
         tok = run.get_tokenizer()

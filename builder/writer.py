@@ -69,6 +69,32 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def dataset_info(root: Path) -> list[dict[str, Any]]:
+    """Per-config features, row counts and sizes, in the card's ``dataset_info`` YAML form.
+
+    ``datasets`` keys its cache for a local directory on the card's metadata, not on the data
+    files, so without this two builds of the same version (e.g. a ``--force`` rebuild) would
+    load each other's cached rows.
+    """
+    from datasets import Features
+    from datasets.info import DatasetInfo
+    from datasets.splits import SplitDict, SplitInfo
+
+    infos = []
+    for config in CONFIGS:
+        files = sorted((root / "data" / config).glob("*.parquet"))
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        size = sum(pq.read_table(f).nbytes for f in files)
+        splits = SplitDict()
+        splits.add(SplitInfo(name="train", num_bytes=size, num_examples=rows))
+        info = DatasetInfo(
+            features=Features.from_arrow_schema(SCHEMAS[config]), splits=splits,
+            download_size=sum(f.stat().st_size for f in files), dataset_size=size,
+        )
+        infos.append({"config_name": config, **info._to_yaml_dict()})
+    return infos
+
+
 def write_card(root: Path, manifest: dict[str, Any], recipe_yaml: str,
                curves: list[list[float]], agreements: list[float]) -> None:
     """The dataset card and its plots (templates and plotting live in card.py / plots.py)."""
@@ -76,7 +102,8 @@ def write_card(root: Path, manifest: dict[str, Any], recipe_yaml: str,
     from builder.plots import write_agreement_plots
 
     write_agreement_plots(curves, agreements, root)
-    (root / "README.md").write_text(render_card(manifest, recipe_yaml), encoding="utf-8")
+    text = render_card(manifest, recipe_yaml, dataset_info=dataset_info(root))
+    (root / "README.md").write_text(text, encoding="utf-8")
 
 
 def publish_dir(release: Path, final: Path, replace: bool) -> None:

@@ -46,6 +46,19 @@ BUILD_LIMIT = 8
 BUILD_OVERRIDES = {"prefix": {"length": 16}, "sampling": {"max_tokens": 96}}
 
 
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    """The process-wide Hub-protocol test server (tests/hubserver), emptied for each test."""
+    from tests.hubserver import shared_server
+
+    monkeypatch.setenv("UPFT_HUB_RETRY_BASE_SECONDS", "0.01")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    server = shared_server()
+    server.reset()
+    yield server
+    server.clear_faults()
+
+
 @pytest.fixture(scope="session")
 def session_tmp() -> Path:
     return _SESSION_TMP

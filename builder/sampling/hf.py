@@ -24,6 +24,8 @@ class HFSampler(Sampler):
     """Samples with ``transformers``; fp32 on CPU, bf16 on a CUDA GPU that supports it."""
 
     backend = "transformers"
+    model: Any
+    _tokenizer: Any
 
     def __init__(
         self,
@@ -112,7 +114,9 @@ class HFSampler(Sampler):
                         input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
                     )
             except Exception as exc:
-                raise SamplingError(f"transformers generation failed: {type(exc).__name__}: {exc}") from exc
+                raise SamplingError(
+                    f"transformers generation failed: {type(exc).__name__}: {exc}"
+                ) from exc
             new = out.sequences[:, width:].cpu()
             logits = torch.stack(out.logits, dim=1).float().cpu()  # (B*n, T, V)
             logp = torch.log_softmax(logits, dim=-1).gather(2, new.unsqueeze(-1)).squeeze(-1)

@@ -34,6 +34,8 @@ class VLLMSampler(Sampler):
     """Samples with ``vllm.LLM``; construction loads the engine (tens of seconds on CPU)."""
 
     backend = "vllm"
+    _llm: Any
+    _tokenizer: Any
 
     def __init__(
         self,
@@ -69,7 +71,9 @@ class VLLMSampler(Sampler):
         try:
             self._llm = LLM(**kwargs)
         except Exception as exc:  # engine start failures come in many types
-            raise SamplingError(f"vLLM could not load {model_path!r}: {type(exc).__name__}: {exc}") from exc
+            raise SamplingError(
+                f"vLLM could not load {model_path!r}: {type(exc).__name__}: {exc}"
+            ) from exc
         self._tokenizer = self._llm.get_tokenizer()
         if chat_template is not None:
             self._tokenizer.chat_template = chat_template
