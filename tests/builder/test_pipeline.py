@@ -172,3 +172,24 @@ def test_full_trace_from_prefix_starts_with_prefix(hf_sampler, tmp_path):
         voted = prefixes[r["question_id"]]
         assert r["text"].startswith(voted["prefix"])
         assert r["num_tokens"] >= voted["prefix_tokens"]
+
+
+def test_label_filter_keeps_only_verified_full_traces(hf_sampler, tmp_path):
+    recipe = demo_recipe(tmp_path, limit=3, backend="transformers",
+                         mixture={"full_trace_ratio": 1.0, "label_filter": True,
+                                  "label_filter_samples": 2})
+    result = build(recipe, None, quiet=True, sampler=hf_sampler)
+    traces = [r for r in _load(result.path, "traces") if r["phase"] == "full"]
+    assert len(traces) == 3 * 2
+    assert all(r["is_correct"] is not None for r in traces)
+    verified = {r["question_id"] for r in traces if r["is_correct"]}
+    mixture = {r["question_id"]: r for r in _load(result.path, "mixture")}
+    for qid, row in mixture.items():
+        assert row["kind"] == ("full" if qid in verified else "prefix"), qid
+        if row["kind"] == "full":
+            chosen = next(t for t in traces if t["question_id"] == qid and t["is_correct"])
+            assert row["completion"][0]["content"] == chosen["text"]
+    assert result.manifest["counts"]["label_filter_dropped"] == 3 - len(verified)
+    accuracy = result.manifest["accuracy"]
+    assert accuracy["checked"] == 6
+    assert accuracy["correct"] == sum(1 for r in traces if r["is_correct"])
