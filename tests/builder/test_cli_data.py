@@ -30,4 +30,5 @@ def test_dry_run_on_shared_data(tmp_path: Path, name: str, fields: str, rows: in
     assert first.endswith(f"over limit {rows - 5 - int(first.split('duplicate ')[1].split(',')[0])}"
                           ", kept 5")
     assert f"read {rows}," in first
-    assert "phase 1 (prefixes): 5 prompts, 20 samples x <= 8 tokens = <= 160 tokens" in result.stdout
+    plan = "phase 1 (prefixes): 5 prompts, 20 samples x <= 8 tokens = <= 160 tokens"
+    assert plan in result.stdout

@@ -39,7 +39,8 @@ def _publish_questions(tmp_path: Path) -> tuple[str, str]:
     for name in ("easy", "hard"):
         (folder / name).mkdir(parents=True)
     (folder / "README.md").write_text(CARD)
-    easy = [{"problem": f"What is {a} plus {a + 1}?", "solution": str(2 * a + 1)} for a in (2, 5, 9)]
+    easy = [{"problem": f"What is {a} plus {a + 1}?", "solution": str(2 * a + 1)}
+            for a in (2, 5, 9)]
     (folder / "hard" / "train.jsonl").write_text(
         json.dumps({"problem": "What is 17 times 23?", "solution": "391"}) + "\n")
     (folder / "easy" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in easy))
