@@ -30,12 +30,12 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from builder.errors import PublishError
+from builder.writer import CONFIGS as DATA_CONFIGS
+from builder.writer import REQUIRED_FILES
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-REQUIRED_FILES = ("manifest.json", "recipe.yaml", "README.md")
-DATA_CONFIGS = ("mixture", "prefixes", "traces")
 RETRY_BASE_ENV = "UPFT_HUB_RETRY_BASE_SECONDS"
 RETRY_ATTEMPTS_ENV = "UPFT_HUB_RETRY_ATTEMPTS"
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})

@@ -13,7 +13,6 @@ This module sits before sampling and training: both call :func:`resolve_model`.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import ModelError
+from builder.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +56,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("UPFT_CACHE", Path.home() / ".cache" / "upft"))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _materialise_embedded(key: str) -> ResolvedModel:
     info = _EMBEDDED[key]
     spec = importlib.util.find_spec(info["module"])
@@ -91,7 +83,7 @@ def _materialise_embedded(key: str) -> ResolvedModel:
             "converting the embedded model needs transformers, torch and gguf: "
             "pip install 'upft[hf]'"
         ) from exc
-    revision = f"{info['package']}=={version} sha256:{_sha256(gguf)[:16]}"
+    revision = f"{info['package']}=={version} sha256:{sha256_file(gguf)[:16]}"
     target.parent.mkdir(parents=True, exist_ok=True)
     # Convert into a temp folder and rename, so a killed conversion never looks complete.
     tmp = Path(tempfile.mkdtemp(prefix=f".{info['folder']}-", dir=target.parent))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import SourceError
+from builder.hashing import sha256_file
 from builder.recipe import SourceConfig
 
 logger = logging.getLogger(__name__)
@@ -69,14 +70,6 @@ def normalise(text: str) -> str:
 def question_id(text: str) -> str:
     """A stable id from the normalised question text."""
     return "q-" + hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()[:16]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _iter_local(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -181,7 +174,7 @@ def load_questions(cfg: SourceConfig, base_dir: Path | None = None) -> LoadedSou
             )
         rows: Iterator[tuple[str, dict[str, Any]]] = _iter_local(path)
         info: dict[str, Any] = {"type": "file", "id": None, "path": cfg.path, "config": None,
-                                "split": None, "revision": None, "sha256": _sha256(path)}
+                                "split": None, "revision": None, "sha256": sha256_file(path)}
     else:
         rows, info = _load_hub(cfg)
     info.update({"question": cfg.question, "answer_field": cfg.answer, "id_field": cfg.id})
