@@ -1,0 +1,150 @@
+"""Trainer-only fixtures: the SmolLM2 tokenizer and a hand-made UPFT version folder.
+
+End-to-end training tests use the real build (``demo_build`` in tests/conftest.py). The data
+and mask tests use the folder made here, whose rows are fully under the test's control: GSM8K
+test questions and solutions (read from ../shared/data, never copied into the repo) tokenised
+with the real SmolLM2 tokenizer so that ``num_tokens`` is exact, the solutions standing in for
+sampled traces (long full traces included). It is laid out as ``upft-build`` writes it:
+README.md with ``configs:`` front matter, ``data/<config>/*.parquet``, ``manifest.json``,
+``recipe.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# ../shared/data next to the repository root
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k-test.jsonl"
+
+INSTRUCTION = (
+    "Give only the first step of your solution. It does not have to reach the final answer."
+)
+PREFIX_LENGTH = 16
+QUESTIONS = 12
+FULL_EVERY = 4  # questions 0, 4, 8 get a full trace: 3 full + 9 prefix rows
+
+README = """---
+configs:
+- config_name: mixture
+  default: true
+  data_files:
+  - split: train
+    path: data/mixture/*.parquet
+- config_name: prefixes
+  data_files:
+  - split: train
+    path: data/prefixes/*.parquet
+- config_name: traces
+  data_files:
+  - split: train
+    path: data/traces/*.parquet
+---
+# demo-upft (test fixture)
+"""
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2.path)
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def prefix_of(tokenizer: Any, text: str, length: int) -> tuple[str, int]:
+    """The longest start of ``text``'s first ``length`` tokens that decodes and re-encodes
+    to the same ids without trailing white space (what the builder guarantees)."""
+    ids = encode(tokenizer, text)[:length]
+    while ids:
+        piece = tokenizer.decode(ids)
+        if piece == piece.rstrip() and encode(tokenizer, piece) == ids:
+            return piece, len(ids)
+        ids.pop()
+    raise AssertionError(f"no stable prefix in {text!r}")
+
+
+def mixture_rows(tokenizer: Any) -> list[dict[str, Any]]:
+    rows = []
+    with DATA.open(encoding="utf-8") as fh:
+        items = [json.loads(line) for _, line in zip(range(QUESTIONS), fh, strict=False)]
+    for i, item in enumerate(items):
+        qid = f"gsm8k-test-{i:04d}"
+        if i % FULL_EVERY == 0:
+            prompt = [{"role": "user", "content": item["question"]}]
+            content = item["answer"]
+            rows.append(
+                {
+                    "question_id": qid,
+                    "kind": "full",
+                    "prompt": prompt,
+                    "completion": [{"role": "assistant", "content": content}],
+                    "num_tokens": len(encode(tokenizer, content)),
+                }
+            )
+        else:
+            prompt = [{"role": "user", "content": f"{item['question']}\n\n{INSTRUCTION}"}]
+            content, n = prefix_of(tokenizer, item["answer"], PREFIX_LENGTH)
+            rows.append(
+                {
+                    "question_id": qid,
+                    "kind": "prefix",
+                    "prompt": prompt,
+                    "completion": [{"role": "assistant", "content": content}],
+                    "num_tokens": n,
+                }
+            )
+    return rows
+
+
+def write_version_dir(folder: Path, rows: list[dict[str, Any]], model: Any) -> Path:
+    from datasets import Dataset
+
+    for config in ("mixture", "prefixes", "traces"):
+        (folder / "data" / config).mkdir(parents=True)
+    Dataset.from_list(rows).to_parquet(
+        str(folder / "data" / "mixture" / "train-00000-of-00001.parquet")
+    )
+    prefixes = [
+        {"question_id": r["question_id"], "prefix": r["completion"][0]["content"]}
+        for r in rows
+        if r["kind"] == "prefix"
+    ]
+    traces = [
+        {"question_id": r["question_id"], "trace": r["completion"][0]["content"]}
+        for r in rows
+        if r["kind"] == "full"
+    ]
+    Dataset.from_list(prefixes).to_parquet(str(folder / "data/prefixes/train-00000.parquet"))
+    Dataset.from_list(traces).to_parquet(str(folder / "data/traces/train-00000.parquet"))
+    (folder / "README.md").write_text(README, encoding="utf-8")
+    manifest = {
+        "name": "demo-upft",
+        "version": "0.1.0",
+        "fingerprint": "sha256:5a1b0c7e9d2f4a6b",
+        "model": {"id": "embedded:smollm2", "revision": model.revision},
+        "settings": {"prefix_length": PREFIX_LENGTH, "full_trace_ratio": 0.25},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    (folder / "recipe.yaml").write_text(
+        "name: demo-upft\nversion: 0.1.0\nmodel:\n  id: embedded:smollm2\n", encoding="utf-8"
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mixture(tokenizer: Any) -> list[dict[str, Any]]:
+    return mixture_rows(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def version_dir(tmp_path_factory: pytest.TempPathFactory, mixture: list, smollm2: Any) -> Path:
+    folder = tmp_path_factory.mktemp("datasets") / "demo-upft" / "0.1.0"
+    folder.mkdir(parents=True)
+    return write_version_dir(folder, mixture, smollm2)

@@ -1,0 +1,164 @@
+"""Trainer settings: paper defaults, defaults < file < flags, and the errors for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from builder.errors import TrainError
+from upft.config import FIELDS, TrainConfig, resolve_config, write_config
+
+REQUIRED = {"dataset": "my-org/gsm8k-upft", "output": "runs/x"}
+
+
+@pytest.fixture(autouse=True)
+def _single_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+
+def write(tmp_path: Path, text: str, name: str = "train.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_are_the_papers_settings() -> None:
+    config = resolve_config(None, REQUIRED)
+    assert config.learning_rate == 1e-6
+    assert config.lr_scheduler == "constant_with_warmup"
+    assert config.warmup_ratio == 0.03
+    assert config.optimizer == "adamw_torch"
+    assert config.batch_size == 64
+    assert config.micro_batch_size == 1
+    assert config.gradient_accumulation_steps() == 64
+    assert config.epochs == 1.0
+    assert config.max_length == 4096
+    assert config.bf16 is None  # decided at run time: CUDA with bf16 -> on, CPU -> off
+    assert config.max_steps is None
+    assert config.dataset_config == "mixture"
+    assert config.lora is False
+    assert config.lora_target_modules == ["all-linear"]
+
+
+def test_accumulation_reaches_the_effective_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = resolve_config(None, {**REQUIRED, "micro_batch_size": "4"})
+    assert config.gradient_accumulation_steps() == 16
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    config = resolve_config(None, {**REQUIRED, "micro_batch_size": "1"})
+    assert config.gradient_accumulation_steps() == 8  # the paper: 1 x 8 GPUs x 8
+
+
+def test_file_overrides_defaults_and_flags_override_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "dataset: my-org/gsm8k-upft\n"
+        "output: runs/from-file\n"
+        "learning_rate: 2e-6\n"  # YAML reads this as a string; it must still be a number
+        "batch_size: 32\n"
+        "lora: true\n"
+        "lora_target_modules: [q_proj, v_proj]\n"
+        "max_steps: 100\n",
+    )
+    config = resolve_config(
+        path, {"batch_size": "16", "output": "runs/from-flag", "max_steps": None}
+    )
+    assert config.learning_rate == 2e-6  # file
+    assert config.batch_size == 16  # flag beats file
+    assert config.output == "runs/from-flag"  # flag beats file
+    assert config.max_steps == 100  # a flag left out (None) does not reset the file's value
+    assert config.lora is True
+    assert config.lora_target_modules == ["q_proj", "v_proj"]
+    assert config.epochs == 1.0  # default
+
+
+def test_flags_parse_lists_and_nulls() -> None:
+    config = resolve_config(
+        None, {**REQUIRED, "lora_target_modules": "q_proj, k_proj ,v_proj", "bf16": False}
+    )
+    assert config.lora_target_modules == ["q_proj", "k_proj", "v_proj"]
+    assert config.bf16 is False
+
+
+def test_unknown_key_in_file_is_rejected_with_a_suggestion(tmp_path: Path) -> None:
+    path = write(tmp_path, "dataset: a/b\noutput: o\nlearnig_rate: 1e-5\n")
+    with pytest.raises(TrainError) as err:
+        resolve_config(path, {})
+    message = str(err.value)
+    assert str(path) in message
+    assert "unknown setting(s) 'learnig_rate' (did you mean 'learning_rate'?)" in message
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"learning_rate": "abc"}, "learning_rate = 'abc' (from --learning-rate) is not a number"),
+        ({"batch_size": "6.5"}, "batch_size = '6.5' (from --batch-size) is not a whole number"),
+        ({"warmup_ratio": "1.5"}, "warmup_ratio = 1.5 (from --warmup-ratio) must be in [0, 1)"),
+        ({"learning_rate": "0"}, "learning_rate = 0.0 (from --learning-rate) must be greater"),
+        (
+            {"batch_size": "64", "micro_batch_size": "3"},
+            "batch_size = 64 (from --batch-size) is not a multiple of micro_batch_size x "
+            "processes = 3 x 1",
+        ),
+        ({"lr_scheduler": "cosine_restarts"}, "is not one of constant_with_warmup, constant"),
+        ({"push_to_hub": "just-a-name"}, "push_to_hub = 'just-a-name' (from --push-to-hub)"),
+        ({"max_steps": "0"}, "max_steps = 0 (from --max-steps) must be at least 1"),
+        ({"lora_target_modules": " , "}, "names no modules"),
+        ({"max_length": "8"}, "max_length = 8 (from --max-length) is too short"),
+    ],
+)
+def test_bad_flag_values_name_the_flag(flags: dict[str, str], expected: str) -> None:
+    with pytest.raises(TrainError) as err:
+        resolve_config(None, {**REQUIRED, **flags})
+    assert expected in str(err.value)
+
+
+def test_bad_file_value_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "dataset: a/b\noutput: o\nlora: maybe\n")
+    with pytest.raises(TrainError) as err:
+        resolve_config(path, {})
+    assert f"lora = 'maybe' (from config file {path}) is not true/false" in str(err.value)
+
+
+def test_missing_required_settings() -> None:
+    with pytest.raises(TrainError, match="no dataset given; pass --dataset"):
+        resolve_config(None, {"output": "o"})
+    with pytest.raises(TrainError, match="no output given; pass --output"):
+        resolve_config(None, {"dataset": "a/b"})
+
+
+def test_revision_with_a_local_dataset_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(TrainError) as err:
+        resolve_config(None, {"dataset": str(tmp_path), "output": "o", "revision": "v1.0.0"})
+    assert "only applies to Hub datasets" in str(err.value)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_config_file_problems(tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match="config file .*nope.yaml' not found"):
+        resolve_config(tmp_path / "nope.yaml", {})
+    with pytest.raises(TrainError, match="must be a YAML mapping of settings, got list"):
+        resolve_config(write(tmp_path, "- a\n- b\n"), {})
+    bad = write(tmp_path, "dataset: a/b\noutput: [unclosed\n", "bad.yaml")
+    with pytest.raises(TrainError, match=r"bad.yaml:\d+: not valid YAML"):
+        resolve_config(bad, {})
+
+
+def test_written_config_reads_back_identically(tmp_path: Path) -> None:
+    config = resolve_config(
+        None,
+        {**REQUIRED, "learning_rate": "3e-6", "lora": True, "lora_target_modules": "q_proj"},
+    )
+    path = write_config(config, tmp_path)
+    assert path.name == "train_config.yaml"
+    assert resolve_config(path, {}) == config
+
+
+def test_every_setting_has_a_flag() -> None:
+    from upft.cli import main
+
+    options = {opt for param in main.params for opt in param.opts}
+    for key in FIELDS:
+        assert "--" + key.replace("_", "-") in options, key
+    assert TrainConfig().to_dict().keys() == FIELDS.keys()

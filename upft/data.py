@@ -1,0 +1,421 @@
+"""Open a UPFT dataset and turn its mixture rows into masked training sequences.
+
+Second stage of the trainer, between the config (``upft.config``) and the training run
+(``upft.train``). :func:`open_dataset` reads a local version folder or a Hub dataset repo at a
+revision (pinned to the resolved commit) and its ``manifest.json`` / ``recipe.yaml``.
+:func:`encode_rows` turns each row into ``input_ids`` and ``labels``:
+
+* the context is the prompt rendered by the chat template with the generation prompt, tokenised
+  on its own -- exactly what the sampling engine fed the model -- and masked with -100;
+* the completion content is tokenised on its own (no special tokens), which for a prefix row
+  must give back exactly its ``num_tokens`` sampled tokens (checked; TrainError otherwise);
+* then what the template writes after an assistant message: the tokens up to and including
+  the end-of-turn token are supervised, anything after it (ChatML's newline) is kept in the
+  sequence but masked, so a prefix example teaches "these L tokens, then stop" and nothing else.
+
+Tokenising prompt and completion separately, instead of rendering the whole conversation and
+tokenising once, keeps the sampled token ids intact even where a template trims white space or
+tokens could merge across the boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from builder.errors import TrainError
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("prefix", "full")
+IGNORE = -100  # the label value transformers' loss skips
+_SENTINEL = "UPFTSENTINEL7x3q"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class DatasetSource:
+    """Where the training rows came from, precisely enough to name in the model card."""
+
+    kind: str  # "local" or "hub"
+    location: str  # absolute folder path, or repo id
+    config: str
+    revision: str | None = None  # what the user asked for (Hub only)
+    commit: str | None = None  # resolved commit sha (Hub only)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str | None:
+        value = self.manifest.get("fingerprint")
+        return str(value) if value is not None else None
+
+    @property
+    def built_with(self) -> dict[str, Any]:
+        """The model the dataset was sampled with, as the manifest records it."""
+        model = self.manifest.get("model")
+        return model if isinstance(model, dict) else {}
+
+    @property
+    def chat_template(self) -> str | None:
+        """A chat template the recipe set for sampling; training must use the same one."""
+        model = self.recipe.get("model")
+        template = model.get("chat_template") if isinstance(model, dict) else None
+        return template if isinstance(template, str) and template else None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "location": self.location,
+            "config": self.config,
+            "revision": self.revision,
+            "commit": self.commit,
+            "name": self.manifest.get("name"),
+            "version": self.manifest.get("version"),
+            "fingerprint": self.fingerprint,
+            "built_with": self.built_with or None,
+        }
+
+
+def _read_local(folder: Path, name: str) -> str | None:
+    path = folder / name
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def _parse_extras(manifest: str | None, recipe: str | None, where: str) -> tuple[dict, dict]:
+    try:
+        man = json.loads(manifest) if manifest else {}
+    except json.JSONDecodeError as exc:
+        raise TrainError(f"{where}/manifest.json is not valid JSON ({exc}); rebuild it") from None
+    try:
+        rec = yaml.safe_load(recipe) if recipe else {}
+    except yaml.YAMLError:
+        logger.warning("%s/recipe.yaml is not valid YAML; ignoring it", where)
+        rec = {}
+    return (man if isinstance(man, dict) else {}), (rec if isinstance(rec, dict) else {})
+
+
+def _load_rows(path_or_repo: str, config: str, revision: str | None, where: str) -> Any:
+    import datasets
+
+    try:
+        return datasets.load_dataset(path_or_repo, config, revision=revision, split="train")
+    except ValueError as exc:
+        if "BuilderConfig" in str(exc):
+            raise TrainError(
+                f"{where} has no dataset config {config!r} ({exc}); pass --dataset-config with "
+                "one of the listed configs (UPFT datasets train on 'mixture')"
+            ) from None
+        raise TrainError(f"cannot read {where}: {exc}") from None
+    except FileNotFoundError as exc:
+        raise TrainError(
+            f"cannot read {where}: {exc}; is it a UPFT version folder written by upft-build "
+            "(README.md with configs, data/mixture/*.parquet)?"
+        ) from None
+    except hub_errors() as exc:
+        raise TrainError(f"cannot download {where}: {exc}") from None
+
+
+def hub_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions a Hub call raises for HTTP errors and unreachable servers.
+
+    huggingface_hub's HTTP errors subclass the HTTP library's, whose transport failures
+    (connection refused, timeouts) are not ``OSError``s; that library is ``httpx2`` or
+    ``httpx`` depending on the huggingface_hub release.
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+
+    found: list[type[BaseException]] = [HfHubHTTPError, OSError]
+    for module in ("httpx2", "httpx"):
+        try:
+            found.append(__import__(module).HTTPError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+def _hub_error(exc: BaseException, repo: str, revision: str | None) -> TrainError:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    endpoint = constants.ENDPOINT
+    if isinstance(exc, RevisionNotFoundError):
+        return TrainError(
+            f"revision {revision!r} not found in dataset repo {repo!r} on {endpoint}; use a tag "
+            "(e.g. v1.0.0), a branch or a commit sha that exists"
+        )
+    if isinstance(exc, GatedRepoError):
+        return TrainError(f"dataset repo {repo!r} is gated; request access on {endpoint} first")
+    if isinstance(exc, RepositoryNotFoundError):
+        return TrainError(
+            f"dataset repo {repo!r} not found on {endpoint}; check the id, or log in "
+            "(HF_TOKEN or `hf auth login`) if it is private"
+        )
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, HfHubHTTPError) and status in (401, 403):
+        return TrainError(
+            f"not allowed to read dataset repo {repo!r} on {endpoint} (HTTP {status}); set "
+            "HF_TOKEN or run `hf auth login` with a token that can read it"
+        )
+    return TrainError(f"cannot reach dataset repo {repo!r} on {endpoint}: {exc}")
+
+
+def open_dataset(
+    spec: str, revision: str | None, config: str = "mixture"
+) -> tuple[Any, DatasetSource]:
+    """Load the rows of ``config`` from a local version folder or a Hub repo at ``revision``.
+
+    Returns ``(datasets.Dataset, DatasetSource)``. Hub revisions are resolved to a commit sha
+    first and the rows are read at that sha, so the recorded commit is what was trained on.
+    """
+    folder = Path(spec).expanduser()
+    if folder.exists():
+        if not folder.is_dir():
+            raise TrainError(f"dataset {spec!r} is a file; pass the version folder that holds it")
+        folder = folder.resolve()
+        manifest, recipe = _parse_extras(
+            _read_local(folder, "manifest.json"), _read_local(folder, "recipe.yaml"), str(folder)
+        )
+        rows = _load_rows(str(folder), config, None, f"dataset folder {str(folder)!r}")
+        if not manifest:
+            logger.warning(
+                "%s has no manifest.json; the model card cannot name a fingerprint", folder
+            )
+        source = DatasetSource("local", str(folder), config, manifest=manifest, recipe=recipe)
+        return rows, source
+    if not _REPO_ID.match(spec):
+        raise TrainError(
+            f"dataset {spec!r} is neither an existing folder nor a Hub repo id (org/name); "
+            "pass a version folder written by upft-build or a dataset repo id"
+        )
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        sha = HfApi().dataset_info(spec, revision=revision).sha
+    except hub_errors() as exc:
+        raise _hub_error(exc, spec, revision) from None
+    logger.info("dataset %s at %s resolves to commit %s", spec, revision or "main", sha)
+
+    def fetch(name: str) -> str | None:
+        try:
+            path = hf_hub_download(spec, name, repo_type="dataset", revision=sha)
+        except EntryNotFoundError:
+            return None
+        except hub_errors() as exc:
+            raise _hub_error(exc, spec, revision) from None
+        return Path(path).read_text(encoding="utf-8")
+
+    manifest, recipe = _parse_extras(fetch("manifest.json"), fetch("recipe.yaml"), spec)
+    rows = _load_rows(spec, config, sha, f"dataset repo {spec!r} at {sha}")
+    source = DatasetSource("hub", spec, config, revision, sha, manifest, recipe)
+    return rows, source
+
+
+# --- tokenisation -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TurnEnd:
+    """What the chat template writes after an assistant message's content, as token ids."""
+
+    supervised: tuple[int, ...]  # up to and including the end-of-turn token
+    tail: tuple[int, ...]  # written after the end-of-turn token; never trained on
+    eot_ids: frozenset[int]
+
+
+def turn_end(
+    tokenizer: Any, eos_token: str | None = None, extra_eos: Iterable[int] = ()
+) -> TurnEnd:
+    """Find the end-of-turn tokens by rendering an assistant message with a marker content."""
+    if eos_token is not None:
+        if eos_token not in tokenizer.get_vocab():
+            raise TrainError(
+                f"eos_token {eos_token!r} is not a token of this tokenizer; leave it unset to use "
+                f"the tokenizer's end-of-turn token ({tokenizer.eos_token!r})"
+            )
+        eot_ids = frozenset({tokenizer.convert_tokens_to_ids(eos_token)})
+    else:
+        eot_ids = frozenset(i for i in (tokenizer.eos_token_id, *extra_eos) if isinstance(i, int))
+    messages = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": _SENTINEL}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception as exc:  # jinja errors and "no chat template" come as various types
+        raise TrainError(f"the tokenizer's chat template cannot render a chat: {exc}") from None
+    if _SENTINEL not in text:
+        raise TrainError(
+            "the chat template does not write assistant messages verbatim, so completion tokens "
+            "cannot be located; use a model whose template renders the assistant content as is"
+        )
+    after = text[text.index(_SENTINEL) + len(_SENTINEL) :]
+    ids = list(tokenizer(after, add_special_tokens=False)["input_ids"])
+    for i, token in enumerate(ids):
+        if token in eot_ids:
+            return TurnEnd(tuple(ids[: i + 1]), tuple(ids[i + 1 :]), eot_ids)
+    names = [tokenizer.convert_ids_to_tokens(i) for i in sorted(eot_ids)]
+    raise TrainError(
+        f"the chat template ends an assistant turn with {after!r}, which holds none of the "
+        f"end-of-turn tokens {names}; pass --eos-token with the token it uses"
+    )
+
+
+@dataclass
+class EncodeStats:
+    """Counts by kind, for the log, the summary and the model card."""
+
+    examples: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    supervised_tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    dropped_too_long: int = 0
+    full_count_mismatch: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "examples": {**self.examples, "total": sum(self.examples.values())},
+            "supervised_tokens": {
+                **self.supervised_tokens,
+                "total": sum(self.supervised_tokens.values()),
+            },
+            "dropped_too_long": self.dropped_too_long,
+        }
+
+
+def _field(row: dict[str, Any], name: str, qid: str) -> Any:
+    if name not in row or row[name] is None:
+        raise TrainError(f"row {qid!r}: column {name!r} is missing; is this a UPFT mixture?")
+    return row[name]
+
+
+def _messages(value: Any, qid: str, column: str) -> list[dict[str, str]]:
+    ok = (
+        isinstance(value, list)
+        and value
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in value
+        )
+    )
+    if not ok:
+        raise TrainError(
+            f"row {qid!r}: {column!r} must be a non-empty list of {{role, content}} messages, "
+            f"got {value!r:.200}"
+        )
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def encode_row(row: dict[str, Any], tokenizer: Any, end: TurnEnd) -> dict[str, Any]:
+    """One mixture row -> ``{input_ids, labels, kind, question_id, content_tokens}``."""
+    qid = str(row.get("question_id", "<no question_id>"))
+    kind = _field(row, "kind", qid)
+    if kind not in KINDS:
+        raise TrainError(f"row {qid!r}: kind {kind!r} is not one of {', '.join(KINDS)}")
+    prompt = _messages(_field(row, "prompt", qid), qid, "prompt")
+    completion = _messages(_field(row, "completion", qid), qid, "completion")
+    if len(completion) != 1 or completion[0]["role"] != "assistant":
+        raise TrainError(
+            f"row {qid!r}: 'completion' must be exactly one assistant message, got roles "
+            f"{[m['role'] for m in completion]}"
+        )
+    num_tokens = _field(row, "num_tokens", qid)
+    prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    prompt_ids = list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+    content_ids = list(tokenizer(completion[0]["content"], add_special_tokens=False)["input_ids"])
+    if end.eot_ids.intersection(content_ids):
+        raise TrainError(
+            f"row {qid!r}: the completion already contains an end-of-turn token; the trainer "
+            "adds it, so the dataset must store the content without it"
+        )
+    if kind == "prefix" and len(content_ids) != num_tokens:
+        raise TrainError(
+            f"row {qid!r}: the prefix completion re-tokenises to {len(content_ids)} tokens but "
+            f"num_tokens is {num_tokens}; the dataset was probably sampled with another "
+            "tokenizer -- train the model the dataset was built with (see its manifest)"
+        )
+    input_ids = prompt_ids + content_ids + list(end.supervised) + list(end.tail)
+    labels = (
+        [IGNORE] * len(prompt_ids) + content_ids + list(end.supervised) + [IGNORE] * len(end.tail)
+    )
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "kind": kind,
+        "question_id": qid,
+        "count_matches": len(content_ids) == num_tokens,
+    }
+
+
+def encode_rows(
+    rows: Iterable[dict[str, Any]], tokenizer: Any, end: TurnEnd, max_length: int
+) -> tuple[list[dict[str, list[int]]], EncodeStats]:
+    """Encode every row; rows longer than ``max_length`` are left out (cutting one would drop
+    its end-of-turn token and teach the model not to stop)."""
+    stats = EncodeStats()
+    encoded: list[dict[str, list[int]]] = []
+    for row in rows:
+        item = encode_row(row, tokenizer, end)
+        if len(item["input_ids"]) > max_length:
+            stats.dropped_too_long += 1
+            logger.debug("leaving out %s: %d tokens", item["question_id"], len(item["input_ids"]))
+            continue
+        if not item["count_matches"]:
+            stats.full_count_mismatch += 1
+        stats.examples[item["kind"]] += 1
+        stats.supervised_tokens[item["kind"]] += sum(1 for x in item["labels"] if x != IGNORE)
+        encoded.append({"input_ids": item["input_ids"], "labels": item["labels"]})
+    if stats.dropped_too_long:
+        logger.warning(
+            "left out %d example(s) longer than max_length=%d tokens; raise --max-length to keep "
+            "them",
+            stats.dropped_too_long,
+            max_length,
+        )
+    if stats.full_count_mismatch:
+        logger.warning(
+            "%d full trace(s) re-tokenise to a different count than their num_tokens; they are "
+            "trained as written",
+            stats.full_count_mismatch,
+        )
+    if not encoded:
+        raise TrainError(
+            f"no training examples left (rows dropped as longer than max_length={max_length}: "
+            f"{stats.dropped_too_long}); check the dataset or raise --max-length"
+        )
+    return encoded, stats
+
+
+@dataclass
+class CompletionCollator:
+    """Right-pads a batch: input ids with the pad token, labels with -100, attention mask 0."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            step = self.pad_to_multiple_of
+            longest = (longest + step - 1) // step * step
+        ids = torch.full((len(features), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), longest), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(features), longest), dtype=torch.long)
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[i, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            labels[i, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}

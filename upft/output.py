@@ -1,0 +1,237 @@
+"""What ``upft-train`` leaves besides the weights: model card, training summary, Hub upload.
+
+Last stage of the trainer (``upft.train`` calls it after saving the model). The card names
+the dataset and the exact data that was trained on (Hub repo + requested revision + resolved
+commit, or local folder + manifest fingerprint), the settings and the results, and cites the
+UPFT paper. ``train_summary.json`` holds the same facts for programs. :func:`push_folder`
+uploads the finished folder to a Hub model repo as a single commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from builder.errors import TrainError
+from upft.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+CITATION = """@inproceedings{ji2025first,
+  title         = {The First Few Tokens Are All You Need: An Efficient and Effective
+                   Unsupervised Prefix Fine-Tuning Method for Reasoning Models},
+  author        = {Ji, Ke and others},
+  booktitle     = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year          = {2025},
+  eprint        = {2503.02875},
+  archivePrefix = {arXiv}
+}"""
+
+_CARD = """---
+{{ front_matter }}---
+
+# {{ title }}
+
+`{{ summary.model.spec }}` ({{ summary.model.name }}) fine-tuned with **Unsupervised Prefix
+Fine-Tuning** (UPFT, Ji et al. 2025, arXiv:2503.02875): the model is trained on the first tokens
+of its own sampled solutions, each followed by the end-of-turn token, mixed with a small share of
+complete sampled traces. No gold answers are used.
+
+## Training data
+
+| | |
+|---|---|
+{% if ds.kind == "hub" %}
+| Dataset | [`{{ ds.location }}`](https://huggingface.co/datasets/{{ ds.location }}) (Hub) |
+| Requested revision | `{{ ds.revision or "main" }}` |
+| Resolved commit | `{{ ds.commit }}` |
+{% else %}
+| Dataset | local folder `{{ ds.location }}` |
+{% endif %}
+| Config | `{{ ds.config }}` |
+| Dataset name / version | {{ ds.name or "?" }} / {{ ds.version or "?" }} |
+| Manifest fingerprint | `{{ ds.fingerprint or "none (no manifest.json)" }}` |
+{% if ds.built_with %}
+| Sampled with | `{{ ds.built_with.id }}`
+{%- if ds.built_with.revision %} @ `{{ ds.built_with.revision }}`{% endif %} |
+{% endif %}
+| Examples | {{ ex.prefix }} prefix + {{ ex.full }} full trace = {{ ex.total }}
+{%- if summary.dropped_too_long %}
+ ({{ summary.dropped_too_long }} longer than max_length left out)
+{%- endif %} |
+| Supervised tokens | {{ tok.prefix }} prefix + {{ tok.full }} full trace = {{ tok.total }} |
+
+Loss is computed on completion tokens only: the prompt is masked, and a prefix example's target is
+exactly its prefix tokens followed by `{{ eot_supervised }}`
+{%- if eot_tail %}; what the template writes after that (`{{ eot_tail }}`) is not supervised
+{%- endif %}.
+
+## Training settings
+
+| Setting | Value |
+|---|---|
+{% for key, value in settings %}
+| {{ key }} | `{{ value }}` |
+{% endfor %}
+
+## Results
+
+| | |
+|---|---|
+| Optimizer steps | {{ summary.steps }} |
+| Epochs | {{ "%.3f" | format(summary.epochs or 0) }} |
+| Training time | {{ "%.1f" | format(summary.train_time_s) }} s |
+| Final logged loss | {{ summary.final_loss if summary.final_loss is not none else "n/a" }} |
+| Mean training loss | {{ "%.4f" | format(summary.mean_loss) }} |
+
+## Use
+
+Prompt with the plain question for a full solution (this is how UPFT models are evaluated):
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained("{{ where }}")
+model = AutoModelForCausalLM.from_pretrained("{{ where }}")
+ids = tok.apply_chat_template([{"role": "user", "content": "What is 12 * 7?"}],
+                              add_generation_prompt=True, return_tensors="pt")
+print(tok.decode(model.generate(ids, max_new_tokens=256)[0][ids.shape[1]:]))
+```
+
+The folder also loads in vLLM: `vllm.LLM("{{ where }}")`.
+
+## Citation
+
+```bibtex
+{{ citation }}
+```
+"""
+
+
+def write_summary(summary: dict[str, Any], folder: Path) -> Path:
+    path = folder / "train_summary.json"
+    path.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return path
+
+
+def _is_hub_id(spec: str) -> bool:
+    return spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and ":" not in spec
+
+
+def _show(text: str) -> str:
+    """Template text with control characters escaped (a newline shows as ``\\n``)."""
+    return text.encode("unicode_escape").decode("ascii")
+
+
+def render_card(config: TrainConfig, summary: dict[str, Any], folder: Path) -> str:
+    """The model card text (README.md with Hub metadata front matter)."""
+    import jinja2
+
+    ds = summary["dataset"]
+    meta: dict[str, Any] = {
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "tags": ["upft", "prefix-fine-tuning", "math", "reasoning"],
+    }
+    if _is_hub_id(summary["model"]["spec"]) and not Path(summary["model"]["spec"]).exists():
+        meta["base_model"] = summary["model"]["spec"]
+    if ds["kind"] == "hub":
+        meta["datasets"] = [ds["location"]]
+    settings = [
+        ("learning rate", config.learning_rate),
+        ("schedule", f"{config.lr_scheduler}, warm-up ratio {config.warmup_ratio}"),
+        ("optimizer", f"{config.optimizer}, weight decay {config.weight_decay}"),
+        ("gradient clipping", config.max_grad_norm),
+        (
+            "effective batch",
+            f"{config.batch_size} = {config.micro_batch_size} per device x "
+            f"{summary['gradient_accumulation_steps']} accumulation x "
+            f"{summary['world_size']} process(es)",
+        ),
+        ("epochs", config.epochs),
+        ("max steps", config.max_steps if config.max_steps is not None else "none"),
+        ("max length", config.max_length),
+        ("precision", summary["precision"]),
+        ("gradient checkpointing", config.gradient_checkpointing),
+        ("seed", config.seed),
+    ]
+    if config.lora:
+        settings.append(
+            (
+                "LoRA (merged into the weights)",
+                f"r={config.lora_r}, alpha={config.lora_alpha}, dropout={config.lora_dropout}, "
+                f"modules={','.join(config.lora_target_modules)}",
+            )
+        )
+    else:
+        settings.append(("fine-tuning", "full"))
+    env = jinja2.Environment(
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    title = config.push_to_hub or folder.resolve().name
+    return env.from_string(_CARD).render(
+        front_matter=yaml.safe_dump(meta, sort_keys=False),
+        title=title,
+        summary=summary,
+        ds=ds,
+        ex=summary["examples"],
+        tok=summary["supervised_tokens"],
+        settings=settings,
+        where=config.push_to_hub or str(folder.resolve()),
+        citation=CITATION,
+        eot_supervised=_show(summary["end_of_turn"]["supervised"]),
+        eot_tail=_show(summary["end_of_turn"]["masked_after"]),
+    )
+
+
+def write_card(config: TrainConfig, summary: dict[str, Any], folder: Path) -> Path:
+    path = folder / "README.md"
+    path.write_text(render_card(config, summary, folder), encoding="utf-8")
+    return path
+
+
+def push_folder(folder: Path, repo_id: str, private: bool) -> dict[str, str]:
+    """Create ``repo_id`` (model repo) if needed and upload ``folder`` in one commit."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from upft.data import hub_errors
+
+    api = HfApi()
+    endpoint = constants.ENDPOINT
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type="model",
+            commit_message=f"upft-train: {folder.name}",
+            ignore_patterns=["trainer/**"],
+        )
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise TrainError(
+                f"the Hub at {endpoint} refused to create or write model repo {repo_id!r} "
+                f"(HTTP {status}); set HF_TOKEN or run `hf auth login` with a write token for "
+                f"that namespace. The trained model is kept in {folder}"
+            ) from None
+        raise TrainError(
+            f"uploading to model repo {repo_id!r} on {endpoint} failed: {exc}. The trained "
+            f"model is kept in {folder}; upload it later with: hf upload {repo_id} {folder}"
+        ) from None
+    except hub_errors() as exc:
+        raise TrainError(
+            f"cannot reach the Hub at {endpoint} to push {repo_id!r}: {exc}. The trained model "
+            f"is kept in {folder}"
+        ) from None
+    result = {"repo_id": repo_id, "commit": str(info.oid), "url": str(info.commit_url)}
+    logger.info("pushed %s to %s (commit %s)", folder, repo_id, result["commit"])
+    return result

@@ -1,0 +1,327 @@
+"""The training run: fine-tune a model on a UPFT mixture and write a loadable model folder.
+
+Third stage of the trainer, after ``upft.config`` (settings) and ``upft.data`` (rows -> masked
+sequences); ``upft.output`` then writes the card and the summary and may push the folder.
+
+Why transformers' ``Trainer`` with our own collator rather than TRL's ``SFTTrainer``: TRL 1.16
+builds the completion mask of a conversational prompt-completion row by rendering prompt +
+completion through the chat template and supervising everything after the prompt. With ChatML
+that includes the newline the template writes after ``<|im_end|>`` (checked: the label of that
+``\\n`` token is 198, not -100), and the joint tokenisation may also re-segment the sampled
+prefix. UPFT's target is exactly the sampled prefix tokens plus the end-of-turn token, so we
+tokenise ourselves (``upft.data``); with tokenised rows SFTTrainer would add nothing but
+another layer of defaults. The optimisation itself (AdamW, schedule, accumulation, mixed
+precision, progress bars and logging, distributed launch) is the stock ``Trainer``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from builder.errors import ModelError, TrainError
+from builder.models import ResolvedModel, resolve_model
+from upft.config import TrainConfig, write_config
+from upft.data import CompletionCollator, DatasetSource, encode_rows, open_dataset, turn_end
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_output(folder: Path, overwrite: bool) -> None:
+    """Refuse to mix a new model into a folder that already holds files (unless told to)."""
+    if folder.exists() and not folder.is_dir():
+        raise TrainError(f"output {str(folder)!r} is a file; pass a folder path with --output")
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise TrainError(
+            f"output folder {str(folder)!r} is not empty; pass --overwrite to write into it or "
+            "choose another --output"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def choose_model(config: TrainConfig, source: DatasetSource) -> tuple[str, str | None]:
+    """The model spec to train: the flag, or else the model the dataset was sampled with."""
+    built = source.built_with
+    if config.model is None:
+        if not built.get("id"):
+            raise TrainError(
+                "no --model given and the dataset's manifest names no model; pass --model"
+            )
+        logger.info("training the model the dataset was sampled with: %s", built["id"])
+        return str(built["id"]), config.model_revision or built.get("revision")
+    if built.get("id") and built["id"] != config.model:
+        logger.warning(
+            "the dataset was sampled with %s but you train %s; UPFT trains a model on its own "
+            "prefixes",
+            built["id"],
+            config.model,
+        )
+    elif config.model_revision is None and built.get("revision"):
+        # Same model as the sampler: default to the exact weights that wrote the prefixes.
+        return config.model, str(built["revision"])
+    return config.model, config.model_revision
+
+
+def _hub_revision(model: ResolvedModel) -> str | None:
+    # Local folders (and converted embedded models) carry a descriptive revision, not a Hub one.
+    return None if Path(model.path).is_dir() else model.revision
+
+
+def load_tokenizer(model: ResolvedModel, chat_template: str | None) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model.path, revision=_hub_revision(model))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the tokenizer of {model.spec!r}: {exc}") from None
+    if chat_template is not None:
+        logger.info("using the chat template the dataset was sampled with (from its recipe)")
+        tokenizer.chat_template = chat_template
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def generation_eos(model: ResolvedModel) -> list[int]:
+    """End-of-sequence ids of the model's generation config (Llama 3 lists several)."""
+    from transformers import GenerationConfig
+
+    revision = _hub_revision(model)
+    try:
+        kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+        gen = GenerationConfig.from_pretrained(model.path, **kwargs)
+    except OSError:
+        return []
+    eos = gen.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos or [])
+
+
+def use_bf16(config: TrainConfig) -> bool:
+    import torch
+
+    supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if config.bf16 is None:
+        return bool(supported)
+    if config.bf16 and not supported:
+        raise TrainError(
+            "bf16 = true but this machine has no CUDA device with bf16; drop --bf16 "
+            "(CPU runs train in float32)"
+        )
+    return config.bf16
+
+
+def load_model(model: ResolvedModel, config: TrainConfig) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        # float32 master weights: at lr 1e-6 a bf16 weight would swallow most updates.
+        net: Any = AutoModelForCausalLM.from_pretrained(
+            model.path, revision=_hub_revision(model), dtype=torch.float32
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model {model.spec!r}: {exc}") from None
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        modules = config.lora_target_modules
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=modules[0] if modules == ["all-linear"] else modules,
+            task_type="CAUSAL_LM",
+        )
+        try:
+            net = get_peft_model(net, lora)
+        except ValueError as exc:
+            raise TrainError(
+                f"lora_target_modules = {modules!r} do not fit the model: {exc}"
+            ) from None
+        if config.gradient_checkpointing:
+            net.enable_input_require_grads()
+    return net
+
+
+def training_arguments(config: TrainConfig, folder: Path, bf16: bool, quiet: bool) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    try:
+        return TrainingArguments(
+            output_dir=str(folder),
+            per_device_train_batch_size=config.micro_batch_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps(),
+            num_train_epochs=config.epochs,
+            max_steps=config.max_steps or -1,
+            learning_rate=config.learning_rate,
+            lr_scheduler_type=config.lr_scheduler,
+            # A float below 1 is read as a share of the total steps.
+            warmup_steps=config.warmup_ratio,
+            optim=config.optimizer,
+            weight_decay=config.weight_decay,
+            max_grad_norm=config.max_grad_norm,
+            bf16=bf16,
+            gradient_checkpointing=config.gradient_checkpointing,
+            seed=config.seed,
+            data_seed=config.seed,
+            logging_steps=config.logging_steps,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=quiet,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
+        )
+    except ValueError as exc:
+        raise TrainError(f"invalid training settings: {exc}") from None
+
+
+def _final_loss(history: list[dict[str, Any]]) -> float | None:
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    return float(losses[-1]) if losses else None
+
+
+def base_dtype(model: ResolvedModel) -> Any:
+    """The dtype the base checkpoint is stored in (the trained model is saved the same way)."""
+    import torch
+    from transformers import AutoConfig
+
+    revision = _hub_revision(model)
+    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+    try:
+        dtype = getattr(AutoConfig.from_pretrained(model.path, **kwargs), "dtype", None)
+    except (OSError, ValueError):
+        return None
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if dtype in (torch.float32, torch.bfloat16, torch.float16) else None
+
+
+def save_model(
+    trainer: Any, tokenizer: Any, folder: Path, config: TrainConfig, eot: Any, save_dtype: Any
+) -> None:
+    """Write a plain model folder (LoRA merged) that transformers and vLLM load directly.
+
+    Weights are trained in float32 and saved in the base checkpoint's dtype, so a bf16 base
+    gives a bf16 folder of the same size.
+    """
+    net = trainer.model
+    if config.lora:
+        net.save_pretrained(str(folder / "adapter"))
+        net = net.merge_and_unload()
+    # Generation must stop where training taught the model to stop.
+    eos = net.generation_config.eos_token_id
+    known = [eos] if isinstance(eos, int) else list(eos or [])
+    missing = sorted(set(eot.eot_ids) - set(known))
+    if missing:
+        net.generation_config.eos_token_id = known + missing
+    net.config.use_cache = True  # training turns the KV cache off; inference wants it back
+    if save_dtype is not None and save_dtype != net.dtype:
+        net = net.to(save_dtype)
+    net.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+
+
+def _quiet_progress_bars() -> None:
+    """--quiet: no bars from the libraries either (loading weights, splits, shard writing)."""
+    import datasets
+    import huggingface_hub
+    import transformers
+
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def run_training(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
+    """Train as ``config`` says and fill ``config.output``; returns the training summary."""
+    from upft import output
+
+    if quiet:
+        _quiet_progress_bars()
+    folder = Path(str(config.output)).expanduser()
+    prepare_output(folder, config.overwrite)
+    bf16 = use_bf16(config)
+    config = dataclasses.replace(config, bf16=bf16)  # written out resolved, not "auto"
+    rows, source = open_dataset(str(config.dataset), config.revision, config.dataset_config)
+    spec, revision = choose_model(config, source)
+    model = resolve_model(spec, revision)
+    tokenizer = load_tokenizer(model, source.chat_template)
+    eot = turn_end(tokenizer, config.eos_token, generation_eos(model))
+    encoded, stats = encode_rows(rows, tokenizer, eot, config.max_length)
+    logger.info(
+        "%d examples (%d prefix, %d full), %d supervised tokens",
+        sum(stats.examples.values()),
+        stats.examples["prefix"],
+        stats.examples["full"],
+        sum(stats.supervised_tokens.values()),
+    )
+    total = sum(stats.examples.values())
+    if total < config.batch_size:
+        logger.warning(
+            "the dataset has %d examples, fewer than one effective batch (%d): every optimizer "
+            "step sees all of them; lower --batch-size for more, smaller steps",
+            total,
+            config.batch_size,
+        )
+    from datasets import Dataset
+    from transformers import PrinterCallback, Trainer
+
+    save_dtype = base_dtype(model)
+    net = load_model(model, config)
+    trainer_dir = folder / "trainer"
+    trainer = Trainer(
+        model=net,
+        args=training_arguments(config, trainer_dir, bf16, quiet),
+        train_dataset=Dataset.from_list(encoded),
+        data_collator=CompletionCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+    )
+    if quiet:
+        trainer.remove_callback(PrinterCallback)
+    started = time.monotonic()
+    result = trainer.train()
+    elapsed = time.monotonic() - started
+    history = list(trainer.state.log_history)
+    summary: dict[str, Any] = {
+        "dataset": source.describe(),
+        "model": {
+            "spec": spec,
+            "path": model.path,
+            "revision": model.revision,
+            "name": model.display_name,
+        },
+        **stats.as_dict(),
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_time_s": round(elapsed, 2),
+        "final_loss": _final_loss(history),
+        "mean_loss": float(result.training_loss),
+        "precision": "bf16" if bf16 else "fp32",
+        "gradient_accumulation_steps": config.gradient_accumulation_steps(),
+        "world_size": config.world_size(),
+        "end_of_turn": {
+            "supervised": tokenizer.decode(list(eot.supervised)),
+            "supervised_ids": list(eot.supervised),
+            "masked_after": tokenizer.decode(list(eot.tail)),
+            "masked_after_ids": list(eot.tail),
+        },
+        "loss_history": [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e],
+    }
+    if not trainer.is_world_process_zero():
+        return summary
+    save_model(trainer, tokenizer, folder, config, eot, save_dtype)
+    shutil.rmtree(trainer_dir, ignore_errors=True)
+    write_config(config, folder)
+    output.write_summary(summary, folder)
+    output.write_card(config, summary, folder)
+    logger.info("model written to %s (final loss %s)", folder, summary["final_loss"])
+    if config.push_to_hub:
+        # The uploaded folder is the one just written; the push result is only returned.
+        summary["pushed"] = output.push_folder(folder, config.push_to_hub, config.private)
+    return summary
