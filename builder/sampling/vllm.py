@@ -49,6 +49,9 @@ class VLLMSampler(Sampler):
         if _on_cpu():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine.cpu_kvcache_gib))
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        # The engine runs in its own processes, out of reach of our logging setup; its INFO
+        # stream would drown the progress bars. VLLM_LOGGING_LEVEL set by the user still wins.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         try:
             from vllm import LLM
         except ImportError as exc:
