@@ -195,16 +195,25 @@ def _vote(run: _Run, questions: list[Question],
                           for s in phase1[q.id]] for q in questions], dtype=np.float64)
     result = voting.vote(tokens, logprobs, p.vote, p.min_agreement)
     tok = run.get_tokenizer()
+    raws = [result.prefix_ids(i) for i in range(len(questions))]
+    # One batched decode + encode settles almost every prefix; only the rest take the
+    # token-by-token path of stable_prefix.
+    texts = tok.batch_decode(raws, skip_special_tokens=False)
+    encoded = tok(texts, add_special_tokens=False)["input_ids"]
+    curves = result.curves.tolist()
     choices: dict[str, PrefixChoice] = {}
     trimmed = 0
     for i, q in enumerate(questions):
-        raw = result.prefix_ids(i)
-        ids, text = stable_prefix(tok, raw)
+        raw, text = raws[i], texts[i]
+        if list(encoded[i]) == raw and text == text.rstrip():
+            ids = raw
+        else:
+            ids, text = stable_prefix(tok, raw)
         if len(ids) < len(raw):
             trimmed += 1
             voting.truncate(result, i, len(ids))
         choices[q.id] = PrefixChoice(ids, text, int(result.support[i]), p.samples,
-                                     [float(x) for x in result.curves[i]], bool(result.complete[i]))
+                                     curves[i], bool(result.complete[i]))
     if trimmed:
         logger.info("%d prefix(es) shortened to a token-exact, trimmed text boundary", trimmed)
     return choices
