@@ -83,7 +83,7 @@ class _Run:
             self.sampler = make_sampler(
                 m.backend, self.model.path, self.model.revision, self.settings,
                 EngineOptions(m.dtype, m.max_model_len, m.tensor_parallel_size,
-                              m.gpu_memory_utilization, m.cpu_kvcache_gib),
+                              m.gpu_memory_utilization, m.cpu_kvcache_gib, m.kv_block_size),
                 m.chat_template,
             )
             self.owns_sampler = True
@@ -342,8 +342,10 @@ def _build(run: _Run, loaded: LoadedSource, store: ShardStore, final: Path, fp: 
         "label_filter_dropped": tables.stats["label_filter_dropped"],
     }
     curves = np.array(tables.prefixes["agreement_curve"], dtype=np.float64)
-    manifest_model = {"id": r.model.id, "revision": run.model.revision,
-                      "name": run.model.display_name}
+    manifest_model: dict[str, Any] = {"id": r.model.id, "revision": run.model.revision,
+                                      "name": run.model.display_name}
+    if run.sampler is not None:
+        manifest_model["engine"] = run.sampler.engine_info()
     release = store.staging / "release"
     shutil.rmtree(release, ignore_errors=True)
     release.mkdir(parents=True)

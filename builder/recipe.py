@@ -88,6 +88,10 @@ class ModelConfig(_Strict):
     cpu_kvcache_gib: float = Field(
         default=2.0, gt=0, description="vLLM KV cache on CPU machines (GiB)"
     )
+    kv_block_size: int | None = Field(
+        default=None, ge=16, multiple_of=16,
+        description="vLLM KV block size in tokens; empty: 32 on CPU, vLLM's default on GPU",
+    )
 
 
 class SamplingConfig(_Strict):

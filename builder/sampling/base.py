@@ -45,6 +45,7 @@ class EngineOptions:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     cpu_kvcache_gib: float = 2.0
+    kv_block_size: int | None = None
 
 
 ProgressFn = Callable[[int, int], None]  # (prompts finished, tokens generated) increments
@@ -72,6 +73,10 @@ class Sampler(ABC):
         progress: ProgressFn | None = None,
     ) -> list[list[Sample]]:
         """Sample ``n`` continuations of at most ``max_tokens`` for every prompt, in order."""
+
+    def engine_info(self) -> dict[str, Any]:
+        """Engine settings chosen at load time that can change output (for the manifest)."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine (processes, memory)."""

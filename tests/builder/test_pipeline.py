@@ -61,6 +61,12 @@ def test_layout_and_row_counts(built):
     }
     assert manifest["source"]["counts"]["kept"] == BUILD_LIMIT
     assert len(manifest["fingerprint"]) == 64
+    if result.manifest["backend"] == "vllm":
+        # No kv_block_size in the recipe: on CPU the sampler asks for 32 so that the N
+        # samples of a prompt share its prefill (vLLM-CPU's own default is 128).
+        assert manifest["model"]["engine"] == {"kv_block_size": 32, "prefix_caching": True}
+    else:
+        assert manifest["model"]["engine"] == {}
 
 
 def test_prefixes_respect_length_and_agreement(built):

@@ -157,6 +157,11 @@ BAD_RECIPES = [
         id="full-trace-ratio-above-one",
     ),
     pytest.param(
+        GOOD + "model:\n  kv_block_size: 24\n",
+        ["  - model.kv_block_size (recipe.yaml:7): Input should be a multiple of 16"],
+        id="kv-block-size-not-multiple-of-16",
+    ),
+    pytest.param(
         GOOD + "publish:\n  repo_id: just-a-name\n",
         ["  - publish.repo_id (recipe.yaml:7): repo_id 'just-a-name' must look like 'org/name'"],
         id="repo-id-without-org",
