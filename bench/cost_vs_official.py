@@ -18,9 +18,8 @@ manifest counts them) and the ratios ours / official, faithful / official. Also 
 official trace length and the break-even length above which our sampling is cheaper:
 N*L / (1 - p) tokens per trace.
 
-    python bench/cost_vs_official.py            # the 47 demo questions, 2 rounds
+    python bench/cost_vs_official.py            # the 47 demo questions, 3 rounds
     python bench/cost_vs_official.py --quick    # 16 demo questions, 1 round
-    python bench/cost_vs_official.py --prefill-probe   # also: how much of phase 1 is prefill
 """
 
 from __future__ import annotations
@@ -52,41 +51,16 @@ def variant(base: Any, out: Path, limit: int | None, gsm8k: int | None, **prefix
     return parse_recipe(data, "benchmark recipe")
 
 
-def prefill_probe(sampler: Any, questions: list[Any], instruction: str,
-                  system: str | None, n: int) -> None:
-    """How much of phase 1 is prompt prefill: every prompt with max_tokens 1, n=1 and n=N.
-
-    If the engine shared a prompt's prefill among its N samples (prefix caching), n=N would
-    cost about what n=1 does; the second n=1 call shows whether a repeat hits the cache.
-    """
-    from builder.prompts import encode_prompt, messages
-
-    ids = [encode_prompt(sampler.tokenizer, messages(q.text, instruction, system))
-           for q in questions]
-    mean = sum(len(x) for x in ids) / len(ids)
-    sampler.generate(ids[:2], 1, 1)
-    took = {}
-    for label, k in (("n=1", 1), ("n=1 again", 1), (f"n={n}", n)):
-        t0 = time.perf_counter()
-        sampler.generate(ids, k, 1)
-        took[label] = time.perf_counter() - t0
-    print(f"prefill : {len(ids)} prompts of {mean:.0f} tokens, max_tokens 1: "
-          + ", ".join(f"{k} {v:.2f} s" for k, v in took.items())
-          + f"; n={n} / n=1 = {took[f'n={n}'] / took['n=1']:.1f}")
-
-
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="16 questions, 1 round")
     ap.add_argument("--limit", type=int, default=None, help="first K demo questions")
     ap.add_argument("--gsm8k", type=int, default=None, metavar="K",
                     help="use the first K GSM8K test questions instead of the demo set")
-    ap.add_argument("--rounds", type=int, default=None, help="timed rounds (default 2)")
-    ap.add_argument("--prefill-probe", action="store_true",
-                    help="also time prompt prefill alone (max_tokens 1) with n=1 and n=N")
+    ap.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3)")
     args = ap.parse_args(argv)
     limit = 16 if args.quick and args.limit is None else args.limit
-    rounds = args.rounds or (1 if args.quick else 2)
+    rounds = args.rounds or (1 if args.quick else 3)  # 3: each approach goes first once
 
     vllm_cpu_env()
     logging.basicConfig(level=logging.WARNING)
@@ -138,9 +112,6 @@ def main(argv: list[str]) -> int:
             result = build(rec, base_dir, sampler=sampler, quiet=True)
             elapsed = time.perf_counter() - t0
             return elapsed, int(result.manifest["tokens"]["total_sampled"]), result.manifest
-
-        if args.prefill_probe:
-            prefill_probe(sampler, questions, p.instruction, m.system_prompt, p.samples)
 
         # Warm-up of both code paths on 2 questions.
         official(plain[:2])
