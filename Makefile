@@ -5,8 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.upft-installed
 
-# vLLM on CPU: an explicit KV cache (GiB) and both cores for compute.
-export VLLM_CPU_KVCACHE_SPACE ?= 2
+# vLLM on CPU: both cores compute (the KV cache size comes from the recipe).
 export VLLM_CPU_NUM_OF_RESERVED_CPU ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 

@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
     from builder.pipeline import build, resolve
     from builder.prompts import encode_prompt, messages
     from builder.recipe import load_recipe
-    from builder.sampling.base import EngineOptions, SamplingSettings, make_sampler
+    from builder.sampling.base import SamplingSettings, make_sampler
     from builder.sources import load_questions
 
     demo, base_dir = load_recipe(DEMO_RECIPE)
@@ -87,8 +87,7 @@ def main(argv: list[str]) -> int:
         sampler: Any = make_sampler(
             "vllm", model.path, model.revision,
             SamplingSettings(s.temperature, s.top_p, s.top_k, s.seed),
-            EngineOptions(m.dtype, m.max_model_len, m.tensor_parallel_size,
-                          m.gpu_memory_utilization, m.cpu_kvcache_gib), m.chat_template)
+            m.engine_options(), m.chat_template)
         print(f"engine  : vLLM {m.dtype}, loaded in {time.perf_counter() - started:.1f} s")
         questions = load_questions(first.source, base_dir).questions
         plain = [encode_prompt(sampler.tokenizer, messages(q.text, None, m.system_prompt))

@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
     from builder.pipeline import build, resolve
     from builder.prompts import encode_prompt, messages
     from builder.recipe import load_recipe
-    from builder.sampling.base import EngineOptions, SamplingSettings, make_sampler
+    from builder.sampling.base import SamplingSettings, make_sampler
     from builder.sources import load_questions
 
     demo, base_dir = load_recipe(DEMO_RECIPE)
@@ -94,8 +94,7 @@ def main(argv: list[str]) -> int:
         started = time.perf_counter()
         sampler: Any = make_sampler(
             "vllm", model.path, model.revision, settings,
-            EngineOptions(m.dtype, m.max_model_len, m.tensor_parallel_size,
-                          m.gpu_memory_utilization, m.cpu_kvcache_gib), m.chat_template)
+            m.engine_options(), m.chat_template)
         print(f"engine  : vLLM {m.dtype}, loaded in {time.perf_counter() - started:.1f} s")
         questions = load_questions(recipe.source, base_dir).questions
         prompts = [encode_prompt(sampler.tokenizer, messages(q.text, p.instruction,

@@ -33,7 +33,7 @@ from builder.models import ResolvedModel, resolve_model
 from builder.progress import phase_progress
 from builder.prompts import encode_prompt, messages, stable_prefix
 from builder.recipe import Recipe
-from builder.sampling.base import EngineOptions, Sample, Sampler, SamplingSettings, make_sampler
+from builder.sampling.base import Sample, Sampler, SamplingSettings, make_sampler
 from builder.sources import LoadedSource, Question, load_questions
 from builder.store import ShardStore
 from builder.writer import (
@@ -82,9 +82,7 @@ class _Run:
             logger.info("loading %s with %s", self.model.display_name, m.backend)
             self.sampler = make_sampler(
                 m.backend, self.model.path, self.model.revision, self.settings,
-                EngineOptions(m.dtype, m.max_model_len, m.tensor_parallel_size,
-                              m.gpu_memory_utilization, m.cpu_kvcache_gib, m.kv_block_size),
-                m.chat_template,
+                m.engine_options(), m.chat_template,
             )
             self.owns_sampler = True
             self.timings["engine_load"] = time.monotonic() - started
@@ -172,6 +170,8 @@ def _sample_phase(run: _Run, store: ShardStore, phase: str, shards: list[list[Qu
     """Sample every shard not already persisted; persist each as soon as it is done."""
     out: dict[str, list[Sample]] = {}
     total = sum(len(s) for s in shards)
+    if not all(store.has(phase, index) for index in range(len(shards))):
+        run.engine()  # load before the bar starts, so its rate and ETA count sampling only
     with phase_progress(label, total, enabled=not run.quiet) as advance:
         for index, shard in enumerate(shards):
             if store.has(phase, index):

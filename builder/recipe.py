@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from builder.errors import RecipeError
+from builder.sampling.base import EngineOptions
 
 DEFAULT_INSTRUCTION = (
     "Do not solve the whole problem. Write only the opening step of your solution: the first "
@@ -85,13 +86,20 @@ class ModelConfig(_Strict):
     max_model_len: int | None = Field(default=None, ge=64)
     tensor_parallel_size: int = Field(default=1, ge=1)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    cpu_kvcache_gib: float = Field(
-        default=2.0, gt=0, description="vLLM KV cache on CPU machines (GiB)"
+    # vLLM reads VLLM_CPU_KVCACHE_SPACE with int(): "2.0" would stop the engine.
+    cpu_kvcache_gib: int = Field(
+        default=2, ge=1, description="vLLM KV cache on CPU machines (whole GiB)"
     )
     kv_block_size: int | None = Field(
         default=None, ge=16, multiple_of=16,
         description="vLLM KV block size in tokens; empty: 32 on CPU, vLLM's default on GPU",
     )
+
+    def engine_options(self) -> EngineOptions:
+        """What a sampler needs to construct its engine."""
+        return EngineOptions(self.dtype, self.max_model_len, self.tensor_parallel_size,
+                             self.gpu_memory_utilization, self.cpu_kvcache_gib,
+                             self.kv_block_size)
 
 
 class SamplingConfig(_Strict):

@@ -8,6 +8,7 @@ session's Hub-protocol server will listen on.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import tempfile
@@ -32,7 +33,8 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ.pop("HF_TOKEN", None)
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+# The vLLM sampler sets the KV cache from the recipe unless the user did; tests check that path.
+KVCACHE_SET_BY_USER = "VLLM_CPU_KVCACHE_SPACE" in os.environ
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("UPFT_HUB_RETRY_BASE_SECONDS", "0.01")
@@ -96,13 +98,14 @@ def smollm2():
 def _make(backend: str, smollm2):
     from builder.models import resolve_model
     from builder.pipeline import resolve
-    from builder.sampling.base import EngineOptions, SamplingSettings, make_sampler
+    from builder.sampling.base import SamplingSettings, make_sampler
 
     recipe = resolve(demo_recipe(_SESSION_TMP, backend=backend), resolve_model("embedded:smollm2"))
     s, m = recipe.sampling, recipe.model
     settings = SamplingSettings(s.temperature, s.top_p, s.top_k, s.seed)
-    engine = EngineOptions(m.dtype if backend == "vllm" else "auto", m.max_model_len,
-                           m.tensor_parallel_size, m.gpu_memory_utilization, 1.0)
+    engine = m.engine_options()
+    if backend != "vllm":
+        engine = dataclasses.replace(engine, dtype="auto")
     return make_sampler(backend, smollm2.path, smollm2.revision, settings, engine)
 
 

