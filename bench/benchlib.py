@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -110,3 +111,25 @@ class Stages:
 
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
+
+
+def bench_recipe(base: Any, out: Path, limit: int | None, gsm8k: int | None, *,
+                 shard_size: int | None = None, full_trace_ratio: float | None = None,
+                 **prefix: Any) -> Any:
+    """The resolved demo recipe writing to ``out``: on the first ``limit`` demo questions or
+    the first ``gsm8k`` GSM8K test questions, with optional shard size, p and prefix changes."""
+    from builder.recipe import parse_recipe
+
+    data = base.resolved_dict()
+    data["output"]["dir"] = str(out)
+    data["prefix"].update(prefix)
+    if full_trace_ratio is not None:
+        data["mixture"]["full_trace_ratio"] = full_trace_ratio
+    if shard_size is not None:
+        data["output"]["shard_size"] = shard_size
+    if gsm8k is not None:
+        data["source"] = {"path": str(SHARED_DATA / "gsm8k-test.jsonl"), "question": "question",
+                          "limit": gsm8k}
+    elif limit is not None:
+        data["source"]["limit"] = limit
+    return parse_recipe(data, "benchmark recipe")

@@ -33,22 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import DEMO_RECIPE, SHARED_DATA, header, load, median, vllm_cpu_env
-
-
-def variant(base: Any, out: Path, limit: int | None, gsm8k: int | None, **prefix: Any) -> Any:
-    """The demo recipe, written to ``out``, optionally limited or on GSM8K, prefix changes."""
-    from builder.recipe import parse_recipe
-
-    data = base.resolved_dict()
-    data["output"]["dir"] = str(out)
-    data["prefix"].update(prefix)
-    if gsm8k is not None:
-        data["source"] = {"path": str(SHARED_DATA / "gsm8k-test.jsonl"), "question": "question",
-                          "limit": gsm8k}
-    elif limit is not None:
-        data["source"]["limit"] = limit
-    return parse_recipe(data, "benchmark recipe")
+from benchlib import DEMO_RECIPE, bench_recipe, header, load, median, vllm_cpu_env
 
 
 def main(argv: list[str]) -> int:
@@ -78,7 +63,7 @@ def main(argv: list[str]) -> int:
     demo, base_dir = load_recipe(DEMO_RECIPE)
     work = Path(tempfile.mkdtemp(prefix="upft-bench-cost-"))
     try:
-        first = variant(demo, work / "probe", limit, args.gsm8k)
+        first = bench_recipe(demo, work / "probe", limit, args.gsm8k)
         model = resolve_model(first.model.id, first.model.revision)
         first = resolve(first, model)
         s, m, p, mix = first.sampling, first.model, first.prefix, first.mixture
@@ -106,7 +91,7 @@ def main(argv: list[str]) -> int:
             return elapsed, sum(lengths), lengths
 
         def ours(tag: str, **change: Any) -> tuple[float, int, dict[str, Any]]:
-            rec = variant(demo, work / tag, limit, args.gsm8k, **change)
+            rec = bench_recipe(demo, work / tag, limit, args.gsm8k, **change)
             t0 = time.perf_counter()
             result = build(rec, base_dir, sampler=sampler, quiet=True)
             elapsed = time.perf_counter() - t0
@@ -114,7 +99,7 @@ def main(argv: list[str]) -> int:
 
         # Warm-up of both code paths on 2 questions.
         official(plain[:2])
-        rec = variant(demo, work / "warm", 2, None)
+        rec = bench_recipe(demo, work / "warm", 2, None)
         build(rec, base_dir, sampler=sampler, quiet=True)
 
         runs: dict[str, list[tuple[float, int]]] = {"official": [], "ours": [], "faithful": []}

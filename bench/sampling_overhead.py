@@ -34,26 +34,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import DEMO_RECIPE, SHARED_DATA, Stages, header, load, median, vllm_cpu_env
-
-
-def recipe_for(base: Any, out: Path, limit: int | None, gsm8k: int | None,
-               shard_size: int | None, **prefix: Any) -> Any:
-    """The demo recipe with the benchmark's changes (no full traces unless asked)."""
-    from builder.recipe import parse_recipe
-
-    data = base.resolved_dict()
-    data["output"]["dir"] = str(out)
-    data["mixture"]["full_trace_ratio"] = prefix.pop("full_trace_ratio", 0.0)
-    data["prefix"].update(prefix)
-    if shard_size is not None:
-        data["output"]["shard_size"] = shard_size
-    if gsm8k is not None:
-        data["source"] = {"path": str(SHARED_DATA / "gsm8k-test.jsonl"), "question": "question",
-                          "limit": gsm8k}
-    elif limit is not None:
-        data["source"]["limit"] = limit
-    return parse_recipe(data, "benchmark recipe")
+from benchlib import (
+    DEMO_RECIPE,
+    Stages,
+    bench_recipe,
+    header,
+    load,
+    median,
+    vllm_cpu_env,
+)
 
 
 def main(argv: list[str]) -> int:
@@ -85,7 +74,8 @@ def main(argv: list[str]) -> int:
     demo, base_dir = load_recipe(DEMO_RECIPE)
     work = Path(tempfile.mkdtemp(prefix="upft-bench-overhead-"))
     try:
-        recipe = recipe_for(demo, work / "r0", limit, args.gsm8k, args.shard_size)
+        phase1_only = {"shard_size": args.shard_size, "full_trace_ratio": 0.0}
+        recipe = bench_recipe(demo, work / "r0", limit, args.gsm8k, **phase1_only)
         model = resolve_model(recipe.model.id, recipe.model.revision)
         recipe = resolve(recipe, model)
         s, m, p = recipe.sampling, recipe.model, recipe.prefix
@@ -137,7 +127,7 @@ def main(argv: list[str]) -> int:
         # engine once on the whole batch and once shard-sized, so that no timed arm is the
         # first to run a batch of that size (without this, the first timed round ran up to
         # 1.7x slower than the later ones).
-        run_builder("warm", recipe_for(demo, work / "warm", 2, None, None))
+        run_builder("warm", bench_recipe(demo, work / "warm", 2, None, **phase1_only))
         run_bare(prompts)
         run_bare(prompts[: recipe.output.shard_size])
 
@@ -145,7 +135,7 @@ def main(argv: list[str]) -> int:
         arms = ["builder", "bare", "bare-sharded"]
         rows = []
         for r in range(rounds):
-            rec = recipe_for(demo, work / f"r{r}", limit, args.gsm8k, args.shard_size)
+            rec = bench_recipe(demo, work / f"r{r}", limit, args.gsm8k, **phase1_only)
             order = arms[r % 3:] + arms[: r % 3]
             got: dict[str, Any] = {}
             for which in order:
