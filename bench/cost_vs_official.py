@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
         started = time.perf_counter()
         sampler: Any = make_sampler(
             "vllm", model.path, model.revision,
-            SamplingSettings(s.temperature, s.top_p, s.top_k, s.seed),
+            s.settings(),
             m.engine_options(), m.chat_template)
         print(f"engine  : vLLM {m.dtype}, loaded in {time.perf_counter() - started:.1f} s")
         questions = load_questions(first.source, base_dir).questions

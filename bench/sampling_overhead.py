@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
         recipe = resolve(recipe, model)
         s, m, p = recipe.sampling, recipe.model, recipe.prefix
         assert s.top_p is not None and s.top_k is not None
-        settings = SamplingSettings(s.temperature, s.top_p, s.top_k, s.seed)
+        settings = s.settings()
         started = time.perf_counter()
         sampler: Any = make_sampler(
             "vllm", model.path, model.revision, settings,

@@ -106,8 +106,12 @@ class _Run:
         return self.engine().generate(prompts, n, max_tokens, progress)
 
 
+# The engines' neutral values: what a field means when neither recipe nor model sets it.
+NEUTRAL_DECODING: dict[str, float | int] = {"top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
+
+
 def _generation_defaults(model: ResolvedModel) -> dict[str, Any]:
-    """top_p / top_k from the model's generation config (the paper's rule), if readable."""
+    """Decoding defaults from the model's generation config (the paper's rule), if readable."""
     path = Path(model.path) / "generation_config.json"
     if not path.is_file():
         try:
@@ -116,7 +120,8 @@ def _generation_defaults(model: ResolvedModel) -> dict[str, Any]:
             path = Path(hf_hub_download(model.path, "generation_config.json",
                                         revision=model.revision))
         except Exception:  # offline, gated or absent: fall back to neutral values
-            logger.warning("no generation_config.json for %s; using top_p=1.0, top_k=0", model.path)
+            logger.warning("no generation_config.json for %s; decoding with neutral defaults "
+                           "(top_p=1.0, top_k disabled, no repetition penalty)", model.path)
             return {}
     try:
         return json.loads(path.read_text())
@@ -124,15 +129,37 @@ def _generation_defaults(model: ResolvedModel) -> dict[str, Any]:
         return {}
 
 
-def resolve(recipe: Recipe, model: ResolvedModel) -> Recipe:
-    """Fill what the recipe left to the model (top_p, top_k): the resolved recipe."""
+def decoding_sources(recipe: Recipe, model: ResolvedModel) -> dict[str, str]:
+    """Where each resolvable decoding value comes from: recipe, generation_config or neutral."""
     gen = _generation_defaults(model)
     s = recipe.sampling
-    sampling = s.model_copy(update={
-        "top_p": s.top_p if s.top_p is not None else float(gen.get("top_p") or 1.0),
-        "top_k": s.top_k if s.top_k is not None else int(gen.get("top_k") or 0),
-    })
-    return recipe.model_copy(update={"sampling": sampling})
+    out = {}
+    for name in NEUTRAL_DECODING:
+        if getattr(s, name) is not None:
+            out[name] = "recipe"
+        elif gen.get(name) is not None:
+            out[name] = "generation_config"
+        else:
+            out[name] = "neutral"
+    return out
+
+
+def resolve(recipe: Recipe, model: ResolvedModel) -> Recipe:
+    """Fill what the recipe left to the model's generation config, else the neutral value.
+
+    Both backends then apply exactly these values (the resolved recipe is what is written out),
+    so a Qwen-Math ``repetition_penalty: 1.05`` applies to vLLM and transformers alike.
+    """
+    gen = _generation_defaults(model)
+    s = recipe.sampling
+    update: dict[str, Any] = {}
+    for name, neutral in NEUTRAL_DECODING.items():
+        value = getattr(s, name)
+        if value is None:
+            found = gen.get(name)
+            value = type(neutral)(found) if found is not None else neutral
+        update[name] = value
+    return recipe.model_copy(update={"sampling": s.model_copy(update=update)})
 
 
 def plan(recipe: Recipe, base_dir: Path | None) -> dict[str, Any]:
@@ -253,9 +280,7 @@ def build(
             "build a new version, or pass --force to replace it"
         )
 
-    s = recipe.sampling
-    assert s.top_p is not None and s.top_k is not None
-    settings = SamplingSettings(s.temperature, s.top_p, s.top_k, s.seed)
+    settings = recipe.sampling.settings()
     run = _Run(recipe, model, settings, quiet, timings=timings)
     if sampler is not None:
         if sampler.settings.seed != settings.seed:

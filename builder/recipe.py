@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from builder.errors import RecipeError
-from builder.sampling.base import EngineOptions
+from builder.sampling.base import EngineOptions, SamplingSettings
 
 DEFAULT_INSTRUCTION = (
     "Do not solve the whole problem. Write only the opening step of your solution: the first "
@@ -103,13 +103,22 @@ class ModelConfig(_Strict):
 
 
 class SamplingConfig(_Strict):
-    """Decoding settings; top_p/top_k left empty take the model's generation config."""
+    """Decoding settings; top_p/top_k/repetition_penalty left empty take the model's
+    generation config (the paper's rule), else the engines' neutral value (disabled)."""
 
     temperature: float = Field(default=0.6, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=-1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
     seed: int = 0
     max_tokens: int = Field(default=1024, ge=1, description="token budget of a full trace")
+
+    def settings(self) -> SamplingSettings:
+        """The engines' decoding settings; the recipe must be resolved (nothing left empty)."""
+        if self.top_p is None or self.top_k is None or self.repetition_penalty is None:
+            raise RecipeError("internal: sampling settings used before the recipe was resolved")
+        return SamplingSettings(self.temperature, self.top_p, self.top_k, self.seed,
+                                self.repetition_penalty)
 
 
 class PrefixConfig(_Strict):

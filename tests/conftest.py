@@ -102,7 +102,7 @@ def _make(backend: str, smollm2):
 
     recipe = resolve(demo_recipe(_SESSION_TMP, backend=backend), resolve_model("embedded:smollm2"))
     s, m = recipe.sampling, recipe.model
-    settings = SamplingSettings(s.temperature, s.top_p, s.top_k, s.seed)
+    settings = s.settings()
     engine = m.engine_options()
     if backend != "vllm":
         engine = dataclasses.replace(engine, dtype="auto")

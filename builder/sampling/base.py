@@ -28,12 +28,17 @@ class Sample:
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """Decoding settings common to both backends (resolved: no None for top_p/top_k)."""
+    """Decoding settings common to both backends (resolved: no None left).
+
+    Both backends apply exactly these and nothing else: no engine or generation-config default
+    may slip in, so the same resolved recipe decodes the same way on vLLM and transformers.
+    """
 
     temperature: float
     top_p: float
     top_k: int  # 0 or -1 means disabled
     seed: int
+    repetition_penalty: float = 1.0  # 1.0 means disabled
 
 
 @dataclass(frozen=True)

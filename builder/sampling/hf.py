@@ -71,6 +71,29 @@ class HFSampler(Sampler):
     def tokenizer(self) -> Any:
         return self._tokenizer
 
+    def generation_config(self, n: int, max_tokens: int, stops: list[int]) -> Any:
+        """A complete ``GenerationConfig`` built from our settings alone.
+
+        Passing one whole config (rather than keyword overrides) keeps the model's own
+        generation_config.json out: a ``repetition_penalty`` or ``top_k`` stored there would
+        otherwise apply here but not in vLLM, and the two backends would decode differently.
+        """
+        from transformers import GenerationConfig
+
+        s = self.settings
+        sample = s.temperature > 0
+        return GenerationConfig(
+            max_new_tokens=max_tokens,
+            num_return_sequences=n,
+            eos_token_id=stops,
+            pad_token_id=self._pad,
+            do_sample=sample,
+            temperature=s.temperature if sample else 1.0,
+            top_p=s.top_p if sample else 1.0,
+            top_k=(s.top_k if s.top_k > 0 else 0) if sample else 0,
+            repetition_penalty=s.repetition_penalty,
+        )
+
     def _seed_for(self, prompts: Sequence[list[int]]) -> int:
         crc = 0
         for p in prompts:
@@ -90,18 +113,10 @@ class HFSampler(Sampler):
         gen = torch.Generator(device="cpu").manual_seed(self._seed_for(prompts))
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
         kwargs: dict[str, Any] = {
-            "max_new_tokens": max_tokens,
-            "num_return_sequences": n,
-            "eos_token_id": sorted(stops),
-            "pad_token_id": self._pad,
+            "generation_config": self.generation_config(n, max_tokens, sorted(stops)),
             "return_dict_in_generate": True,
             "output_logits": True,
         }
-        if s.temperature > 0:
-            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p,
-                          top_k=s.top_k if s.top_k > 0 else None)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         results: list[list[Sample]] = []
         for start in range(0, len(prompts), self.batch_size):
             batch = [list(p) for p in prompts[start : start + self.batch_size]]

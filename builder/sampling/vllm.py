@@ -119,6 +119,7 @@ class VLLMSampler(Sampler):
             temperature=s.temperature,
             top_p=s.top_p,
             top_k=s.top_k if s.top_k > 0 else -1,
+            repetition_penalty=s.repetition_penalty,
             max_tokens=max_tokens,
             stop_token_ids=sorted(self.stop_token_ids()),
             # logprobs=0 returns only the sampled token's log-prob: enough for cumulative_logprob.
