@@ -6,4 +6,4 @@ The pipeline reads top to bottom through the modules of this package:
 (parquet, manifest, card) -> ``hub`` (publishing).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

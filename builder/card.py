@@ -198,7 +198,9 @@ REQUIRED_KEYS = (
     "settings.n_samples", "settings.prefix_length", "settings.vote", "settings.min_agreement",
     "settings.full_trace_ratio", "settings.full_trace_from", "settings.label_filter",
     "settings.temperature", "settings.top_p", "settings.top_k", "settings.max_tokens",
-    "settings.seed", "settings.instruction", "counts.questions", "counts.prefix_rows",
+    "settings.seed", "settings.instruction", "settings.sample_prompt", "settings.full_trace_tries",
+    "counts.full_trace_resampled", "counts.full_trace_fallback",
+    "counts.questions", "counts.prefix_rows",
     "counts.full_rows", "counts.mixture_rows", "counts.trace_rows", "tokens.prefix_phase",
     "tokens.full_phase", "tokens.total_sampled", "tokens.tuning_tokens.prefix",
     "tokens.tuning_tokens.full", "tokens.tuning_tokens.total", "agreement.mean_at_L",
@@ -366,6 +368,18 @@ def _timing_sentence(manifest: dict) -> str:
     return text
 
 
+def _echo(manifest: dict) -> dict[str, str] | None:
+    echo = manifest.get("instruction_echo")
+    if not echo:
+        return None
+    return {
+        "markers": ", ".join(f'"{m}"' for m in echo.get("markers") or []),
+        "prefix": _or_na(echo.get("prefix_samples"), fmt_pct, 1),
+        "full": _or_na(echo.get("full_traces"), fmt_pct, 1),
+        "prompt": str(echo.get("sample_prompt")),
+    }
+
+
 def _or_na(value: Any, fmt: Any, decimals: int) -> str:
     # The builder writes null for an average over nothing (no question reached that point).
     return "n/a" if value is None else str(fmt(value, decimals))
@@ -376,6 +390,7 @@ def _card_context(manifest: dict, recipe_yaml: str, repo_id: str | None) -> dict
         _get(manifest, key)
     if _get(manifest, "settings.label_filter"):
         _get(manifest, "counts.label_filter_dropped")
+        _get(manifest, "counts.label_filter_unfiltered")
     name = str(_get(manifest, "name"))
     version = str(_get(manifest, "version"))
     repo = repo_id or manifest.get("repo_id") or f"{PLACEHOLDER_ORG}/{name}"
@@ -428,6 +443,7 @@ def _card_context(manifest: dict, recipe_yaml: str, repo_id: str | None) -> dict
         "backend_id": backend,
         "curve_table": _curve_table(manifest),
         "tokens_table": _tokens_table(manifest),
+        "echo": _echo(manifest),
     }
     if accuracy:
         context["accuracy"] = {

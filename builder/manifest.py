@@ -98,6 +98,8 @@ def build_manifest(
     accuracy: dict[str, Any] | None,
     timings: dict[str, float],
     resume: dict[str, int],
+    echo: dict[str, Any] | None = None,
+    decoding_sources: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The manifest.json document (key order is the order a reader wants)."""
     r = recipe
@@ -115,16 +117,24 @@ def build_manifest(
         "model": model,
         "backend": r.model.backend,
         "settings": {
-            "n_samples": r.prefix.samples,
+            "n_samples": r.sampled_per_question,
             "prefix_length": r.prefix.length,
             "vote": r.prefix.vote,
             "min_agreement": r.prefix.min_agreement,
+            "sample_prompt": "plain" if r.label_filter.enabled else r.prefix.sample_prompt,
             "full_trace_ratio": r.mixture.full_trace_ratio,
             "full_trace_from": r.mixture.full_trace_from,
-            "label_filter": r.mixture.label_filter,
+            "full_trace_tries": r.mixture.full_trace_tries,
+            "label_filter": r.label_filter.enabled,
+            "label_filter_samples": r.label_filter.samples if r.label_filter.enabled else None,
+            "label_filter_on_no_correct": (
+                r.label_filter.on_no_correct if r.label_filter.enabled else None
+            ),
             "temperature": r.sampling.temperature,
             "top_p": r.sampling.top_p,
             "top_k": r.sampling.top_k,
+            "repetition_penalty": r.sampling.repetition_penalty,
+            "decoding_sources": decoding_sources or {},
             "max_tokens": r.sampling.max_tokens,
             "seed": r.sampling.seed,
             "split_seed": r.mixture.seed,
@@ -134,6 +144,7 @@ def build_manifest(
         "counts": counts,
         "tokens": tokens,
         "agreement": agreement,
+        "instruction_echo": echo,
         "accuracy": accuracy,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "resume": resume,

@@ -2,9 +2,20 @@
 
 Runs after voting (phase 1) and full-trace sampling (phase 2). The full-trace share is a seeded
 random sample of question ids (exactly ``round(p * questions)`` of them, independent of file
-order). Everything else gets its voted prefix. The three subsets are plain column dicts:
+order). Everything else gets its voted prefix. The rules that make the rows faithful live here:
 
-* ``mixture`` -- the training set in TRL's conversational prompt-completion format;
+* a full row is a trace that *ended* (finish reason "stop"): the trainer closes every
+  completion with the end-of-turn token, so a trace cut off by ``max_tokens`` would teach the
+  model to stop mid-sentence. The pipeline re-samples such traces (``full_trace_tries``); a
+  question none of whose tries ended gets its prefix row instead (counted);
+* the paper's label filter (``label_filter``) picks, per question, the first of K complete
+  answers that verifies against the gold answer (:func:`first_correct`); its first L tokens are
+  the prefix, and a full row uses that same verified answer.
+
+The three subsets are plain column dicts:
+
+* ``mixture`` -- the training set in TRL's conversational prompt-completion format, with the
+  ``finish_reason`` of the sampled sequence each completion comes from;
 * ``prefixes`` -- one row per question with its vote statistics and agreement curve;
 * ``traces`` -- every sampled sequence of both phases, with its token ids.
 """
@@ -13,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +37,30 @@ from builder.sources import Question
 logger = logging.getLogger(__name__)
 
 Columns = dict[str, list[Any]]
+
+
+def gold_answers(q: Question) -> tuple[str, ...]:
+    """Every acceptable gold answer of a question (empty when it has none)."""
+    found = getattr(q, "answers", None)
+    if found:
+        return tuple(found)
+    return (q.answer,) if q.answer is not None else ()
+
+
+def verify(golds: Sequence[str], text: str) -> bool:
+    """Whether ``text``'s final answer matches any of the acceptable gold answers."""
+    return any(answers.is_correct(g, text) for g in golds)
+
+
+def first_correct(golds: Sequence[str], samples: Sequence[Sample]) -> tuple[int | None, list[bool]]:
+    """The index of the first sample whose answer verifies (None if none), and every verdict."""
+    verdicts = [verify(golds, s.text) for s in samples]
+    return next((i for i, ok in enumerate(verdicts) if ok), None), verdicts
+
+
+def ended(samples: Sequence[Sample]) -> Sample | None:
+    """The first sample that ended by itself (a usable full trace), if any."""
+    return next((s for s in samples if s.finish_reason == "stop"), None)
 
 
 def full_trace_ids(question_ids: list[str], ratio: float, seed: int) -> set[str]:
@@ -64,14 +100,12 @@ def generated_tokens(sample: Sample) -> int:
     return len(sample.token_ids) + (1 if sample.finish_reason == "stop" else 0)
 
 
-def _pick_full(q: Question, traces: list[Sample], label_filter: bool) -> Sample | None:
-    if not label_filter:
-        return traces[0]
-    assert q.answer is not None
-    for sample in traces:
-        if answers.is_correct(q.answer, sample.text):
-            return sample
-    return None
+@dataclass
+class Phase1:
+    """What phase 1 produced for the label filter: the chosen sample and every verdict."""
+
+    chosen: dict[str, int | None] = field(default_factory=dict)
+    verdicts: dict[str, list[bool]] = field(default_factory=dict)
 
 
 def assemble(
@@ -80,13 +114,23 @@ def assemble(
     prefixes: dict[str, PrefixChoice],
     phase1: dict[str, list[Sample]],
     phase2: dict[str, list[Sample]],
+    filtered: Phase1 | None = None,
 ) -> Tables:
-    """Build the mixture, prefixes and traces columns (rows in question order)."""
+    """Build the mixture, prefixes and traces columns (rows in question order).
+
+    ``phase2`` holds, per full-trace question, its tries in order (one sample each). With the
+    label filter, ``filtered`` says which phase-1 answer each question keeps (None: no correct
+    one) and full rows come from that answer instead of ``phase2``.
+    """
     system = recipe.model.system_prompt
     instruction = recipe.prefix.instruction
+    lf = recipe.label_filter
     has_gold = recipe.source.answer is not None
+    full_ids = full_trace_ids([q.id for q in questions], recipe.mixture.full_trace_ratio,
+                              recipe.mixture.seed)
     mixture: Columns = {
-        k: [] for k in ("question_id", "kind", "prompt", "completion", "num_tokens")
+        k: []
+        for k in ("question_id", "kind", "prompt", "completion", "num_tokens", "finish_reason")
     }
     prefix_cols: Columns = {
         k: []
@@ -98,9 +142,49 @@ def assemble(
         for k in ("question_id", "phase", "sample_index", "text", "token_ids", "num_tokens",
                   "finish_reason", "cumulative_logprob", "extracted_answer", "is_correct")
     }
-    checked = correct = dropped = 0
+    checked = correct = 0
+    counts = {"label_filter_dropped": 0, "label_filter_unfiltered": 0,
+              "full_trace_resampled": 0, "full_trace_fallback": 0}
     tuning = {"prefix": 0, "full": 0}
+    method = "label_filter" if lf.enabled else recipe.prefix.vote
     for q in questions:
+        golds = gold_answers(q)
+        verdicts = filtered.verdicts.get(q.id) if filtered else None
+        for j, s in enumerate(phase1[q.id]):
+            ok = verdicts[j] if verdicts is not None else None
+            extracted = answers.extract_answer(s.text) if verdicts is not None else None
+            if ok is not None:
+                checked += 1
+                correct += int(ok)
+            _trace(traces, q.id, "prefix", j, s, extracted, ok)
+        for j, s in enumerate(phase2.get(q.id, [])):
+            extracted = ok = None
+            if has_gold and golds:
+                extracted = answers.extract_answer(s.text)
+                ok = verify(golds, s.text)
+                checked += 1
+                correct += int(ok)
+            _trace(traces, q.id, "full", j, s, extracted, ok)
+
+        full: Sample | None = None
+        if lf.enabled:
+            assert filtered is not None
+            pick = filtered.chosen.get(q.id)
+            if pick is None and lf.on_no_correct == "drop":
+                counts["label_filter_dropped"] += 1
+                continue
+            if pick is None:
+                counts["label_filter_unfiltered"] += 1
+            if q.id in full_ids:
+                candidate = phase1[q.id][pick or 0]
+                full = candidate if candidate.finish_reason == "stop" else None
+                counts["full_trace_fallback"] += full is None
+        elif q.id in full_ids:
+            tries = phase2.get(q.id, [])
+            full = ended(tries)
+            counts["full_trace_resampled"] += len(tries) > 1
+            counts["full_trace_fallback"] += full is None
+
         choice = prefixes[q.id]
         prefix_cols["question_id"].append(q.id)
         prefix_cols["question"].append(q.text)
@@ -109,26 +193,10 @@ def assemble(
         prefix_cols["support"].append(choice.support)
         prefix_cols["agreement"].append(choice.agreement)
         prefix_cols["n_samples"].append(choice.n_samples)
-        prefix_cols["method"].append(recipe.prefix.vote)
+        prefix_cols["method"].append(method)
         prefix_cols["complete"].append(choice.complete)
         prefix_cols["agreement_curve"].append(choice.curve)
         prefix_cols["gold_answer"].append(q.answer)
-
-        for j, s in enumerate(phase1[q.id]):
-            _trace(traces, q.id, "prefix", j, s, None, None)
-        full = None
-        if q.id in phase2:
-            for j, s in enumerate(phase2[q.id]):
-                extracted = ok = None
-                if has_gold and q.answer is not None:
-                    extracted = answers.extract_answer(s.text)
-                    ok = answers.is_correct(q.answer, s.text)
-                    checked += 1
-                    correct += int(ok)
-                _trace(traces, q.id, "full", j, s, extracted, ok)
-            full = _pick_full(q, phase2[q.id], recipe.mixture.label_filter)
-            if full is None:
-                dropped += 1
 
         mixture["question_id"].append(q.id)
         if full is not None:
@@ -136,12 +204,14 @@ def assemble(
             mixture["prompt"].append(messages(q.text, None, system))
             mixture["completion"].append([{"role": "assistant", "content": full.text}])
             mixture["num_tokens"].append(len(full.token_ids))
+            mixture["finish_reason"].append(full.finish_reason)
             tuning["full"] += len(full.token_ids) + 1
         else:
             mixture["kind"].append("prefix")
             mixture["prompt"].append(messages(q.text, instruction, system))
             mixture["completion"].append([{"role": "assistant", "content": choice.text}])
             mixture["num_tokens"].append(len(choice.ids))
+            mixture["finish_reason"].append("stop" if choice.complete else "length")
             tuning["prefix"] += len(choice.ids) + 1
 
     stats = {
@@ -150,7 +220,7 @@ def assemble(
              "accuracy": round(correct / checked, 4) if checked else None}
             if has_gold and checked else None
         ),
-        "label_filter_dropped": dropped,
+        **counts,
         "tuning_tokens": {**tuning, "total": tuning["prefix"] + tuning["full"]},
     }
     return Tables(mixture, prefix_cols, traces, stats)

@@ -1,12 +1,16 @@
 """Prompt construction and prefix text: the messages a question becomes, and back from ids.
 
-Both sampling phases and the written mixture use these functions, so the prompt a model was
-sampled with is exactly the prompt the trainer sees. A prefix example's user message is the
-question followed by the recipe's instruction; a full-trace example's is the plain question.
+Both sampling phases and the written mixture use these functions. A prefix example's training
+prompt is the question followed by the recipe's instruction; a full-trace example's is the plain
+question. Prefixes are *sampled* with the plain question by default (the paper: the first L
+tokens of the model's normal answer); ``instruction_markers`` / ``echo_share`` measure how often
+samples repeat the instruction's wording, which is what sampling under the instruction causes.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 Message = dict[str, str]
@@ -47,3 +51,35 @@ def stable_prefix(tokenizer: Any, ids: list[int]) -> tuple[list[int], str]:
             return ids, text
         ids.pop()
     return [], ""
+
+
+# Function words: a marker made only of these ("of the", "you would") says nothing about echo.
+_STOPWORDS = frozenset(
+    "a an and are as at be but by do does for from how i if in is it its not of on only or so "
+    "that the this to was we what when which will with would you your".split()
+)
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+def instruction_markers(instruction: str) -> list[str]:
+    """The instruction's content-word bigrams ("opening step", "first thing"): echo markers."""
+    found: list[str] = []
+    for clause in re.split(r"[.,:;!?()]", instruction.lower()):
+        words = _WORD.findall(clause)
+        for a, b in zip(words, words[1:], strict=False):
+            if a not in _STOPWORDS and b not in _STOPWORDS and f"{a} {b}" not in found:
+                found.append(f"{a} {b}")
+    return found
+
+
+def echoes(text: str, markers: Iterable[str]) -> bool:
+    """Whether ``text`` repeats any marker (case and white space folded)."""
+    folded = " ".join(_WORD.findall(text.lower()))
+    return any(re.search(rf"\b{re.escape(m)}\b", folded) for m in markers)
+
+
+def echo_share(texts: list[str], markers: list[str]) -> float | None:
+    """Share of ``texts`` that echo a marker; None for no texts."""
+    if not texts:
+        return None
+    return sum(echoes(t, markers) for t in texts) / len(texts)

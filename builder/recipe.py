@@ -94,12 +94,17 @@ class ModelConfig(_Strict):
         default=None, ge=16, multiple_of=16,
         description="vLLM KV block size in tokens; empty: 32 on CPU, vLLM's default on GPU",
     )
+    compile: Literal["auto", "compiled", "eager"] = Field(
+        default="auto",
+        description="vLLM: compiled (torch.compile; CUDA graphs on GPUs) or eager; auto: "
+        "compiled on GPUs, on CPUs only when the planned token budget pays for compiling",
+    )
 
-    def engine_options(self) -> EngineOptions:
-        """What a sampler needs to construct its engine."""
+    def engine_options(self, token_bound: int | None = None) -> EngineOptions:
+        """What a sampler needs to construct its engine (``token_bound``: the planned budget)."""
         return EngineOptions(self.dtype, self.max_model_len, self.tensor_parallel_size,
                              self.gpu_memory_utilization, self.cpu_kvcache_gib,
-                             self.kv_block_size)
+                             self.kv_block_size, self.compile, token_bound)
 
 
 class SamplingConfig(_Strict):
@@ -122,13 +127,19 @@ class SamplingConfig(_Strict):
 
 
 class PrefixConfig(_Strict):
-    """How prefixes are sampled and chosen."""
+    """How prefixes are sampled and chosen. The defaults are the paper's: one sample per
+    question, sampled with the plain question, its first L tokens kept (``vote: first``)."""
 
     length: int = Field(default=32, ge=1, le=4096)
-    vote: Literal["first", "majority"] = "majority"
-    samples: int = Field(default=8, ge=1, le=256)
+    vote: Literal["first", "majority"] = "first"
+    samples: int = Field(default=1, ge=1, le=256)
     min_agreement: float = Field(default=0.0, ge=0, le=1)
     instruction: str = DEFAULT_INSTRUCTION
+    sample_prompt: Literal["plain", "instruction"] = Field(
+        default="plain",
+        description="prompt the prefix samples are drawn with: the plain question (the paper: "
+        "the first L tokens of the model's normal answer) or the question plus the instruction",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PrefixConfig:
@@ -142,13 +153,32 @@ class PrefixConfig(_Strict):
 
 
 class MixtureConfig(_Strict):
-    """Which questions get a full trace instead of a prefix."""
+    """Which questions get a full trace instead of a prefix, and what counts as one."""
 
     full_trace_ratio: float = Field(default=0.1, ge=0, le=1)
     seed: int = 0
     full_trace_from: Literal["fresh", "prefix"] = "fresh"
-    label_filter: bool = False
-    label_filter_samples: int = Field(default=4, ge=1, le=64)
+    full_trace_tries: int = Field(
+        default=3, ge=1, le=16,
+        description="samples drawn at most for a full trace that keeps hitting max_tokens; a "
+        "question none of whose tries ends gets a prefix row instead",
+    )
+
+
+class LabelFilterConfig(_Strict):
+    """The paper's supervised variant "UPFT + label filter" (needs gold answers).
+
+    Each question gets ``samples`` complete answers; the first whose final answer verifies
+    against the gold answer gives the prefix row (its first L tokens). Not label-free, and it
+    samples about as much as rejection-sampling fine-tuning.
+    """
+
+    enabled: bool = False
+    samples: int = Field(default=16, ge=1, le=256, description="complete answers per question")
+    on_no_correct: Literal["drop", "unfiltered"] = Field(
+        default="drop",
+        description="a question without a correct answer: drop it, or keep sample 0's prefix",
+    )
 
 
 class OutputConfig(_Strict):
@@ -189,6 +219,7 @@ class Recipe(_Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     prefix: PrefixConfig = Field(default_factory=PrefixConfig)
     mixture: MixtureConfig = Field(default_factory=MixtureConfig)
+    label_filter: LabelFilterConfig = Field(default_factory=LabelFilterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
 
@@ -218,11 +249,32 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> Recipe:
-        if self.mixture.label_filter and not self.source.answer:
-            raise ValueError(
-                "mixture.label_filter needs gold answers: set source.answer to the answer field"
-            )
+        if self.label_filter.enabled:
+            if not self.source.answer:
+                raise ValueError(
+                    "label_filter.enabled needs gold answers: set source.answer to the answer field"
+                )
+            if self.prefix.vote != "first" or self.prefix.samples != 1:
+                raise ValueError(
+                    "label_filter picks the prefix from label_filter.samples complete answers; "
+                    "leave prefix.vote at 'first' and prefix.samples at 1"
+                )
+            if self.mixture.full_trace_from == "prefix":
+                raise ValueError(
+                    "label_filter takes full rows from its verified complete answers; remove "
+                    "mixture.full_trace_from: prefix"
+                )
         return self
+
+    @property
+    def sampled_per_question(self) -> int:
+        """Phase-1 samples per question: N prefixes, or K complete answers (label filter)."""
+        return self.label_filter.samples if self.label_filter.enabled else self.prefix.samples
+
+    @property
+    def phase1_max_tokens(self) -> int:
+        """Phase-1 token limit: L, or a whole answer's budget (label filter)."""
+        return self.sampling.max_tokens if self.label_filter.enabled else self.prefix.length
 
     def resolved_dict(self) -> dict[str, Any]:
         """Every field with its effective value, in declaration order."""

@@ -84,8 +84,9 @@ def _majority_walk(tokens: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray
     return walk, support
 
 
-def _first_walk(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    walk = tokens[:, 0, :].copy()
+def _first_walk(tokens: np.ndarray, chosen: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    pick = np.zeros(tokens.shape[0], dtype=np.int64) if chosen is None else chosen
+    walk = tokens[np.arange(tokens.shape[0]), pick, :].copy()
     agree = np.logical_and.accumulate(tokens == walk[:, None, :], axis=2)
     return walk, agree.sum(axis=1).astype(np.int64)
 
@@ -95,8 +96,13 @@ def vote(
     logprobs: np.ndarray | None = None,
     method: str = "majority",
     min_agreement: float = 0.0,
+    chosen: np.ndarray | None = None,
 ) -> VoteResult:
-    """Vote a prefix per question from (Q, N, L) token ids and (Q, N) cumulative log-probs."""
+    """Vote a prefix per question from (Q, N, L) token ids and (Q, N) cumulative log-probs.
+
+    ``first`` takes sample 0, or the sample ``chosen[q]`` of each question when given (the
+    label filter's verified answer); its agreement curve counts the samples that share it.
+    """
     if tokens.ndim != 3:
         raise ValueError(f"tokens must be (questions, samples, depth), got shape {tokens.shape}")
     q, n, length = tokens.shape
@@ -105,7 +111,7 @@ def vote(
     if method == "majority":
         walk, support = _majority_walk(tokens, np.asarray(logprobs, dtype=np.float64))
     elif method == "first":
-        walk, support = _first_walk(tokens)
+        walk, support = _first_walk(tokens, chosen)
     else:
         raise ValueError(f"unknown vote method {method!r}; use 'first' or 'majority'")
 

@@ -32,7 +32,7 @@ SCHEMAS = {
     "mixture": pa.schema([
         ("question_id", pa.string()), ("kind", pa.string()),
         ("prompt", pa.list_(_MESSAGE)), ("completion", pa.list_(_MESSAGE)),
-        ("num_tokens", pa.int32()),
+        ("num_tokens", pa.int32()), ("finish_reason", pa.string()),
     ]),
     "prefixes": pa.schema([
         ("question_id", pa.string()), ("question", pa.string()), ("prefix", pa.string()),
