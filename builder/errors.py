@@ -39,3 +39,7 @@ class PublishError(UpftError):
 
 class TrainError(UpftError):
     """The training configuration or dataset cannot be used."""
+
+
+class EvalError(UpftError):
+    """The evaluation settings, or an existing evaluation output, cannot be used."""
