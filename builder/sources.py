@@ -2,9 +2,29 @@
 
 Second stage of the pipeline. Every row becomes a :class:`Question` with a stable id (the
 recipe's id field, else a hash of the normalised text), the question text (a field or a
-template over fields) and an optional gold answer. Empty and exactly duplicated questions are
+template over fields) and optional gold answers. Empty and exactly duplicated questions are
 dropped and counted; ``shuffle``/``seed`` and ``limit`` are applied last. What identifies the
 input (file sha256 or the Hub commit) is returned for the manifest.
+
+Text rules (the documented normalisation):
+
+* the *stored* question text is the field's text with leading and trailing white space
+  removed, nothing else: no Unicode normalisation, inner white space, combining marks, RTL
+  text, emoji and NUL characters are kept byte for byte (NFKC would turn ``x²`` into ``x2``);
+* ids (when hashed) and duplicate detection use :func:`normalise`: NFKC, white space folded;
+* a question field must hold text (a template may also use numbers); lists, objects and
+  booleans are errors that name the row, null or white space only counts as empty.
+
+Gold answers of any JSON type are normalised here, once: ``Question.answers`` holds every
+acceptable answer as a string math-verify parses (``$...$``-wrapped, the final answer of a
+GSM8K ``#### 72`` solution), a list meaning "any of these"; ``Question.answer`` is a display
+string (the text as given, a number without a spurious ``.0``, a list joined by `` | ``).
+Numbers print exactly (``27.0`` -> ``27``, ``0.5`` -> ``0.5``, big integers in full); null, an
+empty string or an empty list mean "no gold answer"; booleans, objects, NaN and nested lists
+are errors naming the row and field.
+
+Local files are read as UTF-8 (a byte-order mark and CRLF line ends are accepted); bytes that
+are not UTF-8 are reported with file, line and byte offset.
 """
 
 from __future__ import annotations
@@ -17,6 +37,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +57,8 @@ class Question:
 
     id: str
     text: str
-    answer: str | None = None
+    answer: str | None = None  # display form of the gold answer(s)
+    answers: tuple[str, ...] = ()  # every acceptable gold answer, as math-verify parses it
 
 
 @dataclass
@@ -72,6 +94,80 @@ def question_id(text: str) -> str:
     return "q-" + hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()[:16]
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def _decode_line(raw: bytes, path: Path, lineno: int, offset: int) -> str:
+    """One line as text; bytes that are not UTF-8 are reported with line and byte offset."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start]
+        raise SourceError(
+            f"{path}:{lineno}: byte 0x{bad:02x} at byte offset {offset + exc.start} (column "
+            f"{exc.start + 1} of the line) is not valid UTF-8; re-save the file as UTF-8"
+        ) from None
+
+
+def _check_utf8(path: Path) -> None:
+    """Scan a file line by line, so that a bad byte is named before a parser chokes on it."""
+    offset = 0
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            _decode_line(raw, path, lineno, offset)
+            offset += len(raw)
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    offset = 0
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            start, offset = offset, offset + len(raw)
+            if lineno == 1 and raw.startswith(_BOM):
+                raw, start = raw[len(_BOM):], start + len(_BOM)
+            line = _decode_line(raw, path, lineno, start)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SourceError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one "
+                    "JSON object"
+                ) from None
+            if not isinstance(row, dict):
+                raise SourceError(f"{path}:{lineno}: expected a JSON object, got {row!r:.60}")
+            yield f"{path}:{lineno}", row
+
+
+def _iter_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    raw = path.read_bytes()
+    skip = len(_BOM) if raw.startswith(_BOM) else 0
+    try:
+        text = raw[skip:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = skip + exc.start
+        line_start = raw.rfind(b"\n", 0, at) + 1
+        lineno = raw.count(b"\n", 0, at) + 1
+        raise SourceError(
+            f"{path}:{lineno}: byte 0x{raw[at]:02x} at byte offset {at} "
+            f"(column {at - line_start + 1} of the line) is not valid UTF-8; re-save the file "
+            "as UTF-8"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SourceError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise SourceError(f"{path}: expected a JSON list of objects (or {{'data': [...]}})")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise SourceError(f"{path} item {i}: expected an object, got {row!r:.60}")
+        yield f"{path} item {i}", row
+
+
 def _iter_local(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (location, row) pairs.
 
@@ -80,44 +176,53 @@ def _iter_local(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise SourceError(
-                        f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one "
-                        "JSON object"
-                    ) from None
-                if not isinstance(row, dict):
-                    raise SourceError(f"{path}:{lineno}: expected a JSON object, got {row!r:.60}")
-                yield f"{path}:{lineno}", row
+        yield from _iter_jsonl(path)
         return
     if suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            raise SourceError(f"{path}: expected a JSON list of objects (or {{'data': [...]}})")
-        for i, row in enumerate(data):
-            if not isinstance(row, dict):
-                raise SourceError(f"{path} item {i}: expected an object, got {row!r:.60}")
-            yield f"{path} item {i}", row
+        yield from _iter_json(path)
         return
     import polars as pl
 
+    if suffix == ".csv":
+        _check_utf8(path)
     try:
-        frame = pl.read_parquet(path) if suffix == ".parquet" else pl.read_csv(path)
+        # CSV cells stay text: "0.10" must not become 0.1, nor an id "007" become 7.
+        frame = (pl.read_parquet(path) if suffix == ".parquet"
+                 else pl.read_csv(path, infer_schema=False))
     except Exception as exc:  # polars raises many types for unreadable files
         raise SourceError(f"{path}: cannot read as {suffix[1:]}: {exc}") from None
     for i, row in enumerate(frame.iter_rows(named=True)):
         # CSV rows count from line 2 (line 1 is the header), parquet rows from 0.
         yield (f"{path}:{i + 2}" if suffix == ".csv" else f"{path} row {i}"), row
+
+
+def _open_local(cfg: SourceConfig, base_dir: Path | None) -> Path:
+    """The source file, checked: it exists, is a file, is readable and is not empty."""
+    assert cfg.path is not None
+    path = Path(cfg.path)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if path.is_dir():
+        raise SourceError(
+            f"source.path {cfg.path!r} is a directory ({path}); point it at a .jsonl, .json, "
+            ".parquet or .csv file"
+        )
+    if not path.is_file():
+        raise SourceError(
+            f"source.path {cfg.path!r} not found (looked at {path}); paths are relative to "
+            "the recipe file"
+        )
+    try:
+        with path.open("rb") as fh:
+            empty = not fh.read(1)
+    except OSError as exc:
+        raise SourceError(
+            f"source.path {cfg.path!r}: cannot read {path} ({exc.strerror}); check its "
+            "permissions"
+        ) from None
+    if empty:
+        raise SourceError(f"source.path {cfg.path!r}: {path} is empty (0 bytes)")
+    return path
 
 
 def _load_hub(cfg: SourceConfig) -> tuple[Iterator[tuple[str, dict[str, Any]]], dict[str, Any]]:
@@ -145,6 +250,51 @@ def _load_hub(cfg: SourceConfig) -> tuple[Iterator[tuple[str, dict[str, Any]]], 
     return rows, info
 
 
+def _kind(value: Any) -> str:
+    """A JSON-ish name for a value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float, Decimal)):
+        return "a number"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def format_number(value: int | float | Decimal) -> str:
+    """A number as text, exactly and without a spurious ``.0`` (27.0 -> 27, 0.5 -> 0.5)."""
+    if isinstance(value, int):
+        return str(value)
+    number = Decimal(repr(value)) if isinstance(value, float) else value
+    if not number.is_finite():
+        raise ValueError(f"{value} is not a finite number")
+    if number == number.to_integral_value():
+        return str(int(number))
+    # Positional notation (no exponent): math-verify reads 0.0000001, not 1e-07.
+    return format(number.normalize(), "f")
+
+
+def _field_text(value: Any, where: str, what: str, numbers: bool) -> str:
+    """The text of a question field: strings as they are, null as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if numbers and isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
+        try:
+            return format_number(value)
+        except ValueError:
+            pass
+    raise SourceError(
+        f"{where}: {what} holds {_kind(value)} ({value!r:.60}), not text; point source.question "
+        "at a text field (a template such as '{a} {b}' may also use numbers)"
+    )
+
+
 def _render(cfg: SourceConfig, row: dict[str, Any], where: str) -> str:
     fields = cfg.question_fields()
     missing = [f for f in fields if f not in row]
@@ -155,23 +305,62 @@ def _render(cfg: SourceConfig, row: dict[str, Any], where: str) -> str:
             f"(row has: {have}); fix source.question"
         )
     if _PLACEHOLDER.search(cfg.question):
-        return _PLACEHOLDER.sub(lambda m: "" if row[m.group(1)] is None else str(row[m.group(1)]),
-                                cfg.question)
-    value = row[cfg.question]
-    return "" if value is None else str(value)
+        return _PLACEHOLDER.sub(
+            lambda m: _field_text(row[m.group(1)], where, f"field {m.group(1)!r}", True),
+            cfg.question,
+        )
+    return _field_text(row[cfg.question], where, f"field {cfg.question!r}", False)
+
+
+def _gold_item(value: Any, where: str, name: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
+        try:
+            return format_number(value)
+        except ValueError:
+            pass
+    raise SourceError(
+        f"{where}: answer field {name!r} holds {_kind(value)} ({value!r:.60}); a gold answer "
+        "must be a string, a number, or a list of them (any of which is accepted)"
+    )
+
+
+def gold_answers(value: Any, where: str, name: str) -> tuple[str | None, tuple[str, ...]]:
+    """(display text, acceptable answers in math-verify form) of one row's gold answer field.
+
+    A list means "any of these"; null, empty strings and empty lists mean "no gold answer".
+    """
+    from builder.answers import normalise_gold
+
+    if isinstance(value, (list, tuple)):
+        items = [_gold_item(v, where, name) for v in value]
+        texts = list(dict.fromkeys(t for t in items if t is not None))
+    else:
+        one = _gold_item(value, where, name)
+        texts = [] if one is None else [one]
+    if not texts:
+        return None, ()
+    return " | ".join(texts), tuple(dict.fromkeys(normalise_gold(t) for t in texts))
+
+
+def _row_id(value: Any, where: str, name: str) -> str:
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise SourceError(
+        f"{where}: id field {name!r} holds {_kind(value)} ({value!r:.60}); ids must be "
+        "non-empty strings or integers -- fix source.id, or remove it to hash the questions"
+    )
 
 
 def load_questions(cfg: SourceConfig, base_dir: Path | None = None) -> LoadedSource:
     """Read, normalise, dedupe, shuffle and limit the questions of a recipe's source."""
     if cfg.path is not None:
-        path = Path(cfg.path)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        if not path.is_file():
-            raise SourceError(
-                f"source.path {cfg.path!r} not found (looked at {path}); paths are relative to "
-                "the recipe file"
-            )
+        path = _open_local(cfg, base_dir)
         rows: Iterator[tuple[str, dict[str, Any]]] = _iter_local(path)
         info: dict[str, Any] = {"type": "file", "id": None, "path": cfg.path, "config": None,
                                 "split": None, "revision": None, "sha256": sha256_file(path)}
@@ -185,18 +374,19 @@ def load_questions(cfg: SourceConfig, base_dir: Path | None = None) -> LoadedSou
     questions: list[Question] = []
     for where, row in rows:
         counts.read += 1
-        text = normalise(_render(cfg, row, where))
-        if not text:
+        text = _render(cfg, row, where).strip()
+        key = normalise(text)
+        if not key:
             counts.empty += 1
             continue
-        if text in seen_text:
+        if key in seen_text:
             counts.duplicate += 1
             continue
-        seen_text.add(text)
+        seen_text.add(key)
         if cfg.id is not None:
             if row.get(cfg.id) is None:
                 raise SourceError(f"{where}: id field {cfg.id!r} is missing or null; fix source.id")
-            qid = str(row[cfg.id])
+            qid = _row_id(row[cfg.id], where, cfg.id)
             if qid in seen_ids:
                 raise SourceError(
                     f"{where}: id {qid!r} (field {cfg.id!r}) was already used by {seen_ids[qid]}; "
@@ -204,16 +394,17 @@ def load_questions(cfg: SourceConfig, base_dir: Path | None = None) -> LoadedSou
                 )
             seen_ids[qid] = where
         else:
-            qid = question_id(text)
-        answer = None
+            qid = question_id(key)
+        answer: str | None = None
+        golds: tuple[str, ...] = ()
         if cfg.answer is not None:
             if cfg.answer not in row:
                 raise SourceError(
                     f"{where}: answer field {cfg.answer!r} is missing (row has: "
                     f"{', '.join(sorted(row))}); fix source.answer"
                 )
-            answer = None if row[cfg.answer] is None else str(row[cfg.answer])
-        questions.append(Question(qid, text, answer))
+            answer, golds = gold_answers(row[cfg.answer], where, cfg.answer)
+        questions.append(Question(qid, text, answer, golds))
 
     if cfg.shuffle:
         random.Random(cfg.seed).shuffle(questions)
@@ -226,6 +417,8 @@ def load_questions(cfg: SourceConfig, base_dir: Path | None = None) -> LoadedSou
             f"source yielded no questions (read {counts.read}, empty {counts.empty}, "
             f"duplicate {counts.duplicate}); check source.question and the file"
         )
+    if counts.empty:
+        logger.warning("%d empty or white-space-only question(s) skipped", counts.empty)
     logger.info(
         "questions: read %d, empty %d, duplicate %d, over limit %d, kept %d",
         counts.read, counts.empty, counts.duplicate, counts.limited, counts.kept,
