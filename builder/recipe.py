@@ -309,6 +309,22 @@ def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
+def _closest_key(loc: tuple[Any, ...]) -> str | None:
+    """The valid key nearest in spelling to the unknown last key of ``loc``, if one is close."""
+    import difflib
+
+    model: Any = Recipe
+    for key in loc[:-1]:
+        info = model.model_fields.get(str(key)) if isinstance(model, type) else None
+        model = getattr(info, "annotation", None)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+    if not loc or not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    found = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
 def _format_errors(exc: ValidationError, where: str, root: yaml.Node | None) -> str:
     lines = [f"{where}: invalid recipe ({exc.error_count()} problem(s)):"]
     for err in exc.errors():
@@ -319,6 +335,9 @@ def _format_errors(exc: ValidationError, where: str, root: yaml.Node | None) -> 
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling"
+            close = _closest_key(loc)
+            if close:
+                msg = f"unknown field; did you mean {close!r}? (or remove it)"
         elif err["type"] == "missing":
             msg = "required field is missing"
         lines.append(f"  - {path} ({at}): {msg}")

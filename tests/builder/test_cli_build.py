@@ -65,7 +65,7 @@ def test_bad_recipe_exits_2_with_the_field_path(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert result.stderr == (
         f"error: {recipe}: invalid recipe (1 problem(s)):\n"
-        f"  - prefix.lenght ({recipe}:7): unknown field; remove it or check its spelling\n"
+        f"  - prefix.lenght ({recipe}:7): unknown field; did you mean 'length'? (or remove it)\n"
     )
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)

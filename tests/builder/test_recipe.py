@@ -49,7 +49,7 @@ BAD_RECIPES = [
     pytest.param(
         GOOD + "prefix:\n  lenght: 8\n",
         ["recipe.yaml: invalid recipe (1 problem(s)):",
-         "  - prefix.lenght (recipe.yaml:7): unknown field; remove it or check its spelling"],
+         "  - prefix.lenght (recipe.yaml:7): unknown field; did you mean 'length'? (or remove it)"],
         id="unknown-nested-key",
     ),
     pytest.param(
