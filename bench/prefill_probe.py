@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
     from vllm.inputs import TokensPrompt
 
     from builder.models import resolve_model
-    from builder.pipeline import resolve
+    from builder.resolve import resolve
     from builder.prompts import encode_prompt, messages
     from builder.recipe import load_recipe
     from builder.sources import load_questions

@@ -65,7 +65,8 @@ def main(argv: list[str]) -> int:
     from vllm.inputs import TokensPrompt
 
     from builder.models import resolve_model
-    from builder.pipeline import build, resolve
+    from builder.pipeline import build
+    from builder.resolve import resolve
     from builder.prompts import encode_prompt, messages
     from builder.recipe import load_recipe
     from builder.sampling.base import SamplingSettings, make_sampler

@@ -3,10 +3,10 @@
 Everything the builder does between "phase 1 returned its samples" and "the parquet files are
 on disk", at a scale far beyond what CPU sampling could produce, with no model in the loop:
 
-  pack          ragged samples -> dense (Q, N, L) ids + (Q, N) log-probs  (as pipeline._vote)
+  pack          ragged samples -> dense (Q, N, L) ids + (Q, N) log-probs  (choose_prefixes)
   vote          builder.voting.vote, method majority
   stable_prefix builder.prompts.stable_prefix per question with the real SmolLM2 tokenizer,
-                voting.truncate where it shortens, PrefixChoice objects    (as pipeline._vote)
+                voting.truncate where it shortens, PrefixChoice objects    (choose_prefixes)
   assemble      builder.mixture.assemble (no gold answers, so no math-verify)
   write         builder.writer.write_config for mixture, prefixes and traces (zstd parquet)
 
@@ -135,11 +135,11 @@ def main(argv: list[str]) -> int:
     # Heavy imports after argument parsing so --help stays instant.
     from transformers import AutoTokenizer
 
-    from builder import pipeline, voting
+    from builder import prefixes, voting
     from builder.mixture import assemble, full_trace_ids
     from builder.models import resolve_model
     from builder.recipe import parse_recipe
-    from builder.sampling.base import Sample, SamplingSettings
+    from builder.sampling.base import Sample
     from builder.sources import Question
     from builder.store import ShardStore
     from builder.writer import write_config
@@ -171,9 +171,7 @@ def main(argv: list[str]) -> int:
         "prefix": {"length": length, "samples": n, "vote": "majority"},
         "mixture": {"full_trace_ratio": args.full_ratio, "seed": args.seed},
     })
-    # The pipeline's own vote step, with the tokenizer already loaded (no engine needed).
-    run = pipeline._Run(recipe, model, SamplingSettings(0.6, 1.0, 0, args.seed), quiet=True)
-    run.tokenizer = tok
+    # The builder's own prefix-choice stage, with the tokenizer already loaded (no engine).
     print(f"data    : {sum(len(g) for g in phase1.values()):,} prefix samples, "
           f"{len(phase2):,} full traces; RSS after generating {current_rss_mib():,.0f} MiB")
 
@@ -190,12 +188,12 @@ def main(argv: list[str]) -> int:
     restore = [
         instrument(stages, voting, "pack", "pack"),
         instrument(stages, voting, "vote", "vote", lambda a, r: results.append(r)),
-        instrument(stages, pipeline, "stable_prefix", "stable_prefix", note_trim),
+        instrument(stages, prefixes, "stable_prefix", "stable_prefix", note_trim),
     ]
     rss_before = peak_rss_mib()
     try:
-        with stages.time("pipeline._vote"):
-            choices = pipeline._vote(run, questions, phase1)
+        with stages.time("choose_prefixes"):
+            choices = prefixes.choose_prefixes(tok, questions, phase1, recipe.prefix)
         with stages.time("assemble"):
             tables = assemble(recipe, questions, choices, phase1, phase2)
         with stages.time("write"):
@@ -233,9 +231,9 @@ def main(argv: list[str]) -> int:
           f"resume shards {shard_mib:.1f} MiB")
     print()
     sec = stages.seconds
-    rest = sec["pipeline._vote"] - sec["pack"] - sec["vote"] - sec["stable_prefix"]
+    rest = sec["choose_prefixes"] - sec["pack"] - sec["vote"] - sec["stable_prefix"]
     rows = [
-        ("pipeline._vote", sec["pipeline._vote"]),
+        ("choose_prefixes", sec["choose_prefixes"]),
         ("  pack (voting.pack)", sec["pack"]),
         ("  vote (voting.vote)", sec["vote"]),
         ("  stable_prefix", sec["stable_prefix"]),
@@ -243,7 +241,7 @@ def main(argv: list[str]) -> int:
         ("assemble", sec["assemble"]),
         ("write (3 configs)", sec["write"]),
     ]
-    core = sec["pipeline._vote"] + sec["assemble"] + sec["write"]
+    core = sec["choose_prefixes"] + sec["assemble"] + sec["write"]
     print(f"{'stage':<28}{'seconds':>9}")
     for name, value in rows:
         print(f"{name:<28}{value:>9.2f}")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from builder import answers
+from builder.prefixes import LabelFilterPicks, PrefixChoice, gold_answers, verify
 from builder.prompts import messages
 from builder.recipe import Recipe
 from builder.sampling.base import Sample
@@ -37,25 +38,6 @@ from builder.sources import Question
 logger = logging.getLogger(__name__)
 
 Columns = dict[str, list[Any]]
-
-
-def gold_answers(q: Question) -> tuple[str, ...]:
-    """Every acceptable gold answer of a question (empty when it has none)."""
-    found = getattr(q, "answers", None)
-    if found:
-        return tuple(found)
-    return (q.answer,) if q.answer is not None else ()
-
-
-def verify(golds: Sequence[str], text: str) -> bool:
-    """Whether ``text``'s final answer matches any of the acceptable gold answers."""
-    return any(answers.is_correct(g, text) for g in golds)
-
-
-def first_correct(golds: Sequence[str], samples: Sequence[Sample]) -> tuple[int | None, list[bool]]:
-    """The index of the first sample whose answer verifies (None if none), and every verdict."""
-    verdicts = [verify(golds, s.text) for s in samples]
-    return next((i for i, ok in enumerate(verdicts) if ok), None), verdicts
 
 
 def ended(samples: Sequence[Sample]) -> Sample | None:
@@ -67,22 +49,6 @@ def full_trace_ids(question_ids: list[str], ratio: float, seed: int) -> set[str]
     """The seeded random share of question ids that get a full trace."""
     k = int(round(ratio * len(question_ids)))
     return set(random.Random(seed).sample(sorted(question_ids), k))
-
-
-@dataclass
-class PrefixChoice:
-    """The voted prefix of one question."""
-
-    ids: list[int]
-    text: str
-    support: int
-    n_samples: int
-    curve: list[float]
-    complete: bool
-
-    @property
-    def agreement(self) -> float:
-        return self.support / self.n_samples
 
 
 @dataclass
@@ -100,21 +66,13 @@ def generated_tokens(sample: Sample) -> int:
     return len(sample.token_ids) + (1 if sample.finish_reason == "stop" else 0)
 
 
-@dataclass
-class Phase1:
-    """What phase 1 produced for the label filter: the chosen sample and every verdict."""
-
-    chosen: dict[str, int | None] = field(default_factory=dict)
-    verdicts: dict[str, list[bool]] = field(default_factory=dict)
-
-
 def assemble(
     recipe: Recipe,
     questions: list[Question],
     prefixes: dict[str, PrefixChoice],
     phase1: dict[str, list[Sample]],
     phase2: dict[str, list[Sample]],
-    filtered: Phase1 | None = None,
+    filtered: LabelFilterPicks | None = None,
 ) -> Tables:
     """Build the mixture, prefixes and traces columns (rows in question order).
 

@@ -1,14 +1,17 @@
-"""The build: recipe -> questions -> phase 1 (prefixes) -> vote -> phase 2 (full traces) -> files.
+"""The build: recipe -> questions -> phase 1 -> prefix choice -> phase 2 -> files.
 
-This module only orchestrates; each step lives in its own module. It owns the rules that span
-steps: the fingerprint check against an existing version directory (same fingerprint: nothing
-to do, no engine is loaded; different: refuse unless ``force``), resuming from persisted
-shards, loading the engine only when something is left to sample, and the token accounting.
+This module only orchestrates; each step lives in the module that owns it: ``sources``
+(questions), ``resolve`` (decoding values), ``executor`` + ``sampling/`` (engines), ``store``
+(persisted shards), ``prefixes`` (vote / label filter / token-exact settling), ``mixture``
+(rows), ``manifest`` (numbers) and ``writer`` (the version directory). The pipeline owns the
+rules that span steps: the fingerprint check against an existing version directory (same
+fingerprint: nothing to do, no engine is loaded; different: refuse unless ``force``), which
+shards are left to sample, the order of the phases and the re-sampling of full traces that
+never ended.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -21,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from builder import voting
 from builder.errors import OutputError, SamplingError
+from builder.executor import Executor, LocalExecutor, ShardRequest
 from builder.manifest import (
     RFT_SAMPLES_PER_QUESTION,
     agreement_summary,
@@ -30,37 +33,23 @@ from builder.manifest import (
     fingerprint,
     token_accounting,
 )
-from builder.mixture import (
-    Phase1,
-    PrefixChoice,
-    assemble,
-    first_correct,
-    full_trace_ids,
-    generated_tokens,
-    gold_answers,
-)
+from builder.mixture import assemble, full_trace_ids, generated_tokens
 from builder.models import ResolvedModel, resolve_model
+from builder.prefixes import LabelFilterPicks, PrefixChoice, choose_prefixes, label_filter_picks
 from builder.progress import phase_progress
-from builder.prompts import (
-    echo_share,
-    encode_prompt,
-    instruction_markers,
-    messages,
-    stable_prefix,
-)
+from builder.prompts import echo_share, encode_prompt, instruction_markers, messages
 from builder.recipe import Recipe
-from builder.sampling.base import Sample, Sampler, SamplingSettings, make_sampler
+from builder.resolve import decoding_sources, generation_defaults, resolve
+from builder.sampling import make_sampler
+from builder.sampling.base import Sample, Sampler
 from builder.sources import LoadedSource, Question, load_questions
 from builder.store import ShardStore
-from builder.writer import (
-    publish_dir,
-    read_existing_fingerprint,
-    write_card,
-    write_config,
-    write_json,
-)
+from builder.writer import finish_release, read_existing_fingerprint, stage_release
 
 logger = logging.getLogger(__name__)
+
+Samples = dict[str, list[Sample]]
+PromptFn = Callable[[list[Question]], list[list[int]]]
 
 
 @dataclass
@@ -74,108 +63,43 @@ class BuildResult:
 
 
 @dataclass
-class _Run:
-    """Mutable state of one build: the lazily loaded engine and counters."""
+class _Build:
+    """The state one build carries between its phases."""
 
     recipe: Recipe
     model: ResolvedModel
-    settings: SamplingSettings
+    executor: Executor
+    store: ShardStore
     quiet: bool
-    sampler: Sampler | None = None
-    owns_sampler: bool = False
-    tokenizer: Any = None
-    engine_calls: int = 0
-    decoding_sources: dict[str, str] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float]
+    decoding_sources: dict[str, str]
+    _tokenizer: Any = None
     resume: dict[str, int] = field(default_factory=lambda: {
         "prefix_shards_reused": 0, "prefix_shards_sampled": 0,
         "full_shards_reused": 0, "full_shards_sampled": 0,
     })
 
-    def engine(self) -> Sampler:
-        if self.sampler is None:
-            started = time.monotonic()
-            m = self.recipe.model
-            logger.info("loading %s with %s", self.model.display_name, m.backend)
-            self.sampler = make_sampler(
-                m.backend, self.model.path, self.model.revision, self.settings,
-                m.engine_options(), m.chat_template,
-            )
-            self.owns_sampler = True
-            self.timings["engine_load"] = time.monotonic() - started
-        return self.sampler
-
-    def get_tokenizer(self) -> Any:
-        if self.sampler is not None:
-            return self.sampler.tokenizer
-        if self.tokenizer is None:
+    def tokenizer(self) -> Any:
+        """The engine's tokenizer when one is loaded here, else the model's own (no engine)."""
+        if self.executor.tokenizer is not None:
+            return self.executor.tokenizer
+        if self._tokenizer is None:
             from transformers import AutoTokenizer
 
             rev = {"revision": self.model.revision} if self.recipe.model.revision else {}
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model.path, **rev)
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model.path, **rev)
             if self.recipe.model.chat_template is not None:
-                self.tokenizer.chat_template = self.recipe.model.chat_template
-        return self.tokenizer
-
-    def generate(self, prompts: list[list[int]], n: int, max_tokens: int,
-                 progress: Callable[[int, int], None]) -> list[list[Sample]]:
-        self.engine_calls += 1
-        return self.engine().generate(prompts, n, max_tokens, progress)
+                self._tokenizer.chat_template = self.recipe.model.chat_template
+        return self._tokenizer
 
 
-# The engines' neutral values: what a field means when neither recipe nor model sets it.
-NEUTRAL_DECODING: dict[str, float | int] = {"top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
-
-
-def _generation_defaults(model: ResolvedModel) -> dict[str, Any]:
-    """Decoding defaults from the model's generation config (the paper's rule), if readable."""
-    path = Path(model.path) / "generation_config.json"
-    if not path.is_file():
-        try:
-            from huggingface_hub import hf_hub_download
-
-            path = Path(hf_hub_download(model.path, "generation_config.json",
-                                        revision=model.revision))
-        except Exception:  # offline, gated or absent: fall back to neutral values
-            logger.warning("no generation_config.json for %s; decoding with neutral defaults "
-                           "(top_p=1.0, top_k disabled, no repetition penalty)", model.path)
-            return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def decoding_sources(recipe: Recipe, gen: dict[str, Any]) -> dict[str, str]:
-    """Where each resolvable decoding value comes from: recipe, generation_config or neutral."""
-    s = recipe.sampling
-    out = {}
-    for name in NEUTRAL_DECODING:
-        if getattr(s, name) is not None:
-            out[name] = "recipe"
-        elif gen.get(name) is not None:
-            out[name] = "generation_config"
-        else:
-            out[name] = "neutral"
-    return out
-
-
-def resolve(recipe: Recipe, model: ResolvedModel, gen: dict[str, Any] | None = None) -> Recipe:
-    """Fill what the recipe left to the model's generation config, else the neutral value.
-
-    Both backends then apply exactly these values (the resolved recipe is what is written out),
-    so a Qwen-Math ``repetition_penalty: 1.05`` applies to vLLM and transformers alike.
-    """
-    gen = _generation_defaults(model) if gen is None else gen
-    s = recipe.sampling
-    update: dict[str, Any] = {}
-    for name, neutral in NEUTRAL_DECODING.items():
-        value = getattr(s, name)
-        if value is None:
-            found = gen.get(name)
-            value = type(neutral)(found) if found is not None else neutral
-        update[name] = value
-    return recipe.model_copy(update={"sampling": s.model_copy(update=update)})
+def token_budget(recipe: Recipe, questions: int) -> dict[str, int]:
+    """Upper bounds on sampled tokens per phase (every full-trace try may hit max_tokens)."""
+    n_full = 0 if recipe.label_filter.enabled else int(round(recipe.mixture.full_trace_ratio
+                                                             * questions))
+    prefix = questions * recipe.sampled_per_question * recipe.phase1_max_tokens
+    full = n_full * recipe.mixture.full_trace_tries * recipe.sampling.max_tokens
+    return {"full_questions": n_full, "prefix": prefix, "full": full, "total": prefix + full}
 
 
 def plan(recipe: Recipe, base_dir: Path | None) -> dict[str, Any]:
@@ -183,27 +107,23 @@ def plan(recipe: Recipe, base_dir: Path | None) -> dict[str, Any]:
     loaded = load_questions(recipe.source, base_dir)
     q = len(loaded.questions)
     lf = recipe.label_filter.enabled
-    n_full = 0 if lf else int(round(recipe.mixture.full_trace_ratio * q))
-    per_q, first_max = recipe.sampled_per_question, recipe.phase1_max_tokens
-    prefix_bound = q * per_q * first_max
-    # Every try of a full trace may run to max_tokens: the bound counts them all.
-    full_bound = n_full * recipe.mixture.full_trace_tries * recipe.sampling.max_tokens
+    budget = token_budget(recipe, q)
+    n_full = budget["full_questions"]
     rft_bound = RFT_SAMPLES_PER_QUESTION * q * recipe.sampling.max_tokens
     return {
         "output": str(Path(recipe.output.dir) / recipe.name / recipe.version),
         "source": loaded.manifest_entry(),
         "questions": q,
-        "prefix_phase": {"prompts": q, "samples": q * per_q, "max_tokens_each": first_max,
-                         "token_bound": prefix_bound,
+        "prefix_phase": {"prompts": q, "samples": q * recipe.sampled_per_question,
+                         "max_tokens_each": recipe.phase1_max_tokens,
+                         "token_bound": budget["prefix"],
                          "prompt": "plain" if lf else recipe.prefix.sample_prompt},
         "full_phase": {"prompts": n_full, "samples": n_full, "max_tokens_each":
                        recipe.sampling.max_tokens, "max_tries": recipe.mixture.full_trace_tries,
-                       "token_bound": full_bound},
-        "token_bound": prefix_bound + full_bound,
+                       "token_bound": budget["full"]},
+        "token_bound": budget["total"],
         "rft_token_bound": rft_bound,
-        "bound_ratio_vs_rft": (
-            round((prefix_bound + full_bound) / rft_bound, 4) if rft_bound else None
-        ),
+        "bound_ratio_vs_rft": round(budget["total"] / rft_bound, 4) if rft_bound else None,
     }
 
 
@@ -211,65 +131,113 @@ def _shards(items: list[Question], size: int) -> list[list[Question]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _sample_phase(run: _Run, store: ShardStore, phase: str, shards: list[list[Question]],
-                  make_prompts: Callable[[list[Question]], list[list[int]]], n: int,
-                  max_tokens: int, label: str, counter: str | None = None,
-                  ) -> dict[str, list[Sample]]:
-    """Sample every shard not already persisted; persist each as soon as it is done."""
-    counter = counter or phase
-    out: dict[str, list[Sample]] = {}
-    total = sum(len(s) for s in shards)
-    if not all(store.has(phase, index) for index in range(len(shards))):
-        run.engine()  # load before the bar starts, so its rate and ETA count sampling only
-    with phase_progress(label, total, enabled=not run.quiet) as advance:
+def _sample_phase(b: _Build, phase: str, questions: list[Question], make_prompts: PromptFn,
+                  n: int, max_tokens: int, seed: int, label: str, counter: str) -> Samples:
+    """Sample every shard of a phase that is not persisted yet; persist each as it arrives."""
+    shards = _shards(questions, b.recipe.output.shard_size)
+    out: Samples = {}
+    missing = [i for i in range(len(shards)) if not b.store.has(phase, i)]
+    if missing:
+        b.executor.prepare()  # engines start before the bar, so its rate counts sampling only
+    with phase_progress(label, len(questions), enabled=not b.quiet) as advance:
         for index, shard in enumerate(shards):
-            if store.has(phase, index):
-                loaded = store.load(phase, index)
-                run.resume[f"{counter}_shards_reused"] += 1
+            if index not in missing:
+                loaded = b.store.load(phase, index)
+                out.update({q.id: loaded[q.id] for q in shard})
+                b.resume[f"{counter}_shards_reused"] += 1
                 advance(len(shard), 0)
-                results = [loaded[q.id] for q in shard]
-            else:
-                results = run.generate(make_prompts(shard), n, max_tokens, advance)
-                store.save(phase, index, [q.id for q in shard], results)
-                run.resume[f"{counter}_shards_sampled"] += 1
-            out.update({q.id: r for q, r in zip(shard, results, strict=True)})
+        requests = [
+            ShardRequest(phase, i, tuple(q.id for q in shards[i]),
+                         tuple(tuple(p) for p in make_prompts(shards[i])), n, max_tokens, seed)
+            for i in missing
+        ]
+
+        def done(req: ShardRequest, results: list[list[Sample]]) -> None:
+            b.store.save(req.phase, req.index, list(req.question_ids), results)
+            out.update(zip(req.question_ids, results, strict=True))
+            b.resume[f"{counter}_shards_sampled"] += 1
+
+        if requests:
+            b.executor.run(requests, done, advance)
     return out
 
 
-def _vote(run: _Run, questions: list[Question], phase1: dict[str, list[Sample]],
-          chosen: dict[str, int | None] | None = None) -> dict[str, PrefixChoice]:
-    p = run.recipe.prefix
-    tokens = voting.pack([[s.token_ids for s in phase1[q.id]] for q in questions], p.length)
-    logprobs = np.array([[np.nan if s.cumulative_logprob is None else s.cumulative_logprob
-                          for s in phase1[q.id]] for q in questions], dtype=np.float64)
-    picks = None
-    if chosen is not None:
-        picks = np.array([chosen.get(q.id) or 0 for q in questions], dtype=np.int64)
-    n_samples = tokens.shape[1]
-    result = voting.vote(tokens, logprobs, p.vote, p.min_agreement, chosen=picks)
-    tok = run.get_tokenizer()
-    raws = [result.prefix_ids(i) for i in range(len(questions))]
-    # One batched decode + encode settles almost every prefix; only the rest take the
-    # token-by-token path of stable_prefix.
-    texts = tok.batch_decode(raws, skip_special_tokens=False)
-    encoded = tok(texts, add_special_tokens=False)["input_ids"]
-    curves = result.curves.tolist()
-    choices: dict[str, PrefixChoice] = {}
-    trimmed = 0
-    for i, q in enumerate(questions):
-        raw, text = raws[i], texts[i]
-        if list(encoded[i]) == raw and text == text.rstrip():
-            ids = raw
-        else:
-            ids, text = stable_prefix(tok, raw)
-        if len(ids) < len(raw):
-            trimmed += 1
-            voting.truncate(result, i, len(ids))
-        choices[q.id] = PrefixChoice(ids, text, int(result.support[i]), n_samples,
-                                     curves[i], bool(result.complete[i]))
-    if trimmed:
-        logger.info("%d prefix(es) shortened to a token-exact, trimmed text boundary", trimmed)
-    return choices
+def _try_seed(seed: int, attempt: int) -> int:
+    """The sampling seed of a full trace's ``attempt``-th try (the first keeps the recipe's)."""
+    if attempt == 1:
+        return seed
+    digest = hashlib.sha256(f"{seed}:full-trace-try:{attempt}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")
+
+
+def _sample_full_traces(b: _Build, full_qs: list[Question], make_prompts: PromptFn,
+                        budget: int) -> Samples:
+    """One trace per question; traces cut off by ``max_tokens`` are sampled again, up to
+    ``mixture.full_trace_tries`` times in all. Returns every try, in order, per question.
+
+    Each try is its own persisted phase (``full``, ``full-2``, ...) with its own seed, and the
+    questions of try k are those whose try k-1 did not end: both follow from what is stored,
+    so an interrupted build resumes into the same tries.
+    """
+    r = b.recipe
+    tries: Samples = {q.id: [] for q in full_qs}
+    pending = full_qs
+    for attempt in range(1, r.mixture.full_trace_tries + 1):
+        if not pending:
+            break
+        phase = "full" if attempt == 1 else f"full-{attempt}"
+        label = "phase 2: full traces" + ("" if attempt == 1 else f" (try {attempt})")
+        got = _sample_phase(b, phase, pending, make_prompts, 1, budget,
+                            _try_seed(r.sampling.seed, attempt), label, counter="full")
+        for q in pending:
+            tries[q.id].append(got[q.id][0])
+        pending = [q for q in pending if got[q.id][0].finish_reason != "stop"]
+    if pending:
+        logger.info("%d full trace(s) never ended within max_tokens=%d in %d tries; those "
+                    "questions get prefix rows", len(pending), budget, r.mixture.full_trace_tries)
+    return tries
+
+
+def _echo(b: _Build, phase1: Samples, phase2: Samples) -> dict[str, Any]:
+    """How often the first L tokens of samples repeat the instruction's wording, per phase."""
+    r = b.recipe
+    markers = instruction_markers(r.prefix.instruction)
+    tok = b.tokenizer()
+
+    def share(groups: Samples) -> float | None:
+        heads = [s.token_ids[: r.prefix.length] for samples in groups.values() for s in samples]
+        if not heads:
+            return None
+        value = echo_share(tok.batch_decode(heads, skip_special_tokens=True), markers)
+        return None if value is None else round(value, 4)
+
+    return {
+        "sample_prompt": "plain" if r.label_filter.enabled else r.prefix.sample_prompt,
+        "markers": markers,
+        "measured_on": f"first {r.prefix.length} tokens",
+        "prefix_samples": share(phase1),
+        "full_traces": share(phase2),
+    }
+
+
+def _local_executor(recipe: Recipe, model: ResolvedModel, questions: int,
+                    sampler: Sampler | None) -> Executor:
+    settings = recipe.sampling.settings()
+    if sampler is not None:
+        if sampler.settings.seed != settings.seed:
+            logger.warning("the engine was created with seed %d, the recipe asks for %d",
+                           sampler.settings.seed, settings.seed)
+        sampler.settings = settings
+        return LocalExecutor(sampler=sampler)
+    m = recipe.model
+    options = m.engine_options(token_budget(recipe, questions)["total"])
+
+    def factory() -> Sampler:
+        logger.info("loading %s with %s", model.display_name, m.backend)
+        return make_sampler(m.backend, model.path, model.revision, settings, options,
+                            m.chat_template)
+
+    return LocalExecutor(factory=factory)
 
 
 def build(
@@ -279,15 +247,20 @@ def build(
     force: bool = False,
     quiet: bool = False,
     sampler: Sampler | None = None,
+    executor: Executor | None = None,
 ) -> BuildResult:
-    """Run the whole build; returns the version directory (new or already complete)."""
+    """Run the whole build; returns the version directory (new or already complete).
+
+    ``sampler`` runs every shard on an engine the caller owns (tests, benchmarks);
+    ``executor`` hands the shards to another executor (e.g. a pool of engine replicas).
+    """
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     loaded: LoadedSource = load_questions(recipe.source, base_dir)
     timings["source"] = time.monotonic() - t0
 
     model = resolve_model(recipe.model.id, recipe.model.revision)
-    gen = _generation_defaults(model)
+    gen = generation_defaults(model)
     sources = decoding_sources(recipe, gen)
     recipe = resolve(recipe, model, gen)
     fp = fingerprint(recipe, loaded.info, model.revision)
@@ -308,93 +281,24 @@ def build(
             "build a new version, or pass --force to replace it"
         )
 
-    settings = recipe.sampling.settings()
-    run = _Run(recipe, model, settings, quiet, timings=timings, decoding_sources=sources)
-    if sampler is not None:
-        if sampler.settings.seed != settings.seed:
-            logger.warning("the engine was created with seed %d, the recipe asks for %d",
-                           sampler.settings.seed, settings.seed)
-        sampler.settings = settings
-        run.sampler = sampler
-    store = ShardStore(staging, fp, fresh=force)
+    if executor is None:
+        executor = _local_executor(recipe, model, len(loaded.questions), sampler)
+    b = _Build(recipe, model, executor, ShardStore(staging, fp, fresh=force), quiet, timings,
+               sources)
     try:
-        return _build(run, loaded, store, final, fp, replace=final.exists(), t0=t0)
+        return _run(b, loaded, final, fp, replace=final.exists(), t0=t0)
     finally:
-        if run.owns_sampler and run.sampler is not None:
-            run.sampler.close()
+        executor.close()
 
 
-def _try_seed(seed: int, attempt: int) -> int:
-    """The sampling seed of a full trace's ``attempt``-th try (the first keeps the recipe's)."""
-    if attempt == 1:
-        return seed
-    digest = hashlib.sha256(f"{seed}:full-trace-try:{attempt}".encode()).digest()
-    return int.from_bytes(digest[:7], "little")
+def _phase_timing(b: _Build, key: str, started: float, loaded_before: float) -> None:
+    # Engines start lazily inside the first phase that samples; report that time on its own.
+    b.timings[key] = time.monotonic() - started - (b.executor.engine_load_s - loaded_before)
 
 
-def _sample_full_traces(run: _Run, store: ShardStore, full_qs: list[Question],
-                        make_prompts: Callable[[list[Question]], list[list[int]]],
-                        budget: int) -> dict[str, list[Sample]]:
-    """One trace per question; traces cut off by ``max_tokens`` are sampled again, up to
-    ``mixture.full_trace_tries`` times in all. Returns every try, in order, per question.
-
-    Each try is its own persisted phase (``full``, ``full-2``, ...) with its own seed, and the
-    questions of try k are those whose try k-1 did not end: both follow from what is stored,
-    so an interrupted build resumes into the same tries.
-    """
-    r = run.recipe
-    tries: dict[str, list[Sample]] = {q.id: [] for q in full_qs}
-    pending = full_qs
-    base = run.settings
-    for attempt in range(1, r.mixture.full_trace_tries + 1):
-        if not pending:
-            break
-        run.settings = dataclasses.replace(base, seed=_try_seed(base.seed, attempt))
-        if run.sampler is not None:
-            run.sampler.settings = run.settings
-        phase = "full" if attempt == 1 else f"full-{attempt}"
-        label = "phase 2: full traces" + ("" if attempt == 1 else f" (try {attempt})")
-        got = _sample_phase(run, store, phase, _shards(pending, r.output.shard_size),
-                            make_prompts, 1, budget, label, counter="full")
-        for q in pending:
-            tries[q.id].append(got[q.id][0])
-        pending = [q for q in pending if got[q.id][0].finish_reason != "stop"]
-    run.settings = base
-    if run.sampler is not None:
-        run.sampler.settings = base
-    if pending:
-        logger.info("%d full trace(s) never ended within max_tokens=%d in %d tries; those "
-                    "questions get prefix rows", len(pending), budget, r.mixture.full_trace_tries)
-    return tries
-
-
-def _echo(run: _Run, phase1: dict[str, list[Sample]],
-          phase2: dict[str, list[Sample]]) -> dict[str, Any]:
-    """How often the first L tokens of samples repeat the instruction's wording, per phase."""
-    r = run.recipe
-    markers = instruction_markers(r.prefix.instruction)
-    tok = run.get_tokenizer()
-    length = r.prefix.length
-
-    def share(groups: dict[str, list[Sample]]) -> float | None:
-        heads = [s.token_ids[:length] for samples in groups.values() for s in samples]
-        if not heads:
-            return None
-        value = echo_share(tok.batch_decode(heads, skip_special_tokens=True), markers)
-        return None if value is None else round(value, 4)
-
-    return {
-        "sample_prompt": "plain" if r.label_filter.enabled else r.prefix.sample_prompt,
-        "markers": markers,
-        "measured_on": f"first {length} tokens",
-        "prefix_samples": share(phase1),
-        "full_traces": share(phase2),
-    }
-
-
-def _build(run: _Run, loaded: LoadedSource, store: ShardStore, final: Path, fp: str,
-           replace: bool, t0: float) -> BuildResult:
-    r = run.recipe
+def _run(b: _Build, loaded: LoadedSource, final: Path, fp: str, replace: bool,
+         t0: float) -> BuildResult:
+    r = b.recipe
     questions = loaded.questions
     system, instruction = r.model.system_prompt, r.prefix.instruction
     lf = r.label_filter.enabled
@@ -404,66 +308,53 @@ def _build(run: _Run, loaded: LoadedSource, store: ShardStore, final: Path, fp: 
         else None
 
     def prefix_prompts(shard: list[Question]) -> list[list[int]]:
-        tok = run.get_tokenizer()
+        tok = b.tokenizer()
         return [encode_prompt(tok, messages(q.text, sample_instruction, system)) for q in shard]
 
-    started, loaded_before = time.monotonic(), run.timings.get("engine_load", 0.0)
+    started, loaded_before = time.monotonic(), b.executor.engine_load_s
     label = "phase 1: answers to filter" if lf else "phase 1: prefixes"
-    phase1 = _sample_phase(run, store, "prefix", _shards(questions, r.output.shard_size),
-                           prefix_prompts, r.sampled_per_question, r.phase1_max_tokens, label)
-    # The engine loads lazily inside the first phase that samples; report it on its own.
-    engine_load = run.timings.get("engine_load", 0.0) - loaded_before
-    run.timings["prefix_phase"] = time.monotonic() - started - engine_load
+    phase1 = _sample_phase(b, "prefix", questions, prefix_prompts, r.sampled_per_question,
+                           r.phase1_max_tokens, r.sampling.seed, label, counter="prefix")
+    _phase_timing(b, "prefix_phase", started, loaded_before)
 
     started = time.monotonic()
-    filtered: Phase1 | None = None
-    if lf:
-        filtered = Phase1()
-        for q in questions:
-            pick, verdicts = first_correct(gold_answers(q), phase1[q.id])
-            filtered.chosen[q.id], filtered.verdicts[q.id] = pick, verdicts
-    choices = _vote(run, questions, phase1, filtered.chosen if filtered else None)
-    run.timings["vote"] = time.monotonic() - started
+    picks: LabelFilterPicks | None = label_filter_picks(questions, phase1) if lf else None
+    choices = choose_prefixes(b.tokenizer(), questions, phase1, r.prefix,
+                              picks.chosen if picks else None)
+    b.timings["vote"] = time.monotonic() - started
 
     full_ids = full_trace_ids([q.id for q in questions], r.mixture.full_trace_ratio, r.mixture.seed)
     full_qs = [] if lf else [q for q in questions if q.id in full_ids]
     from_prefix = r.mixture.full_trace_from == "prefix"
     # Continued traces keep the whole trace (prefix + continuation) within max_tokens.
-    budget = r.sampling.max_tokens
-    if from_prefix:
-        budget = max(1, budget - r.prefix.length)
+    budget = max(1, r.sampling.max_tokens - r.prefix.length) if from_prefix \
+        else r.sampling.max_tokens
 
     def full_prompts(shard: list[Question]) -> list[list[int]]:
-        tok = run.get_tokenizer()
+        tok = b.tokenizer()
         out = []
         for q in shard:
             ids = encode_prompt(tok, messages(q.text, None, system))
             out.append(ids + choices[q.id].ids if from_prefix else ids)
         return out
 
-    started, loaded_before = time.monotonic(), run.timings.get("engine_load", 0.0)
-    phase2 = _sample_full_traces(run, store, full_qs, full_prompts, budget)
-    engine_load = run.timings.get("engine_load", 0.0) - loaded_before
-    run.timings["full_phase"] = time.monotonic() - started - engine_load
+    started, loaded_before = time.monotonic(), b.executor.engine_load_s
+    phase2 = _sample_full_traces(b, full_qs, full_prompts, budget)
+    _phase_timing(b, "full_phase", started, loaded_before)
+    if b.executor.engine_load_s:
+        b.timings["engine_load"] = b.executor.engine_load_s
 
     prefix_cost = sum(generated_tokens(x) for samples in phase1.values() for x in samples)
     full_cost = sum(generated_tokens(x) for samples in phase2.values() for x in samples)
     if from_prefix:
-        tok = run.get_tokenizer()
-        # The trace is the voted prefix followed by what the engine continued it with.
-        phase2 = {
-            qid: [Sample(choices[qid].ids + x.token_ids,
-                         tok.decode(choices[qid].ids + x.token_ids, skip_special_tokens=True),
-                         x.finish_reason, x.cumulative_logprob) for x in samples]
-            for qid, samples in phase2.items()
-        }
+        phase2 = _continued(b, choices, phase2)
     # Complete answers sampled: the full traces, or with the label filter every phase-1 answer.
     complete = [x for samples in (phase1 if lf else phase2).values() for x in samples]
     mean_full = (sum(generated_tokens(x) for x in complete) / len(complete)) if complete else None
-    echo = _echo(run, phase1, phase2)
+    echo = _echo(b, phase1, phase2)
 
     started = time.monotonic()
-    tables = assemble(r, questions, choices, phase1, phase2, filtered)
+    tables = assemble(r, questions, choices, phase1, phase2, picks)
     kinds = tables.mixture["kind"]
     if not kinds:
         raise SamplingError(
@@ -479,37 +370,42 @@ def _build(run: _Run, loaded: LoadedSource, store: ShardStore, final: Path, fp: 
         "full_rows": n_full_rows,
         "mixture_rows": len(kinds),
         "trace_rows": len(tables.traces["question_id"]),
-        "full_trace_resampled": tables.stats["full_trace_resampled"],
-        "full_trace_fallback": tables.stats["full_trace_fallback"],
-        "label_filter_dropped": tables.stats["label_filter_dropped"],
-        "label_filter_unfiltered": tables.stats["label_filter_unfiltered"],
+        **{k: tables.stats[k] for k in ("full_trace_resampled", "full_trace_fallback",
+                                         "label_filter_dropped", "label_filter_unfiltered")},
     }
-    curves = np.array(tables.prefixes["agreement_curve"], dtype=np.float64)
-    manifest_model: dict[str, Any] = {"id": r.model.id, "revision": run.model.revision,
-                                      "name": run.model.display_name}
-    if run.sampler is not None:
-        manifest_model["engine"] = run.sampler.engine_info()
-    release = store.staging / "release"
-    shutil.rmtree(release, ignore_errors=True)
-    release.mkdir(parents=True)
-    for config, cols in (("mixture", tables.mixture), ("prefixes", tables.prefixes),
-                         ("traces", tables.traces)):
-        write_config(release, config, cols)
     recipe_yaml = r.to_yaml()
-    (release / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
-    run.timings["write"] = time.monotonic() - started
-    run.timings["total"] = time.monotonic() - t0
+    release = stage_release(b.store.staging, {"mixture": tables.mixture,
+                                              "prefixes": tables.prefixes,
+                                              "traces": tables.traces}, recipe_yaml)
+    b.timings["write"] = time.monotonic() - started
+    b.timings["total"] = time.monotonic() - t0
+
+    manifest_model: dict[str, Any] = {"id": r.model.id, "revision": b.model.revision,
+                                      "name": b.model.display_name}
+    engine = b.executor.engine_info()
+    if engine:
+        manifest_model["engine"] = engine
+    curves = np.array(tables.prefixes["agreement_curve"], dtype=np.float64)
     manifest = build_manifest(
         r, fp, loaded.manifest_entry(), manifest_model, counts,
         token_accounting(prefix_cost, full_cost, mean_full, len(questions),
                          tables.stats["tuning_tokens"]),
         agreement_summary(curves, tables.prefixes["agreement"], tables.prefixes["prefix_tokens"]),
-        tables.stats["accuracy"], run.timings, run.resume, echo, run.decoding_sources,
+        tables.stats["accuracy"], b.timings, b.resume, echo, b.decoding_sources,
     )
-    write_json(release / "manifest.json", manifest)
-    write_card(release, manifest, recipe_yaml, tables.prefixes["agreement_curve"],
-               tables.prefixes["agreement"])
-    publish_dir(release, final, replace=replace)
-    store.remove()
+    finish_release(release, final, manifest, recipe_yaml, tables.prefixes["agreement_curve"],
+                   tables.prefixes["agreement"], replace)
+    b.store.remove()
     logger.info("wrote %s", final)
-    return BuildResult(final, "built", manifest, run.engine_calls)
+    return BuildResult(final, "built", manifest, b.executor.engine_calls)
+
+
+def _continued(b: _Build, choices: dict[str, PrefixChoice], phase2: Samples) -> Samples:
+    """Traces sampled from a prefix, made whole: the prefix followed by the continuation."""
+    tok = b.tokenizer()
+    return {
+        qid: [Sample(choices[qid].ids + x.token_ids,
+                     tok.decode(choices[qid].ids + x.token_ids, skip_special_tokens=True),
+                     x.finish_reason, x.cumulative_logprob) for x in samples]
+        for qid, samples in phase2.items()
+    }

@@ -130,3 +130,22 @@ def read_existing_fingerprint(final: Path) -> str | None:
         return json.loads(manifest.read_text(encoding="utf-8")).get("fingerprint")
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def stage_release(staging: Path, columns: dict[str, dict[str, list[Any]]], recipe_yaml: str) -> Path:
+    """Write the data files and the resolved recipe into ``<staging>/release`` (not yet final)."""
+    release = staging / "release"
+    shutil.rmtree(release, ignore_errors=True)
+    release.mkdir(parents=True)
+    for config in CONFIGS:
+        write_config(release, config, columns[config])
+    (release / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
+    return release
+
+
+def finish_release(release: Path, final: Path, manifest: Any, recipe_yaml: str,
+                   curves: list[list[float]], agreements: list[float], replace: bool) -> None:
+    """Add the manifest and the card to a staged release, then move it into place."""
+    write_json(release / "manifest.json", manifest)
+    write_card(release, manifest, recipe_yaml, curves, agreements)
+    publish_dir(release, final, replace=replace)

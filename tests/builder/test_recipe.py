@@ -142,9 +142,25 @@ BAD_RECIPES = [
         id="unknown-vote",
     ),
     pytest.param(
-        GOOD + "mixture:\n  label_filter: true\n",
-        ["mixture.label_filter needs gold answers: set source.answer to the answer field"],
+        GOOD + "label_filter:\n  enabled: true\n",
+        ["label_filter.enabled needs gold answers: set source.answer to the answer field"],
         id="label-filter-without-answer",
+    ),
+    pytest.param(
+        GOOD + "  answer: a\nlabel_filter:\n  enabled: true\nprefix:\n  vote: majority\n"
+        "  samples: 8\n",
+        ["leave prefix.vote at 'first' and prefix.samples at 1"],
+        id="label-filter-with-voting",
+    ),
+    pytest.param(
+        GOOD + "mixture:\n  full_trace_tries: 0\n",
+        ["mixture.full_trace_tries (recipe.yaml:7): Input should be greater than or equal to 1"],
+        id="zero-full-trace-tries",
+    ),
+    pytest.param(
+        GOOD + "prefix:\n  sample_prompt: question\n",
+        ["prefix.sample_prompt (recipe.yaml:7): Input should be 'plain' or 'instruction'"],
+        id="unknown-sample-prompt",
     ),
     pytest.param(
         GOOD + "sampling:\n  temperature: -0.1\n",
@@ -266,11 +282,15 @@ def test_good_recipe_gets_defaults_and_its_folder(tmp_path: Path) -> None:
     assert recipe.model.backend == "vllm"
     assert recipe.sampling.temperature == 0.6
     assert recipe.sampling.top_p is None and recipe.sampling.top_k is None
-    assert (recipe.prefix.length, recipe.prefix.vote, recipe.prefix.samples) == (32, "majority", 8)
+    # The paper's method by default: one plain-prompt sample, its first L tokens.
+    assert (recipe.prefix.length, recipe.prefix.vote, recipe.prefix.samples) == (32, "first", 1)
+    assert recipe.prefix.sample_prompt == "plain"
+    assert recipe.sampling.repetition_penalty is None
     assert recipe.prefix.min_agreement == 0.0
     assert recipe.prefix.instruction == DEFAULT_INSTRUCTION
     assert recipe.mixture.full_trace_ratio == 0.1
-    assert recipe.mixture.label_filter is False
+    assert recipe.mixture.full_trace_tries == 3
+    assert recipe.label_filter.enabled is False and recipe.label_filter.samples == 16
     assert recipe.output.dir == "./out"
     assert recipe.publish.repo_id is None
 
@@ -377,11 +397,12 @@ def test_non_default_recipe_round_trips(tmp_path: Path) -> None:
                    "shuffle": True, "seed": 3},
         "model": {"id": "some/model", "backend": "transformers", "dtype": "float32",
                   "max_model_len": 512, "system_prompt": "Be brief."},
-        "sampling": {"temperature": 0.0, "top_p": 0.95, "top_k": 20, "seed": 9, "max_tokens": 64},
-        "prefix": {"length": 8, "vote": "majority", "samples": 4, "min_agreement": 0.5,
-                   "instruction": "Only the first step."},
-        "mixture": {"full_trace_ratio": 0.3, "seed": 1, "label_filter": True,
-                    "label_filter_samples": 16},
+        "sampling": {"temperature": 0.0, "top_p": 0.95, "top_k": 20, "repetition_penalty": 1.1,
+                     "seed": 9, "max_tokens": 64},
+        "prefix": {"length": 8, "vote": "first", "samples": 1, "instruction": "Only the first step.",
+                   "sample_prompt": "instruction"},
+        "mixture": {"full_trace_ratio": 0.3, "seed": 1, "full_trace_tries": 5},
+        "label_filter": {"enabled": True, "samples": 12, "on_no_correct": "unfiltered"},
         "output": {"dir": "/tmp/elsewhere", "shard_size": 5},
         "publish": {"repo_id": "org/name", "private": True},
     })

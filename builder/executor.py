@@ -1,0 +1,126 @@
+"""Sampling executors: who runs the shards of a sampling phase, and on which engine.
+
+Sits between the pipeline, which decides *what* to sample, and the engines in ``sampling/``.
+The pipeline turns every shard of a phase that is not yet persisted into a
+:class:`ShardRequest` (question ids, templated prompts, ``n``, ``max_tokens`` and the phase's
+seed) and hands the list to an executor. The executor samples them, in any order, and calls
+back once per finished shard; the pipeline persists each shard as soon as it arrives, so an
+interrupted build loses only unfinished shards.
+
+:class:`LocalExecutor` runs the shards one after another on one lazily loaded engine. A shard's
+samples depend only on its request: the engines reseed from ``(seed, prompts)`` before every
+call (``sampling.base.seed_for``), so where and in which order a shard runs does not change the
+dataset. That is what lets another executor spread shards over engine replicas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from builder.sampling.base import ProgressFn, Sample, Sampler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardRequest:
+    """One shard of one phase to sample: everything the engine needs, nothing else."""
+
+    phase: str
+    index: int
+    question_ids: tuple[str, ...]
+    prompts: tuple[tuple[int, ...], ...]
+    n: int
+    max_tokens: int
+    seed: int
+
+
+ShardDone = Callable[[ShardRequest, list[list[Sample]]], None]
+
+
+class Executor(ABC):
+    """Runs shard requests and reports each finished shard through ``done``."""
+
+    #: seconds spent starting engines (reported apart from the sampling phases)
+    engine_load_s: float = 0.0
+    #: engine ``generate`` calls made (0 when everything was resumed from disk)
+    engine_calls: int = 0
+
+    def prepare(self) -> None:  # noqa: B027 - optional hook
+        """Start the engines now (before a progress bar starts, so its rate counts sampling)."""
+
+    @property
+    def tokenizer(self) -> Any | None:
+        """The engine's tokenizer if one is loaded in this process (None: load your own)."""
+        return None
+
+    @abstractmethod
+    def run(self, requests: Sequence[ShardRequest], done: ShardDone,
+            progress: ProgressFn) -> None:
+        """Sample every request; call ``done(request, results)`` as each shard finishes."""
+
+    def engine_info(self) -> dict[str, Any]:
+        """Engine settings that can change output (for the manifest); empty if none started."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """How the shards were run (for the manifest)."""
+        return {"kind": "local", "replicas": 1, "resubmitted_shards": 0}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release engines this executor started."""
+
+
+class LocalExecutor(Executor):
+    """One engine in this process, loaded on first use (or given, e.g. a test's session engine).
+
+    ``factory`` builds the engine; a ``sampler`` passed in is used as is and not closed here.
+    """
+
+    def __init__(self, factory: Callable[[], Sampler] | None = None,
+                 sampler: Sampler | None = None) -> None:
+        if factory is None and sampler is None:
+            raise ValueError("LocalExecutor needs a sampler factory or a sampler")
+        self._factory = factory
+        self._sampler = sampler
+        self._owns = sampler is None
+
+    def engine(self) -> Sampler:
+        if self._sampler is None:
+            assert self._factory is not None
+            started = time.monotonic()
+            self._sampler = self._factory()
+            self.engine_load_s += time.monotonic() - started
+        return self._sampler
+
+    def prepare(self) -> None:
+        self.engine()
+
+    @property
+    def tokenizer(self) -> Any | None:
+        return None if self._sampler is None else self._sampler.tokenizer
+
+    def run(self, requests: Sequence[ShardRequest], done: ShardDone,
+            progress: ProgressFn) -> None:
+        sampler = self.engine()
+        for req in requests:
+            # The phase's seed; the engine derives the call's own seed from it and the prompts.
+            sampler.settings = dataclasses.replace(sampler.settings, seed=req.seed)
+            results = sampler.generate([list(p) for p in req.prompts], req.n, req.max_tokens,
+                                       progress)
+            self.engine_calls += 1
+            done(req, results)
+
+    def engine_info(self) -> dict[str, Any]:
+        return {} if self._sampler is None else self._sampler.engine_info()
+
+    def close(self) -> None:
+        if self._owns and self._sampler is not None:
+            self._sampler.close()
+            self._sampler = None
