@@ -43,3 +43,7 @@ class TrainError(UpftError):
 
 class EvalError(UpftError):
     """The evaluation settings, or an existing evaluation output, cannot be used."""
+
+
+class ManifestError(UpftError):
+    """A manifest.json is missing, not JSON, or does not match the manifest schema."""
