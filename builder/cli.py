@@ -7,9 +7,13 @@ light so that ``--help`` works without vLLM, torch or transformers installed.
 
 from __future__ import annotations
 
+import errno
 import functools
+import json
+import shlex
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -20,6 +24,12 @@ from builder.logs import build_log_path, capture, failure_hint, setup_logging
 __all__ = ["build_main", "handle_errors", "push_main", "setup_logging"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+# What the error handler says about the command in progress (set once its inputs are known).
+_context: dict[str, str] = {}
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                          errno.EFBIG})
 
 
 def handle_errors(fn: F) -> F:
@@ -36,8 +46,17 @@ def handle_errors(fn: F) -> F:
                 click.echo(hint, err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted: completed shards are kept; re-run to resume", err=True)
+            click.echo(_context.get("interrupted", "interrupted: completed shards are kept; "
+                                    "re-run to resume"), err=True)
             sys.exit(130)
+        except OSError as exc:
+            # A full disk or an unwritable folder while writing: say where, not a traceback.
+            if exc.errno not in _DISK_ERRNOS:
+                raise
+            where = exc.filename or _context.get("output", "the output folder")
+            click.echo(f"error: cannot write {where}: {exc.strerror or exc}; free some space "
+                       "or fix its permissions, then re-run (finished shards are kept)", err=True)
+            sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
 
@@ -78,8 +97,19 @@ def build_main(recipe: str, out: str | None, limit: int | None, backend: str | N
     from builder.recipe import apply_overrides, load_recipe
 
     setup_logging(quiet, verbose)
+    _check_recipe_text(recipe)
     parsed, base_dir = load_recipe(recipe)
     parsed = apply_overrides(parsed, out=out, limit=limit, backend=backend)
+    _check_inputs(parsed)
+    _context["output"] = str(Path(parsed.output.dir) / parsed.name)
+    resume = ["upft-build", recipe] + [f"--{k}={v}" for k, v in
+                                        (("out", out), ("limit", limit), ("backend", backend))
+                                        if v is not None]
+    _context["interrupted"] = (
+        f"interrupted: sampled shards are kept in "
+        f"{Path(parsed.output.dir) / parsed.name / ('.' + parsed.version + '.partial')}; "
+        f"resume with: {shlex.join(resume)}"
+    )
     if dry_run:
         from builder.pipeline import plan
 
@@ -105,6 +135,52 @@ def build_main(recipe: str, out: str | None, limit: int | None, backend: str | N
                    f"full {t['full_phase']:,}); {reduction}")
         click.echo(f"mean agreement at L: {m['agreement']['mean_at_L']}")
     click.echo(str(result.path))
+
+
+def _check_inputs(parsed: Any) -> None:
+    """Checks that need no engine: the output location and a local model's files."""
+    from builder.store import check_output_location
+
+    check_output_location(parsed.output.dir, parsed.name, parsed.version)
+    if parsed.model.id.startswith("embedded:"):
+        return  # resolving it may convert the model: left to the build
+    from builder.errors import ModelError
+    from builder.models import resolve_model
+
+    model = resolve_model(parsed.model.id, parsed.model.revision)
+    folder = Path(model.path)
+    if not folder.is_dir() or parsed.model.chat_template is not None:
+        return  # a Hub id (checked when it loads) or an explicit template
+    config = folder / "tokenizer_config.json"
+    has_template = (folder / "chat_template.jinja").is_file() or (
+        folder / "chat_template.json").is_file()
+    if not config.is_file():
+        return  # no tokenizer files at all: loading the model says so
+    if not has_template:
+        try:
+            has_template = bool(json.loads(config.read_text(encoding="utf-8"))
+                                .get("chat_template"))
+        except (OSError, ValueError):
+            has_template = False
+    if not has_template:
+        raise ModelError(
+            f"model {parsed.model.id!r} has no chat template (none in {config.name} or "
+            "chat_template.jinja); set model.chat_template in the recipe to a Jinja template, "
+            "or use an instruction-tuned model that ships one"
+        )
+
+
+def _check_recipe_text(recipe: str) -> None:
+    """A recipe with bytes that are not UTF-8 is named with line and offset, not a traceback."""
+    from builder.errors import RecipeError, SourceError
+    from builder.sources import check_utf8
+
+    try:
+        check_utf8(Path(recipe))
+    except SourceError as exc:
+        raise RecipeError(str(exc)) from None
+    except OSError:
+        pass  # missing or unreadable: load_recipe says so
 
 
 def _print_plan(p: dict[str, Any]) -> None:

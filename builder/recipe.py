@@ -190,6 +190,45 @@ class OutputConfig(_Strict):
     )
 
 
+class ExecutorConfig(_Strict):
+    """Who samples the shards: this process (``local``) or engine replicas on a Ray cluster.
+
+    Not part of the fingerprint: where a shard runs does not change its samples, so a build
+    started on Ray resumes locally and vice versa. A shard is ``output.shard_size`` questions.
+    """
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = Field(
+        default=None,
+        description="Ray cluster to join: 'auto' (the node's running cluster) or "
+        "'ray://head:10001'; empty: start a Ray instance on this machine",
+    )
+    replicas: int = Field(default=1, ge=1, description="engine replicas (data parallel)")
+    cpus_per_replica: int = Field(default=1, ge=1, description="CPU cores each replica holds")
+    gpus_per_replica: int | None = Field(
+        default=None, ge=0,
+        description="GPUs each replica holds; empty: model.tensor_parallel_size on a cluster "
+        "with GPUs, 0 on one without",
+    )
+    max_shard_attempts: int = Field(
+        default=3, ge=1, le=10, description="tries per shard when its replica is lost"
+    )
+    max_replica_restarts: int = Field(
+        default=2, ge=0, description="times Ray restarts a lost replica (its engine reloads)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_shard_size(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "shard_size" in data:
+            raise ValueError(
+                "shard_size belongs in the output section (output.shard_size): shards are the "
+                "unit every executor persists and resumes, so their size is part of the build; "
+                "move it there"
+            )
+        return data
+
+
 class PublishConfig(_Strict):
     """Defaults for push-to-hub."""
 
@@ -222,6 +261,7 @@ class Recipe(_Strict):
     label_filter: LabelFilterConfig = Field(default_factory=LabelFilterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
     @field_validator("name")
     @classmethod
@@ -315,7 +355,7 @@ def _closest_key(loc: tuple[Any, ...]) -> str | None:
 
     model: Any = Recipe
     for key in loc[:-1]:
-        info = model.model_fields.get(str(key)) if isinstance(model, type) else None
+        info = getattr(model, "model_fields", {}).get(str(key))
         model = getattr(info, "annotation", None)
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None

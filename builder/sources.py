@@ -109,7 +109,7 @@ def _decode_line(raw: bytes, path: Path, lineno: int, offset: int) -> str:
         ) from None
 
 
-def _check_utf8(path: Path) -> None:
+def check_utf8(path: Path) -> None:
     """Scan a file line by line, so that a bad byte is named before a parser chokes on it."""
     offset = 0
     with path.open("rb") as fh:
@@ -184,7 +184,7 @@ def _iter_local(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     import polars as pl
 
     if suffix == ".csv":
-        _check_utf8(path)
+        check_utf8(path)
     try:
         # CSV cells stay text: "0.10" must not become 0.1, nor an id "007" become 7.
         frame = (pl.read_parquet(path) if suffix == ".parquet"

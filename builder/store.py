@@ -2,53 +2,243 @@
 
 A build works in a staging folder next to its final version directory
 (``<dir>/<name>/.<version>.partial/``). Each shard of questions that a sampling phase finishes
-is written at once as ``shards/<phase>-<index>.parquet`` (temp file, then rename, so a killed
-process never leaves a half shard). On the next run a shard that exists is read instead of
-sampled. The staging folder carries the build's fingerprint; a different fingerprint means a
-different build, and its shards are discarded.
+is written at once as ``shards/<phase>-<index>.parquet`` with a ``.sha256`` sidecar (temp
+files, then renames, parquet last, so a killed process never leaves a shard that looks
+complete). On the next run a shard whose checksum matches is read instead of sampled; a
+truncated or garbage shard is discarded with a warning naming it and sampled again. The
+staging folder carries the build's fingerprint; a different fingerprint means a different
+build, and its shards are discarded.
+
+One build of a version runs at a time: :class:`BuildLock` holds an exclusive ``flock`` on
+``<dir>/<name>/.<version>.lock`` (which records the holder's pid) while the staging folder is
+in use. A second build fails with exit code 2 naming the first one's pid; a lock left by a
+killed run is released by the kernel and simply taken over.
+
+Disk errors (full disk, read-only or unwritable folder) become :class:`OutputError` naming the
+path; shards already written are left intact.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+from builder.errors import OutputError
 from builder.sampling.base import Sample
 
 logger = logging.getLogger(__name__)
 
+CHECKSUM_SUFFIX = ".sha256"
+# Lock files this process holds: builds in one process run one after another, so a lock still
+# held here (an earlier build of the same version raised) belongs to no one else.
+_HELD: dict[str, int] = {}
+
+
+def staging_dir(out_dir: str | Path, name: str, version: str) -> Path:
+    """Where the build of ``<out_dir>/<name>/<version>`` keeps its shards until it is done."""
+    return Path(out_dir) / name / f".{version}.partial"
+
+
+def lock_path(out_dir: str | Path, name: str, version: str) -> Path:
+    return Path(out_dir) / name / f".{version}.lock"
+
+
+def disk_error(path: Path, exc: BaseException, keep: Path | None = None) -> OutputError:
+    """A user-facing error for a failed write under ``path`` (full disk, permissions, ...)."""
+    reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
+    hint = "free some space or choose another output.dir (--out)"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "make it writable or choose another output.dir (--out)"
+    kept = f"; shards sampled so far are kept in {keep}" if keep is not None else ""
+    return OutputError(f"cannot write {path}: {reason}; {hint}, then re-run to resume{kept}")
+
+
+def check_output_location(out_dir: str | Path, name: str, version: str) -> None:
+    """Fail early if the version directory could never be written (nothing is created)."""
+    out = Path(out_dir)
+    final = out / name / version
+    for path in (final, final.parent, out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise OutputError(
+                    f"output path {path} is a file, not a directory; set output.dir (or --out) "
+                    "to a folder"
+                )
+            if path != final and not os.access(path, os.W_OK | os.X_OK):
+                raise OutputError(
+                    f"output folder {path} is not writable; make it writable or choose another "
+                    "output.dir (--out)"
+                )
+            if path != final:
+                return
+
+
+class BuildLock:
+    """An exclusive lock on building one version, released when the holder exits or dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> BuildLock:
+        key = str(self.path.resolve())
+        if key in _HELD:
+            self.fd = _HELD[key]
+            logger.debug("reusing this process's lock %s", self.path)
+            return self
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(self.path.parent, exc) from None
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise disk_error(self.path, exc) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+                os.close(fd)
+                raise OutputError(self._busy_message(holder)) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed the file as we locked it: lock the new one
+        previous = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+        if previous and previous != str(os.getpid()):
+            logger.warning("taking over the lock of an earlier build that is no longer running "
+                           "(pid %s, lock %s)", previous, self.path)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        _HELD[key] = fd
+        return self
+
+    def _busy_message(self, holder: str) -> str:
+        what = f"pid {holder}" if holder.isdigit() else "another process"
+        note = ""
+        if holder.isdigit() and not _alive(int(holder)):
+            note = " (that pid has exited, but a process it started still holds the lock)"
+        return (
+            f"another upft-build ({what}) is building this version right now{note}: lock "
+            f"{self.path}. Wait for it to finish or stop it, then re-run"
+        )
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        key = str(self.path.resolve())
+        if _HELD.get(key) == self.fd:
+            del _HELD[key]
+            # Unlink while still holding it; a waiting build then locks a fresh file (the
+            # inode check in acquire() makes sure nobody keeps a lock on the removed one).
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+            os.close(self.fd)
+        self.fd = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 class ShardStore:
-    """Reads and writes the per-shard sampling results of one build."""
+    """Reads and writes the per-shard sampling results of one build (holding its lock)."""
 
     def __init__(self, staging: Path, fingerprint: str, fresh: bool = False) -> None:
         self.staging = staging
         self.shards = staging / "shards"
-        marker = staging / "fingerprint"
-        if staging.exists():
+        self._verified: set[Path] = set()
+        self.discarded: list[str] = []
+        self.lock = BuildLock(staging.with_name(staging.name.removesuffix(".partial") + ".lock"))
+        self.lock.acquire()
+        try:
+            self._open(fingerprint, fresh)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, fingerprint: str, fresh: bool) -> None:
+        marker = self.staging / "fingerprint"
+        if self.staging.exists():
             old = marker.read_text().strip() if marker.is_file() else None
             if fresh or old != fingerprint:
                 reason = "--force" if fresh else "its recipe, source or model changed"
-                logger.info("discarding partial build in %s (%s)", staging, reason)
-                shutil.rmtree(staging)
-        self.shards.mkdir(parents=True, exist_ok=True)
-        marker.write_text(fingerprint + "\n")
+                logger.info("discarding partial build in %s (%s)", self.staging, reason)
+                shutil.rmtree(self.staging)
+        try:
+            self.shards.mkdir(parents=True, exist_ok=True)
+            marker.write_text(fingerprint + "\n")
+        except OSError as exc:
+            raise disk_error(self.staging, exc) from None
+        for stale in self.shards.glob("*.tmp"):  # left by a run killed mid-write
+            stale.unlink(missing_ok=True)
 
     def _path(self, phase: str, index: int) -> Path:
         return self.shards / f"{phase}-{index:05d}.parquet"
 
+    @staticmethod
+    def _sidecar(path: Path) -> Path:
+        return path.with_name(path.name + CHECKSUM_SUFFIX)
+
     def has(self, phase: str, index: int) -> bool:
-        return self._path(phase, index).is_file()
+        """Whether the shard is persisted and intact (a damaged one is discarded here)."""
+        path = self._path(phase, index)
+        if path in self._verified:
+            return True
+        if not path.is_file():
+            return False
+        sidecar = self._sidecar(path)
+        problem = None
+        if not sidecar.is_file():
+            problem = "no checksum file"
+        else:
+            expected = sidecar.read_text(encoding="ascii", errors="replace").split()
+            if not expected or expected[0] != _sha256(path):
+                problem = "checksum mismatch: truncated or overwritten"
+        if problem is None:
+            self._verified.add(path)
+            return True
+        logger.warning("discarding damaged shard %s (%s); it will be sampled again", path,
+                       problem)
+        self.discarded.append(path.name)
+        path.unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
+        return False
 
     def save(self, phase: str, index: int, ids: list[str], results: list[list[Sample]]) -> None:
         import polars as pl
 
-        rows = {
+        rows: dict[str, list[Any]] = {
             "question_id": [], "sample_index": [], "token_ids": [], "text": [],
             "finish_reason": [], "cumulative_logprob": [],
-        }  # type: dict[str, list]
+        }
         for qid, samples in zip(ids, results, strict=True):
             for j, s in enumerate(samples):
                 rows["question_id"].append(qid)
@@ -66,9 +256,21 @@ class ShardStore:
             },
         )
         target = self._path(phase, index)
-        tmp = target.with_suffix(".tmp")
-        frame.write_parquet(tmp)
-        os.replace(tmp, target)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp_sum = target.with_name(target.name + CHECKSUM_SUFFIX + ".tmp")
+        try:
+            frame.write_parquet(tmp)
+            with tmp.open("rb+") as fh:
+                os.fsync(fh.fileno())
+            tmp_sum.write_text(f"{_sha256(tmp)}  {target.name}\n", encoding="ascii")
+            # The checksum lands first: a parquet file without one is never trusted.
+            os.replace(tmp_sum, self._sidecar(target))
+            os.replace(tmp, target)
+        except Exception as exc:  # OSError, or polars' ComputeError wrapping one
+            tmp.unlink(missing_ok=True)
+            tmp_sum.unlink(missing_ok=True)
+            raise disk_error(target, exc, keep=self.shards) from None
+        self._verified.add(target)
 
     def load(self, phase: str, index: int) -> dict[str, list[Sample]]:
         import polars as pl
@@ -84,5 +286,11 @@ class ShardStore:
             )
         return out
 
+    def close(self) -> None:
+        """Release the build lock (the shards stay for a later resume)."""
+        self.lock.release()
+
     def remove(self) -> None:
+        """The build is complete: drop the staging folder and release the lock."""
         shutil.rmtree(self.staging, ignore_errors=True)
+        self.lock.release()
