@@ -28,6 +28,8 @@ _EPILOG = """Examples:
       --model Qwen/Qwen2.5-Math-7B-Instruct --output runs/qwen-upft
   upft-train --dataset out/demo-upft/0.1.0 --model embedded:smollm2 \\
       --output runs/demo --max-steps 20 --batch-size 8
+  upft-train --config recipes/gsm8k-qwen-math.train.yaml    # a paper setting
+  upft-train --config runs/demo/train_config.yaml --resume  # after an interruption
 
 Settings apply in the order defaults < --config FILE < flags. The resolved settings are saved
 as train_config.yaml in the output folder.
@@ -83,10 +85,15 @@ def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     help="YAML file of settings (keys as below, with underscores)",
 )
 @_config_options
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="continue an interrupted run from the newest checkpoint in --output (same settings)",
+)
 @click.option("--quiet", "-q", is_flag=True, help="only warnings and errors; no progress bars")
 @click.option("--verbose", "-v", is_flag=True, help="debug logging")
 @handle_errors
-def main(config_file: str | None, quiet: bool, verbose: bool, **flags: Any) -> None:
+def main(config_file: str | None, resume: bool, quiet: bool, verbose: bool, **flags: Any) -> None:
     """Fine-tune a model on a UPFT dataset (Unsupervised Prefix Fine-Tuning).
 
     Loss is taken on completion tokens only: a prefix example teaches its prefix tokens and the
@@ -97,7 +104,7 @@ def main(config_file: str | None, quiet: bool, verbose: bool, **flags: Any) -> N
     logger.info("settings: %s", json.dumps(config.to_dict()))
     from upft.train import run_training
 
-    summary = run_training(config, quiet=quiet)
+    summary = run_training(config, quiet=quiet, resume=resume)
     if not quiet:
         click.echo(
             f"trained {summary['steps']} steps on {summary['examples']['total']} examples; "

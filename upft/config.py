@@ -29,6 +29,8 @@ from builder.errors import TrainError
 
 # transformers scheduler names that make sense for UPFT runs; the paper uses the first.
 LR_SCHEDULERS = ("constant_with_warmup", "constant", "linear", "cosine")
+# How the loss averages over the effective batch; the first is the paper's (each example once).
+LOSS_AVERAGING = ("example", "token")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -88,6 +90,21 @@ class TrainConfig:
     )
     seed: int = field(default=42, metadata={"help": "seed for shuffling, dropout and init"})
     logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps"})
+    loss_averaging: str = field(
+        default="example",
+        metadata={
+            "help": "example: each example counts once (mean over its supervised tokens, then "
+            "over the examples of the effective batch; the paper's setup); token: mean over all "
+            "supervised tokens of the effective batch"
+        },
+    )
+    save_steps: int = field(
+        default=50,
+        metadata={"help": "save a checkpoint every N optimizer steps (0: none); see --resume"},
+    )
+    save_total_limit: int = field(
+        default=1, metadata={"help": "checkpoints kept; older ones are deleted"}
+    )
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (merged on save)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
@@ -266,6 +283,12 @@ def validate(config: TrainConfig, sources: dict[str, str] | None = None) -> None
         fail("weight_decay", "must not be negative")
     if config.lr_scheduler not in LR_SCHEDULERS:
         fail("lr_scheduler", f"is not one of {', '.join(LR_SCHEDULERS)}")
+    if config.loss_averaging not in LOSS_AVERAGING:
+        fail("loss_averaging", f"is not one of {', '.join(LOSS_AVERAGING)}")
+    if config.save_steps < 0:
+        fail("save_steps", "must not be negative (0 saves no checkpoints)")
+    if config.save_total_limit < 1:
+        fail("save_total_limit", "must be at least 1 (--resume needs the newest checkpoint)")
     if config.max_length < 16:
         fail("max_length", "is too short for a chat prompt; use at least 16 (paper: 4096)")
     per_step = config.micro_batch_size * config.world_size()

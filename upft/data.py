@@ -13,6 +13,12 @@ revision (pinned to the resolved commit) and its ``manifest.json`` / ``recipe.ya
   the end-of-turn token are supervised, anything after it (ChatML's newline) is kept in the
   sequence but masked, so a prefix example teaches "these L tokens, then stop" and nothing else.
 
+A full row whose ``finish_reason`` (a mixture column since builds of issue 8; older builds
+lack it) is anything but ``"stop"`` hit the token limit: it is left out with a counted warning,
+never trained with an end-of-turn token after it, which would teach the model to stop
+mid-answer. Leaving it out rather than failing keeps older or foreign datasets trainable; the
+count is in the summary and the model card.
+
 Tokenising prompt and completion separately, instead of rendering the whole conversation and
 tokenising once, keeps the sampled token ids intact even where a template trims white space or
 tokens could merge across the boundary.
@@ -30,7 +36,8 @@ from typing import Any
 
 import yaml
 
-from builder.errors import TrainError
+from builder.errors import ManifestError, TrainError
+from builder.manifest import Manifest, ManifestHeader
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +56,21 @@ class DatasetSource:
     config: str
     revision: str | None = None  # what the user asked for (Hub only)
     commit: str | None = None  # resolved commit sha (Hub only)
-    manifest: dict[str, Any] = field(default_factory=dict)
+    # The whole typed manifest; None without a manifest.json or for an older builder's schema.
+    manifest: Manifest | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
+    # What identifies the version (name, version, fingerprint, model), read from any manifest.
+    header: ManifestHeader = field(default_factory=ManifestHeader)
 
     @property
     def fingerprint(self) -> str | None:
-        value = self.manifest.get("fingerprint")
-        return str(value) if value is not None else None
+        return self.header.fingerprint
 
     @property
     def built_with(self) -> dict[str, Any]:
-        """The model the dataset was sampled with, as the manifest records it."""
-        model = self.manifest.get("model")
-        return model if isinstance(model, dict) else {}
+        """The model the dataset was sampled with (id, revision, name as recorded), or {}."""
+        model = self.header.model
+        return model.model_dump(exclude_none=True) if model is not None else {}
 
     @property
     def chat_template(self) -> str | None:
@@ -77,8 +86,8 @@ class DatasetSource:
             "config": self.config,
             "revision": self.revision,
             "commit": self.commit,
-            "name": self.manifest.get("name"),
-            "version": self.manifest.get("version"),
+            "name": self.header.name,
+            "version": self.header.version,
             "fingerprint": self.fingerprint,
             "built_with": self.built_with or None,
         }
@@ -89,17 +98,33 @@ def _read_local(folder: Path, name: str) -> str | None:
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
-def _parse_extras(manifest: str | None, recipe: str | None, where: str) -> tuple[dict, dict]:
-    try:
-        man = json.loads(manifest) if manifest else {}
-    except json.JSONDecodeError as exc:
-        raise TrainError(f"{where}/manifest.json is not valid JSON ({exc}); rebuild it") from None
+def _parse_extras(
+    manifest: str | None, recipe: str | None, where: str
+) -> tuple[Manifest | None, ManifestHeader, dict[str, Any]]:
+    """The typed manifest (None unless it validates), its header, and the recipe as a dict.
+
+    A manifest of an older builder (or a hand-made one) still gives the header -- name, version,
+    fingerprint and sampling model, all the trainer and its model card use -- so training goes on.
+    """
+    full, header = None, ManifestHeader()
+    if manifest:
+        name = f"{where}/manifest.json"
+        try:
+            data = json.loads(manifest)
+        except json.JSONDecodeError as exc:
+            raise TrainError(f"{name} is not valid JSON ({exc}); rebuild it") from None
+        try:
+            header = ManifestHeader.from_dict(data, name)
+            full = Manifest.from_dict(data, name)
+        except ManifestError as exc:
+            logger.warning("%s -- training goes on, reading only the manifest's name, version, "
+                           "fingerprint and model", exc)
     try:
         rec = yaml.safe_load(recipe) if recipe else {}
     except yaml.YAMLError:
         logger.warning("%s/recipe.yaml is not valid YAML; ignoring it", where)
         rec = {}
-    return (man if isinstance(man, dict) else {}), (rec if isinstance(rec, dict) else {})
+    return full, header, (rec if isinstance(rec, dict) else {})
 
 
 def _load_rows(path_or_repo: str, config: str, revision: str | None, where: str) -> Any:
@@ -185,15 +210,18 @@ def open_dataset(
         if not folder.is_dir():
             raise TrainError(f"dataset {spec!r} is a file; pass the version folder that holds it")
         folder = folder.resolve()
-        manifest, recipe = _parse_extras(
+        manifest, header, recipe = _parse_extras(
             _read_local(folder, "manifest.json"), _read_local(folder, "recipe.yaml"), str(folder)
         )
         rows = _load_rows(str(folder), config, None, f"dataset folder {str(folder)!r}")
-        if not manifest:
+        if header.fingerprint is None:
             logger.warning(
-                "%s has no manifest.json; the model card cannot name a fingerprint", folder
+                "%s has no manifest.json naming a fingerprint; the model card cannot name one",
+                folder,
             )
-        source = DatasetSource("local", str(folder), config, manifest=manifest, recipe=recipe)
+        source = DatasetSource(
+            "local", str(folder), config, manifest=manifest, recipe=recipe, header=header
+        )
         return rows, source
     if not _REPO_ID.match(spec):
         raise TrainError(
@@ -218,9 +246,9 @@ def open_dataset(
             raise _hub_error(exc, spec, revision) from None
         return Path(path).read_text(encoding="utf-8")
 
-    manifest, recipe = _parse_extras(fetch("manifest.json"), fetch("recipe.yaml"), spec)
+    manifest, header, recipe = _parse_extras(fetch("manifest.json"), fetch("recipe.yaml"), spec)
     rows = _load_rows(spec, config, sha, f"dataset repo {spec!r} at {sha}")
-    source = DatasetSource("hub", spec, config, revision, sha, manifest, recipe)
+    source = DatasetSource("hub", spec, config, revision, sha, manifest, recipe, header)
     return rows, source
 
 
@@ -278,6 +306,7 @@ class EncodeStats:
     examples: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     supervised_tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     dropped_too_long: int = 0
+    dropped_truncated: int = 0  # full traces that did not end (finish_reason "length")
     full_count_mismatch: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -288,6 +317,7 @@ class EncodeStats:
                 "total": sum(self.supervised_tokens.values()),
             },
             "dropped_too_long": self.dropped_too_long,
+            "dropped_truncated": self.dropped_truncated,
         }
 
 
@@ -357,14 +387,26 @@ def encode_row(row: dict[str, Any], tokenizer: Any, end: TurnEnd) -> dict[str, A
     }
 
 
+def ended(row: dict[str, Any]) -> bool:
+    """False for a full row that did not end by itself (no column: older builds, trusted)."""
+    reason = row.get("finish_reason")
+    return row.get("kind") != "full" or reason is None or reason == "stop"
+
+
 def encode_rows(
     rows: Iterable[dict[str, Any]], tokenizer: Any, end: TurnEnd, max_length: int
 ) -> tuple[list[dict[str, list[int]]], EncodeStats]:
     """Encode every row; rows longer than ``max_length`` are left out (cutting one would drop
-    its end-of-turn token and teach the model not to stop)."""
+    its end-of-turn token and teach the model not to stop), and so are full traces that hit
+    the token limit (``finish_reason`` other than ``"stop"``)."""
     stats = EncodeStats()
     encoded: list[dict[str, list[int]]] = []
+    truncated: list[str] = []
     for row in rows:
+        if not ended(row):
+            stats.dropped_truncated += 1
+            truncated.append(f"{row.get('question_id')} ({row.get('finish_reason')})")
+            continue
         item = encode_row(row, tokenizer, end)
         if len(item["input_ids"]) > max_length:
             stats.dropped_too_long += 1
@@ -382,6 +424,14 @@ def encode_rows(
             stats.dropped_too_long,
             max_length,
         )
+    if stats.dropped_truncated:
+        logger.warning(
+            "left out %d full trace(s) that did not end by themselves (finish_reason is not "
+            "'stop'): an end-of-turn token after them would teach the model to stop mid-answer; "
+            "rows: %s",
+            stats.dropped_truncated,
+            ", ".join(truncated[:10]) + (", ..." if len(truncated) > 10 else ""),
+        )
     if stats.full_count_mismatch:
         logger.warning(
             "%d full trace(s) re-tokenise to a different count than their num_tokens; they are "
@@ -391,7 +441,8 @@ def encode_rows(
     if not encoded:
         raise TrainError(
             f"no training examples left (rows dropped as longer than max_length={max_length}: "
-            f"{stats.dropped_too_long}); check the dataset or raise --max-length"
+            f"{stats.dropped_too_long}, full traces that did not end: {stats.dropped_truncated})"
+            "; check the dataset or raise --max-length"
         )
     return encoded, stats
 

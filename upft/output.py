@@ -62,6 +62,9 @@ complete sampled traces. No gold answers are used.
 | Examples | {{ ex.prefix }} prefix + {{ ex.full }} full trace = {{ ex.total }}
 {%- if summary.dropped_too_long %}
  ({{ summary.dropped_too_long }} longer than max_length left out)
+{%- endif %}
+{%- if summary.dropped_truncated %}
+ ({{ summary.dropped_truncated }} full trace(s) that hit the token limit left out)
 {%- endif %} |
 | Supervised tokens | {{ tok.prefix }} prefix + {{ tok.full }} full trace = {{ tok.total }} |
 
@@ -69,6 +72,13 @@ Loss is computed on completion tokens only: the prompt is masked, and a prefix e
 exactly its prefix tokens followed by `{{ eot_supervised }}`
 {%- if eot_tail %}; what the template writes after that (`{{ eot_tail }}`) is not supervised
 {%- endif %}.
+{% if summary.loss_averaging == "token" %}
+The loss is averaged over all supervised tokens of each effective batch (`loss_averaging:
+token`), so a long full trace weighs more than a short prefix: not the paper's setup.
+{% else %}
+Each example counts once (`loss_averaging: example`, the paper's setup): the loss is the mean
+over an example's supervised tokens, then the mean over the examples of the effective batch.
+{% endif %}
 
 ## Training settings
 
@@ -87,6 +97,9 @@ exactly its prefix tokens followed by `{{ eot_supervised }}`
 | Training time | {{ "%.1f" | format(summary.train_time_s) }} s |
 | Final logged loss | {{ summary.final_loss if summary.final_loss is not none else "n/a" }} |
 | Mean training loss | {{ "%.4f" | format(summary.mean_loss) }} |
+{% if summary.resumed_from %}
+| Resumed from | `{{ summary.resumed_from }}` (training time counts the resumed part) |
+{% endif %}
 
 ## Use
 
@@ -151,6 +164,7 @@ def render_card(config: TrainConfig, summary: dict[str, Any], folder: Path) -> s
             f"{summary['gradient_accumulation_steps']} accumulation x "
             f"{summary['world_size']} process(es)",
         ),
+        ("loss averaging", f"per {config.loss_averaging}"),
         ("epochs", config.epochs),
         ("max steps", config.max_steps if config.max_steps is not None else "none"),
         ("max length", config.max_length),

@@ -11,13 +11,20 @@ that includes the newline the template writes after ``<|im_end|>`` (checked: the
 prefix. UPFT's target is exactly the sampled prefix tokens plus the end-of-turn token, so we
 tokenise ourselves (``upft.data``); with tokenised rows SFTTrainer would add nothing but
 another layer of defaults. The optimisation itself (AdamW, schedule, accumulation, mixed
-precision, progress bars and logging, distributed launch) is the stock ``Trainer``.
+precision, progress bars and logging, distributed launch) is the stock ``Trainer``; only the
+loss is ours (``upft.loss``: each example counts once by default, as in the paper).
+
+Long runs save a checkpoint (weights, optimizer, scheduler, RNG and data position) every
+``save_steps`` optimizer steps under ``<output>/trainer/``; ``--resume`` continues from the
+newest one with the settings saved in ``<output>/train_config.yaml`` at the start of the run.
+The checkpoints are removed once the finished model is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -25,22 +32,81 @@ from typing import Any
 
 from builder.errors import ModelError, TrainError
 from builder.models import ResolvedModel, resolve_model
-from upft.config import TrainConfig, write_config
+from upft.config import TrainConfig, resolve_config, write_config
 from upft.data import CompletionCollator, DatasetSource, encode_rows, open_dataset, turn_end
 
 logger = logging.getLogger(__name__)
 
+TRAINER_DIR = "trainer"  # checkpoints of a run in progress, inside the output folder
+# Settings that change what a run computes: a resumed run must keep them as they were.
+RESUME_FIXED = (
+    "dataset", "revision", "dataset_config", "model", "model_revision", "learning_rate",
+    "lr_scheduler", "warmup_ratio", "optimizer", "weight_decay", "max_grad_norm", "batch_size",
+    "micro_batch_size", "epochs", "max_steps", "max_length", "bf16", "seed", "loss_averaging",
+    "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "eos_token",
+)  # fmt: skip
 
-def prepare_output(folder: Path, overwrite: bool) -> None:
-    """Refuse to mix a new model into a folder that already holds files (unless told to)."""
+
+def last_checkpoint(trainer_dir: Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` folder (its trainer state is written last)."""
+    found = []
+    for path in trainer_dir.glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if step.isdigit() and (path / "trainer_state.json").is_file():
+            found.append((int(step), path))
+    return max(found)[1] if found else None
+
+
+def prepare_output(folder: Path, overwrite: bool, resume: bool = False) -> Path | None:
+    """Make the output folder ready; with ``resume`` return the checkpoint to continue from.
+
+    A fresh run refuses a folder that already holds files (unless told to overwrite) and never
+    picks up checkpoints left there by an earlier run.
+    """
     if folder.exists() and not folder.is_dir():
         raise TrainError(f"output {str(folder)!r} is a file; pass a folder path with --output")
+    trainer_dir = folder / TRAINER_DIR
+    if resume:
+        checkpoint = last_checkpoint(trainer_dir)
+        if checkpoint is None:
+            raise TrainError(
+                f"--resume: no checkpoint in {str(trainer_dir)!r}; a run saves one every "
+                "save_steps optimizer steps and removes them when it finishes. Start the run "
+                "without --resume"
+            )
+        return checkpoint
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        unfinished = last_checkpoint(trainer_dir) is not None
+        hint = "it holds checkpoints of an unfinished run: pass --resume to continue it, "
         raise TrainError(
-            f"output folder {str(folder)!r} is not empty; pass --overwrite to write into it or "
-            "choose another --output"
+            f"output folder {str(folder)!r} is not empty; {hint if unfinished else ''}"
+            "pass --overwrite to write into it or choose another --output"
         )
+    shutil.rmtree(trainer_dir, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def check_resume(config: TrainConfig, folder: Path) -> None:
+    """A resumed run must compute what the interrupted one did: same settings as it saved."""
+    saved_path = folder / "train_config.yaml"
+    if not saved_path.is_file():
+        raise TrainError(
+            f"--resume: {str(saved_path)!r} is missing, so the interrupted run's settings are "
+            "unknown; start the run again without --resume"
+        )
+    saved = resolve_config(saved_path, {})
+    changed = [
+        f"{key} ({getattr(saved, key)!r} -> {getattr(config, key)!r})"
+        for key in RESUME_FIXED
+        if getattr(saved, key) != getattr(config, key)
+    ]
+    if changed:
+        raise TrainError(
+            f"--resume: these settings differ from the interrupted run's ({saved_path}): "
+            + ", ".join(changed)
+            + f"; resume with the saved settings: upft-train --config {saved_path} --resume"
+        )
 
 
 def choose_model(config: TrainConfig, source: DatasetSource) -> tuple[str, str | None]:
@@ -148,6 +214,7 @@ def load_model(model: ResolvedModel, config: TrainConfig) -> Any:
 
 
 def training_arguments(config: TrainConfig, folder: Path, bf16: bool, quiet: bool) -> Any:
+    """transformers' ``TrainingArguments`` for ``config``; checkpoints go under ``folder``."""
     import torch
     from transformers import TrainingArguments
 
@@ -170,7 +237,9 @@ def training_arguments(config: TrainConfig, folder: Path, bf16: bool, quiet: boo
             seed=config.seed,
             data_seed=config.seed,
             logging_steps=config.logging_steps,
-            save_strategy="no",
+            save_strategy="steps" if config.save_steps else "no",
+            save_steps=config.save_steps or 500,  # unused when save_strategy is "no"
+            save_total_limit=config.save_total_limit,
             report_to="none",
             disable_tqdm=quiet,
             remove_unused_columns=False,
@@ -238,16 +307,34 @@ def _quiet_progress_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def run_training(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
-    """Train as ``config`` says and fill ``config.output``; returns the training summary."""
+def _main_process() -> bool:
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def run_training(
+    config: TrainConfig,
+    quiet: bool = False,
+    resume: bool = False,
+    callbacks: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Train as ``config`` says and fill ``config.output``; returns the training summary.
+
+    ``resume`` continues an interrupted run from the newest checkpoint in the output folder.
+    ``callbacks`` are extra transformers ``TrainerCallback``s (benchmarks, tests).
+    """
     from upft import output
 
     if quiet:
         _quiet_progress_bars()
     folder = Path(str(config.output)).expanduser()
-    prepare_output(folder, config.overwrite)
+    checkpoint = prepare_output(folder, config.overwrite, resume)
     bf16 = use_bf16(config)
     config = dataclasses.replace(config, bf16=bf16)  # written out resolved, not "auto"
+    if checkpoint is not None:
+        check_resume(config, folder)
+        logger.info("resuming from %s", checkpoint)
+    elif _main_process():
+        write_config(config, folder)  # now, so that an interrupted run can be resumed
     rows, source = open_dataset(str(config.dataset), config.revision, config.dataset_config)
     spec, revision = choose_model(config, source)
     model = resolve_model(spec, revision)
@@ -270,22 +357,26 @@ def run_training(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
             config.batch_size,
         )
     from datasets import Dataset
-    from transformers import PrinterCallback, Trainer
+    from transformers import PrinterCallback
+
+    from upft.loss import trainer_class
 
     save_dtype = base_dtype(model)
     net = load_model(model, config)
-    trainer_dir = folder / "trainer"
-    trainer = Trainer(
+    trainer_dir = folder / TRAINER_DIR
+    trainer = trainer_class()(
         model=net,
         args=training_arguments(config, trainer_dir, bf16, quiet),
         train_dataset=Dataset.from_list(encoded),
         data_collator=CompletionCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
+        callbacks=callbacks,
+        loss_averaging=config.loss_averaging,
     )
     if quiet:
         trainer.remove_callback(PrinterCallback)
     started = time.monotonic()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     elapsed = time.monotonic() - started
     history = list(trainer.state.log_history)
     summary: dict[str, Any] = {
@@ -303,6 +394,8 @@ def run_training(config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
         "final_loss": _final_loss(history),
         "mean_loss": float(result.training_loss),
         "precision": "bf16" if bf16 else "fp32",
+        "loss_averaging": config.loss_averaging,
+        "resumed_from": checkpoint.name if checkpoint else None,
         "gradient_accumulation_steps": config.gradient_accumulation_steps(),
         "world_size": config.world_size(),
         "end_of_turn": {
