@@ -289,6 +289,7 @@ def build(
         return _run(b, loaded, final, fp, replace=final.exists(), t0=t0)
     finally:
         executor.close()
+        b.store.close()  # release the build lock; the shards stay for a resume
 
 
 def _phase_timing(b: _Build, key: str, started: float, loaded_before: float) -> None:
