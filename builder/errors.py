@@ -29,6 +29,10 @@ class SamplingError(UpftError):
     """The sampling engine failed or returned something unusable."""
 
 
+class ExecutorError(UpftError):
+    """The executor (e.g. a Ray cluster of engine replicas) cannot start or lost its replicas."""
+
+
 class OutputError(UpftError):
     """The output directory is in a state that the build must not overwrite."""
 

@@ -27,10 +27,12 @@ def fingerprint(recipe: Recipe, source_info: dict[str, Any], model_revision: str
     """sha256 over everything that determines the dataset's content."""
     resolved = recipe.resolved_dict()
     resolved["output"] = {k: v for k, v in resolved["output"].items() if k != "dir"}
+    # Where shards run does not change them: a Ray build and a local one resume each other.
+    resolved.pop("executor", None)
+    keys = ("type", "id", "path", "config", "split", "revision", "sha256")
     payload = {
         "recipe": resolved,
-        "source": {k: source_info.get(k) for k in ("type", "id", "path", "config", "split",
-                                                    "revision", "sha256")},
+        "source": {k: source_info.get(k) for k in keys},
         "model": {"id": recipe.model.id, "revision": model_revision},
         "builder_version": __version__,
     }

@@ -281,6 +281,11 @@ def build(
             "build a new version, or pass --force to replace it"
         )
 
+    if executor is None and sampler is None and recipe.executor.kind == "ray":
+        from builder.ray_executor import RayExecutor
+
+        bound = token_budget(recipe, len(loaded.questions))["total"]
+        executor = RayExecutor.from_recipe(recipe, bound)
     if executor is None:
         executor = _local_executor(recipe, model, len(loaded.questions), sampler)
     b = _Build(recipe, model, executor, ShardStore(staging, fp, fresh=force), quiet, timings,
