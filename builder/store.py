@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,14 @@ def lock_path(out_dir: str | Path, name: str, version: str) -> Path:
 
 def disk_error(path: Path, exc: BaseException, keep: Path | None = None) -> OutputError:
     """A user-facing error for a failed write under ``path`` (full disk, permissions, ...)."""
-    reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
+    reason = getattr(exc, "strerror", None)
+    code = getattr(exc, "errno", None)
+    if not reason:  # polars wraps the OS error in its own text: "... (os error 28)"
+        found = re.search(r"os error (\d+)", str(exc))
+        code = int(found.group(1)) if found else None
+        reason = os.strerror(code) if code else str(exc).strip().splitlines()[-1]
     hint = "free some space or choose another output.dir (--out)"
-    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         hint = "make it writable or choose another output.dir (--out)"
     kept = f"; shards sampled so far are kept in {keep}" if keep is not None else ""
     return OutputError(f"cannot write {path}: {reason}; {hint}, then re-run to resume{kept}")

@@ -9,10 +9,12 @@ rebuild swaps the old directory out the same way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,16 +138,31 @@ def stage_release(staging: Path, columns: dict[str, dict[str, list[Any]]], recip
     """Write the data files and the resolved recipe into ``<staging>/release`` (not yet final)."""
     release = staging / "release"
     shutil.rmtree(release, ignore_errors=True)
-    release.mkdir(parents=True)
-    for config in CONFIGS:
-        write_config(release, config, columns[config])
-    (release / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
+    with _disk_errors(release):
+        release.mkdir(parents=True)
+        for config in CONFIGS:
+            write_config(release, config, columns[config])
+        (release / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
     return release
 
 
 def finish_release(release: Path, final: Path, manifest: Any, recipe_yaml: str,
                    curves: list[list[float]], agreements: list[float], replace: bool) -> None:
     """Add the manifest and the card to a staged release, then move it into place."""
-    write_json(release / "manifest.json", manifest)
-    write_card(release, manifest, recipe_yaml, curves, agreements)
-    publish_dir(release, final, replace=replace)
+    with _disk_errors(release):
+        write_json(release / "manifest.json", manifest)
+        write_card(release, manifest, recipe_yaml, curves, agreements)
+        publish_dir(release, final, replace=replace)
+
+
+@contextlib.contextmanager
+def _disk_errors(release: Path) -> Iterator[None]:
+    """A full disk or unwritable folder while writing: drop the half-written release (never
+    the shards) and say which path failed."""
+    try:
+        yield
+    except OSError as exc:
+        from builder.store import disk_error
+
+        shutil.rmtree(release, ignore_errors=True)
+        raise disk_error(release, exc, keep=release.parent / "shards") from None
