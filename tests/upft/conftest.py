@@ -148,3 +148,23 @@ def version_dir(tmp_path_factory: pytest.TempPathFactory, mixture: list, smollm2
     folder = tmp_path_factory.mktemp("datasets") / "demo-upft" / "0.1.0"
     folder.mkdir(parents=True)
     return write_version_dir(folder, mixture, smollm2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
+    """A randomly initialised two-layer Llama with SmolLM2's tokenizer and chat template: the
+    whole trainer runs on it in well under a second per step (for logic, not for learning)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder

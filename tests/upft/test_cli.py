@@ -29,9 +29,14 @@ def test_help_lists_the_flags_and_examples() -> None:
         "--lora / --no-lora",
         "--push-to-hub",
         "--quiet",
+        "--resume",
+        "--loss-averaging",
+        "--save-steps",
     ):
         assert flag in result.output
     assert "[default: 1e-06]" in result.output
+    assert "then over the examples of the effective batch" in " ".join(result.output.split())
+    assert "upft-train --config recipes/gsm8k-qwen-math.train.yaml" in result.output
     assert "upft-train --dataset my-org/gsm8k-upft --revision v1.0.0" in result.output
 
 

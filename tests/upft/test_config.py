@@ -39,6 +39,8 @@ def test_defaults_are_the_papers_settings() -> None:
     assert config.dataset_config == "mixture"
     assert config.lora is False
     assert config.lora_target_modules == ["all-linear"]
+    assert config.loss_averaging == "example"  # each example counts once, as in the paper
+    assert (config.save_steps, config.save_total_limit) == (50, 1)
 
 
 def test_accumulation_reaches_the_effective_batch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,6 +108,12 @@ def test_unknown_key_in_file_is_rejected_with_a_suggestion(tmp_path: Path) -> No
         ({"max_steps": "0"}, "max_steps = 0 (from --max-steps) must be at least 1"),
         ({"lora_target_modules": " , "}, "names no modules"),
         ({"max_length": "8"}, "max_length = 8 (from --max-length) is too short"),
+        (
+            {"loss_averaging": "batch"},
+            "loss_averaging = 'batch' (from --loss-averaging) is not one of example, token",
+        ),
+        ({"save_steps": "-1"}, "save_steps = -1 (from --save-steps) must not be negative"),
+        ({"save_total_limit": "0"}, "save_total_limit = 0 (from --save-total-limit) must be"),
     ],
 )
 def test_bad_flag_values_name_the_flag(flags: dict[str, str], expected: str) -> None:
@@ -162,3 +170,66 @@ def test_every_setting_has_a_flag() -> None:
     for key in FIELDS:
         assert "--" + key.replace("_", "-") in options, key
     assert TrainConfig().to_dict().keys() == FIELDS.keys()
+
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+PRESETS = {
+    # file: (model, lr, epochs, max_length, dataset the matching recipe builds)
+    "gsm8k-qwen-math.train.yaml": (
+        "Qwen/Qwen2.5-Math-7B-Instruct",
+        1e-6,
+        1.0,
+        4096,
+        "gsm8k-upft-qwen2.5-math-7b",
+    ),
+    "math-qwen-math.train.yaml": (
+        "Qwen/Qwen2.5-Math-7B-Instruct",
+        1e-6,
+        1.0,
+        4096,
+        "math-upft-qwen2.5-math-7b",
+    ),
+    "gsm8k-llama.train.yaml": (
+        "meta-llama/Llama-3.1-8B-Instruct",
+        1e-6,
+        1.0,
+        4096,
+        "gsm8k-upft-llama-3.1-8b",
+    ),
+    "limo-r1-distill.train.yaml": (
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+        2e-6,
+        3.0,
+        16384,
+        "limo-upft-r1-distill-qwen-7b",
+    ),
+}
+
+
+def test_every_shipped_training_preset_resolves_to_the_papers_settings() -> None:
+    import yaml
+
+    shipped = sorted(p.name for p in RECIPES.glob("*.train.yaml"))
+    assert shipped == sorted(PRESETS)
+    for name, (model, lr, epochs, max_length, built) in PRESETS.items():
+        path = RECIPES / name
+        config = resolve_config(path, {})
+        assert config.model == model, name
+        assert (config.learning_rate, config.epochs, config.max_length) == (lr, epochs, max_length)
+        assert (config.lr_scheduler, config.warmup_ratio) == ("constant_with_warmup", 0.03)
+        assert (config.optimizer, config.weight_decay) == ("adamw_torch", 0.0)
+        assert (config.batch_size, config.micro_batch_size) == (64, 1), name
+        assert config.gradient_accumulation_steps() == 64
+        assert config.bf16 is True and config.gradient_checkpointing is True
+        assert config.loss_averaging == "example"
+        assert config.lora is False and config.max_steps is None
+        assert config.save_steps > 0
+        # the dataset is where upft-build writes the matching recipe's output
+        recipe = yaml.safe_load((RECIPES / name.replace(".train.yaml", ".yaml")).read_text())
+        assert recipe["name"] == built and recipe["model"]["id"] == model
+        assert config.dataset == f"out/{recipe['name']}/{recipe['version']}"
+        header = path.read_text().splitlines()[0]
+        assert header.startswith("# upft-train preset: the UPFT paper's"), name
+        assert "arXiv:2503.02875" in path.read_text()
+    flags = resolve_config(RECIPES / "limo-r1-distill.train.yaml", {"epochs": "2"})
+    assert flags.epochs == 2.0  # flags still override a preset

@@ -151,6 +151,7 @@ def test_encode_rows_counts_and_length_limit(tokenizer: Any, mixture: list) -> N
             "total": sum(r["num_tokens"] + 1 for r in mixture),
         },
         "dropped_too_long": 0,
+        "dropped_truncated": 0,  # the fixture has no finish_reason column (older builds)
     }
     assert len(encoded) == 12 and set(encoded[0]) == {"input_ids", "labels"}
 
@@ -205,3 +206,42 @@ def test_open_missing_config(version_dir: Path) -> None:
         open_dataset(str(version_dir), None, "mixtures")
     assert "has no dataset config 'mixtures'" in str(err.value)
     assert "'mixture'" in str(err.value)
+
+
+def test_full_traces_that_hit_the_token_limit_are_left_out(
+    tokenizer: Any, mixture: list, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full row that ended by length must not be trained with an end-of-turn token after it;
+    prefix rows always end by length (they are cut at L tokens) and are kept."""
+    end = turn_end(tokenizer)
+    full = [r for r in mixture if r["kind"] == "full"]
+    rows = [
+        {**r, "finish_reason": "length" if r is full[1] else "stop" if r["kind"] == "full"
+         else "length"}
+        for r in mixture
+    ]  # fmt: skip
+    with caplog.at_level("WARNING", logger="upft.data"):
+        encoded, stats = encode_rows(rows, tokenizer, end, max_length=4096)
+    assert stats.dropped_truncated == 1
+    assert stats.examples == {"prefix": 9, "full": 2}
+    assert stats.as_dict()["dropped_truncated"] == 1
+    assert len(encoded) == 11
+    kept_full = [r for r in rows if r["kind"] == "full" and r["finish_reason"] == "stop"]
+    assert stats.supervised_tokens["full"] == sum(r["num_tokens"] + 1 for r in kept_full)
+    message = caplog.text
+    assert "left out 1 full trace(s) that did not end by themselves" in message
+    assert f"rows: {full[1]['question_id']} (length)" in message
+
+    only_truncated = [{**r, "finish_reason": "length"} for r in full]
+    with pytest.raises(TrainError, match="full traces that did not end: 3"):
+        encode_rows(only_truncated, tokenizer, end, max_length=4096)
+
+
+def test_missing_or_null_finish_reason_is_trusted(tokenizer: Any, mixture: list) -> None:
+    end = turn_end(tokenizer)
+    nulls = [{**r, "finish_reason": None} for r in mixture]
+    _, with_nulls = encode_rows(nulls, tokenizer, end, max_length=4096)
+    _, without = encode_rows(mixture, tokenizer, end, max_length=4096)
+    assert "finish_reason" not in mixture[0]
+    assert with_nulls.as_dict() == without.as_dict()
+    assert without.examples == {"prefix": 9, "full": 3}

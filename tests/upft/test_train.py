@@ -101,6 +101,9 @@ def test_output_folder(
     assert len(summary["loss_history"]) == STEPS
     assert summary["final_loss"] == summary["loss_history"][-1]["loss"]
     assert summary["precision"] == "fp32"
+    assert summary["loss_averaging"] == "example"
+    assert summary["resumed_from"] is None
+    assert summary["dropped_truncated"] == 0
     assert summary["dataset"]["kind"] == "local"
     assert summary["dataset"]["location"] == str(demo_build.resolve())
     assert summary["dataset"]["fingerprint"] == manifest["fingerprint"]
@@ -129,6 +132,8 @@ def test_model_card(trained: Path, demo_build: Path, rows: list, manifest: dict)
     assert "| learning rate | `5e-05` |" in card
     assert "| schedule | `constant_with_warmup, warm-up ratio 0.03` |" in card
     assert "| effective batch | `2 = 2 per device x 1 accumulation x 1 process(es)` |" in card
+    assert "| loss averaging | `per example` |" in card
+    assert "Each example counts once (`loss_averaging: example`, the paper's setup)" in card
     assert f"| Optimizer steps | {STEPS} |" in card
     assert "followed by `<|im_end|>`; what the template writes after that (`\\n`)" in card
     assert "@inproceedings{ji2025first" in card and "2503.02875" in card
