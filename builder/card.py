@@ -1,14 +1,16 @@
 """The dataset card (README.md) of a built UPFT dataset version.
 
 Where it sits: at the end of ``upft-build`` the writer calls :func:`render_card` with the
-manifest it has just written and the resolved recipe, and puts the result in the version
-directory as README.md. ``push-to-hub`` later calls :func:`replace_versions` to refresh only
-the Versions section (the block between :data:`VERSIONS_START` and :data:`VERSIONS_END`) with
-the tags already on the Hub; every other byte of the card stays as the builder wrote it.
+typed :class:`~builder.manifest.Manifest` it has just written and the resolved recipe, and
+puts the result in the version directory as README.md. ``push-to-hub`` later calls
+:func:`replace_versions` to refresh only the Versions section (the block between
+:data:`VERSIONS_START` and :data:`VERSIONS_END`) with the tags already on the Hub; every other
+byte of the card stays as the builder wrote it.
 
 Everything here is a pure function of its arguments -- the only I/O is reading the Jinja2
-template shipped in ``builder.cards`` -- so one manifest always gives the same bytes. The
-golden tests and push-to-hub's "already published?" comparison rely on that.
+template shipped in ``builder.cards`` -- so one manifest always gives the same bytes. The golden
+tests and push-to-hub's "already published?" comparison rely on that. The card reads the
+manifest's attributes only: the schema (``builder.manifest``) guarantees every field it reads.
 
 Numbers are formatted here (thousands separators, one or two decimals) and tables are padded
 by :func:`md_table` so the raw markdown reads aligned; the template gets ``md_table`` as
@@ -19,12 +21,13 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
+from builder.manifest import Manifest
 
 VERSIONS_START = "<!-- upft:versions:start -->"
 VERSIONS_END = "<!-- upft:versions:end -->"
@@ -185,77 +188,27 @@ def replace_versions(readme: str, versions: list[VersionEntry]) -> str:
     return readme[:start] + render_versions(versions) + readme[end + len(VERSIONS_END) :]
 
 
-# --- manifest access ---------------------------------------------------------------------------
-
-_MISSING = object()
-
-# Everything the card reads without a fallback; checked up front so that a hand-edited or
-# older manifest fails with the key's name rather than deep inside the template.
-REQUIRED_KEYS = (
-    "name", "version", "fingerprint", "builder_version", "created_at", "backend",
-    "source.type", "source.counts.read", "source.counts.empty",
-    "source.counts.duplicate", "source.counts.limited", "source.counts.kept", "model.id",
-    "settings.n_samples", "settings.prefix_length", "settings.vote", "settings.min_agreement",
-    "settings.full_trace_ratio", "settings.full_trace_from", "settings.label_filter",
-    "settings.temperature", "settings.top_p", "settings.top_k", "settings.max_tokens",
-    "settings.seed", "settings.instruction", "settings.sample_prompt", "settings.full_trace_tries",
-    "counts.full_trace_resampled", "counts.full_trace_fallback",
-    "counts.questions", "counts.prefix_rows",
-    "counts.full_rows", "counts.mixture_rows", "counts.trace_rows", "tokens.prefix_phase",
-    "tokens.full_phase", "tokens.total_sampled", "tokens.tuning_tokens.prefix",
-    "tokens.tuning_tokens.full", "tokens.tuning_tokens.total", "agreement.mean_at_L",
-    "agreement.mean_prefix_tokens", "agreement.curve_mean", "agreement.curve_std",
-)  # fmt: skip
-
-
-def _get(manifest: dict, dotted: str, default: Any = _MISSING) -> Any:
-    """``manifest['a']['b']`` for ``'a.b'``, with an error that names the missing key."""
-    node: Any = manifest
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            if default is not _MISSING:
-                return default
-            raise ValueError(
-                f"manifest has no {dotted!r} (missing {part!r}); the card needs the manifest.json "
-                "that upft-build writes -- rebuild the dataset version instead of editing it"
-            )
-        node = node[part]
-    return node
-
-
-def _build_date(manifest: dict) -> str:
-    created = str(_get(manifest, "created_at"))
-    if not re.match(r"\d{4}-\d{2}-\d{2}", created):
-        raise ValueError(
-            f"manifest created_at {created!r} does not start with a YYYY-MM-DD date; "
-            "expected an ISO 8601 timestamp such as 2026-11-26T19:30:00Z"
-        )
-    return created[:10]
-
-
-def _languages(manifest: dict) -> list[str]:
-    language = manifest.get("language") or ["en"]
-    return [language] if isinstance(language, str) else list(language)
-
-
 # --- front matter ------------------------------------------------------------------------------
 
 
-def card_metadata(manifest: dict, dataset_info: list[dict] | None = None) -> dict:
+def card_metadata(
+    manifest: Manifest,
+    dataset_info: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The card's YAML front matter as a dict (keys in the order they are written).
 
     ``dataset_info`` (features, row counts and sizes per config, as the Hub writes it) is
     optional; besides documenting the schema it makes ``datasets`` cache each build separately.
     """
-    meta: dict[str, Any] = {"pretty_name": str(_get(manifest, "name"))}
-    if manifest.get("license"):
-        meta["license"] = manifest["license"]
-    meta["language"] = _languages(manifest)
+    meta: dict[str, Any] = {"pretty_name": manifest.name}
+    if manifest.license:
+        meta["license"] = manifest.license
+    meta["language"] = list(manifest.language) or ["en"]
     meta["task_categories"] = ["text-generation"]
     meta["tags"] = list(TAGS)
-    meta["size_categories"] = [size_category(int(_get(manifest, "counts.mixture_rows")))]
-    if _get(manifest, "source.type") == "hub":
-        meta["source_datasets"] = [str(_get(manifest, "source.id"))]
+    meta["size_categories"] = [size_category(manifest.counts.mixture_rows)]
+    if manifest.source.type == "hub" and manifest.source.id:
+        meta["source_datasets"] = [manifest.source.id]
     meta["configs"] = [
         {
             "config_name": "mixture",
@@ -276,35 +229,35 @@ def card_metadata(manifest: dict, dataset_info: list[dict] | None = None) -> dic
     return meta
 
 
-def _front_matter(manifest: dict, dataset_info: list[dict] | None = None) -> str:
-    text = yaml.safe_dump(card_metadata(manifest, dataset_info), sort_keys=False,
-                          allow_unicode=True, width=1000)
+def _front_matter(manifest: Manifest, dataset_info: list[dict[str, Any]] | None = None) -> str:
+    text = yaml.safe_dump(
+        card_metadata(manifest, dataset_info), sort_keys=False, allow_unicode=True, width=1000
+    )
     return f"---\n{text}---\n"
 
 
 # --- the body ----------------------------------------------------------------------------------
 
 
-def _source_sentence(manifest: dict) -> str:
-    src = _get(manifest, "source")
-    if src.get("type") == "hub":
-        sid = str(_get(manifest, "source.id"))
-        parts = [f"config `{src['config']}`"] if src.get("config") else []
-        if src.get("split"):
-            parts.append(f"split `{src['split']}`")
-        if src.get("revision"):
-            parts.append(f"revision `{str(src['revision'])[:12]}`")
+def _source_sentence(manifest: Manifest) -> str:
+    src = manifest.source
+    if src.type == "hub":
+        sid = str(src.id)
+        parts = [f"config `{src.config}`"] if src.config else []
+        if src.split:
+            parts.append(f"split `{src.split}`")
+        if src.revision:
+            parts.append(f"revision `{src.revision[:12]}`")
         where = f" ({', '.join(parts)})" if parts else ""
         return f"the Hub dataset [`{sid}`](https://huggingface.co/datasets/{sid}){where}"
-    text = f"the local file `{_get(manifest, 'source.path')}`"
-    if src.get("sha256"):
-        text += f" (sha256 `{str(src['sha256'])[:12]}`)"
+    text = f"the local file `{src.path}`"
+    if src.sha256:
+        text += f" (sha256 `{src.sha256[:12]}`)"
     return text
 
 
-def _curve_table(manifest: dict) -> str:
-    means = list(_get(manifest, "agreement.curve_mean"))
-    stds = list(_get(manifest, "agreement.curve_std"))
+def _curve_table(manifest: Manifest) -> str:
+    means, stds = manifest.agreement.curve_mean, manifest.agreement.curve_std
     depth_max = min(len(means), len(stds))
     depths, d = [], 1
     while d < depth_max:
@@ -316,50 +269,48 @@ def _curve_table(manifest: dict) -> str:
     return md_table(["Depth (tokens)", "Mean agreement", "Std"], rows, align="rrr")
 
 
-def _tokens_table(manifest: dict) -> str:
-    t = _get(manifest, "tokens")
-    tuning = _get(manifest, "tokens.tuning_tokens")
+def _tokens_table(manifest: Manifest) -> str:
+    t = manifest.tokens
     rows = [
-        ["Sampled in the prefix phase", fmt_int(t["prefix_phase"])],
-        ["Sampled in the full-trace phase", fmt_int(t["full_phase"])],
-        ["Sampled in total", fmt_int(t["total_sampled"])],
+        ["Sampled in the prefix phase", fmt_int(t.prefix_phase)],
+        ["Sampled in the full-trace phase", fmt_int(t.full_phase)],
+        ["Sampled in total", fmt_int(t.total_sampled)],
     ]
-    if t.get("rft_estimate") is not None:
+    if t.rft_estimate is not None:
         rows.append(
             [
-                f"RFT estimate ({t['rft_samples_per_question']} full traces per question)",
-                fmt_int(t["rft_estimate"]),
+                f"RFT estimate ({t.rft_samples_per_question} full traces per question)",
+                fmt_int(t.rft_estimate),
             ]
         )
-        rows.append(["Saved against RFT", f"{float(t['reduction_pct']):.1f}%"])
+        rows.append(["Saved against RFT", f"{float(t.reduction_pct or 0.0):.1f}%"])
     rows += [
-        ["Trained on: prefix rows", fmt_int(tuning["prefix"])],
-        ["Trained on: full rows", fmt_int(tuning["full"])],
-        ["Trained on: total", fmt_int(tuning["total"])],
+        ["Trained on: prefix rows", fmt_int(t.tuning_tokens.prefix)],
+        ["Trained on: full rows", fmt_int(t.tuning_tokens.full)],
+        ["Trained on: total", fmt_int(t.tuning_tokens.total)],
     ]
     return md_table(["Tokens", "Count"], rows, align="lr")
 
 
-def _timing_sentence(manifest: dict) -> str:
-    t = _get(manifest, "timings", None) or {}
-    if "total" not in t:
-        return ""
+_TIMING_LABELS = (
+    ("source", "reading questions"),
+    ("engine_load", "starting the engine"),
+    ("prefix_phase", "prefix phase"),
+    ("vote", "voting"),
+    ("full_phase", "full-trace phase"),
+    ("write", "writing"),
+)
+
+
+def _timing_sentence(manifest: Manifest) -> str:
+    t = manifest.timings
     parts = [
-        f"{label} {float(t[key]):,.1f} s"
-        for key, label in [
-            ("source", "reading questions"),
-            ("model", "loading the model"),
-            ("engine_load", "starting the engine"),
-            ("prefix_phase", "prefix phase"),
-            ("vote", "voting"),
-            ("full_phase", "full-trace phase"),
-            ("write", "writing"),
-        ]
-        if key in t
+        f"{label} {value:,.1f} s"
+        for key, label in _TIMING_LABELS
+        if (value := getattr(t, key)) is not None
     ]
-    text = f"The build took {float(t['total']):,.1f} s ({', '.join(parts)})."
-    resume = _get(manifest, "resume", None) or {}
-    reused_p, reused_f = resume.get("prefix_shards_reused", 0), resume.get("full_shards_reused", 0)
+    text = f"The build took {t.total:,.1f} s ({', '.join(parts)})."
+    reused_p, reused_f = manifest.resume.prefix_shards_reused, manifest.resume.full_shards_reused
     if reused_p or reused_f:
         text += (
             f" It resumed an interrupted run, reusing {reused_p} prefix and {reused_f} full-trace "
@@ -368,88 +319,76 @@ def _timing_sentence(manifest: dict) -> str:
     return text
 
 
-def _echo(manifest: dict) -> dict[str, str] | None:
-    echo = manifest.get("instruction_echo")
-    if not echo:
+def _echo(manifest: Manifest) -> dict[str, str] | None:
+    echo = manifest.instruction_echo
+    if echo is None:
         return None
     return {
-        "markers": ", ".join(f'"{m}"' for m in echo.get("markers") or []),
-        "prefix": _or_na(echo.get("prefix_samples"), fmt_pct, 1),
-        "full": _or_na(echo.get("full_traces"), fmt_pct, 1),
-        "prompt": str(echo.get("sample_prompt")),
+        "markers": ", ".join(f'"{m}"' for m in echo.markers),
+        "prefix": _or_na(echo.prefix_samples, fmt_pct, 1),
+        "full": _or_na(echo.full_traces, fmt_pct, 1),
+        "prompt": echo.sample_prompt,
     }
 
 
-def _or_na(value: Any, fmt: Any, decimals: int) -> str:
+def _or_na(value: float | None, fmt: Callable[[float, int], str], decimals: int) -> str:
     # The builder writes null for an average over nothing (no question reached that point).
-    return "n/a" if value is None else str(fmt(value, decimals))
+    return "n/a" if value is None else fmt(value, decimals)
 
 
-def _card_context(manifest: dict, recipe_yaml: str, repo_id: str | None) -> dict[str, Any]:
-    for key in REQUIRED_KEYS:
-        _get(manifest, key)
-    if _get(manifest, "settings.label_filter"):
-        _get(manifest, "counts.label_filter_dropped")
-        _get(manifest, "counts.label_filter_unfiltered")
-    name = str(_get(manifest, "name"))
-    version = str(_get(manifest, "version"))
-    repo = repo_id or manifest.get("repo_id") or f"{PLACEHOLDER_ORG}/{name}"
-    model_id = str(_get(manifest, "model.id"))
-    model_name = _get(manifest, "model.name", None)
-    settings = _get(manifest, "settings")
-    tokens = _get(manifest, "tokens")
-    agreement = _get(manifest, "agreement")
-    accuracy = manifest.get("accuracy")
-    backend = str(_get(manifest, "backend"))
+def _card_context(manifest: Manifest, recipe_yaml: str, repo_id: str | None) -> dict[str, Any]:
+    m = manifest
+    repo = repo_id or m.repo_id or f"{PLACEHOLDER_ORG}/{m.name}"
+    settings, tokens, agreement = m.settings, m.tokens, m.agreement
     context: dict[str, Any] = {
-        "name": name,
-        "description": quote(manifest.get("description") or ""),
-        "version": version,
-        "tag": f"v{version}",
+        "name": m.name,
+        "description": quote(m.description or ""),
+        "version": m.version,
+        "tag": f"v{m.version}",
         "repo": repo,
         "repo_is_placeholder": repo.startswith(PLACEHOLDER_ORG + "/"),
-        "date": _build_date(manifest),
-        "fingerprint": str(_get(manifest, "fingerprint"))[:12],
-        "builder_version": str(_get(manifest, "builder_version")),
-        "model_id": model_id,
-        "model_name": model_name if model_name and model_name != model_id else None,
-        "model_revision": _get(manifest, "model.revision", None),
-        "model_is_embedded": model_id.startswith("embedded:"),
-        "backend": {"vllm": "vLLM", "transformers": "transformers"}.get(backend, backend),
-        "source": _source_sentence(manifest),
-        "label_filter": bool(settings.get("label_filter")),
-        "n_questions": fmt_int(_get(manifest, "counts.questions")),
-        "n_samples": int(settings["n_samples"]),
-        "prefix_length": int(settings["prefix_length"]),
-        "instruction": quote(settings.get("instruction") or ""),
-        "system_prompt": quote(settings.get("system_prompt") or ""),
+        "date": m.build_date,
+        "fingerprint": m.fingerprint[:12],
+        "builder_version": m.builder_version,
+        "model_id": m.model.id,
+        "model_name": m.model.name if m.model.name != m.model.id else None,
+        "model_revision": m.model.revision,
+        "model_is_embedded": m.model.id.startswith("embedded:"),
+        "backend": {"vllm": "vLLM", "transformers": "transformers"}.get(m.backend, m.backend),
+        "source": _source_sentence(m),
+        "label_filter": settings.label_filter,
+        "n_questions": fmt_int(m.counts.questions),
+        "n_samples": settings.n_samples,
+        "prefix_length": settings.prefix_length,
+        "instruction": quote(settings.instruction),
+        "system_prompt": quote(settings.system_prompt or ""),
         "recipe_yaml": recipe_yaml.rstrip("\n"),
-        "mean_prefix_tokens": _or_na(agreement["mean_prefix_tokens"], fmt_float, 1),
-        "mean_at_L": _or_na(agreement["mean_at_L"], fmt_float, 2),
-        "mean_at_L_pct": _or_na(agreement["mean_at_L"], fmt_pct, 0),
+        "mean_prefix_tokens": _or_na(agreement.mean_prefix_tokens, fmt_float, 1),
+        "mean_at_L": _or_na(agreement.mean_at_L, fmt_float, 2),
+        "mean_at_L_pct": _or_na(agreement.mean_at_L, fmt_pct, 0),
         "mean_full_trace_tokens": (
             None
-            if tokens.get("mean_full_trace_tokens") is None
-            else fmt_float(tokens["mean_full_trace_tokens"], 1)
+            if tokens.mean_full_trace_tokens is None
+            else fmt_float(tokens.mean_full_trace_tokens, 1)
         ),
-        "has_rft": tokens.get("rft_estimate") is not None,
-        "rft_samples": tokens.get("rft_samples_per_question"),
-        "reduction": f"{float(tokens.get('reduction_pct') or 0.0):.1f}%",
+        "has_rft": tokens.rft_estimate is not None,
+        "rft_samples": tokens.rft_samples_per_question,
+        "reduction": f"{float(tokens.reduction_pct or 0.0):.1f}%",
         "accuracy": None,
-        "timing": _timing_sentence(manifest),
+        "timing": _timing_sentence(m),
         "settings": settings,
-        "counts": _get(manifest, "counts"),
-        "source_counts": _get(manifest, "source.counts"),
-        "backend_id": backend,
-        "curve_table": _curve_table(manifest),
-        "tokens_table": _tokens_table(manifest),
-        "echo": _echo(manifest),
+        "counts": m.counts,
+        "source_counts": m.source.counts,
+        "backend_id": m.backend,
+        "curve_table": _curve_table(m),
+        "tokens_table": _tokens_table(m),
+        "echo": _echo(m),
     }
-    if accuracy:
+    if m.accuracy is not None:
         context["accuracy"] = {
-            "checked": fmt_int(accuracy["checked"]),
-            "correct": fmt_int(accuracy["correct"]),
-            "pct": fmt_pct(accuracy["accuracy"]),
+            "checked": fmt_int(m.accuracy.checked),
+            "correct": fmt_int(m.accuracy.correct),
+            "pct": _or_na(m.accuracy.accuracy, fmt_pct, 1),
         }
     return context
 
@@ -472,26 +411,30 @@ def _template() -> Any:
 
 
 def render_card(
-    manifest: dict,
+    manifest: Manifest,
     recipe_yaml: str,
     versions: list[VersionEntry] | None = None,
     repo_id: str | None = None,
-    dataset_info: list[dict] | None = None,
+    dataset_info: list[dict[str, Any]] | None = None,
 ) -> str:
     """The whole README.md: YAML front matter, then the card body from the packaged template.
 
     ``versions`` None lists just this build's own version; ``repo_id`` None falls back to
-    ``manifest["repo_id"]`` and then to a ``<your-org>/<name>`` placeholder in the snippets;
+    ``manifest.repo_id`` and then to a ``<your-org>/<name>`` placeholder in the snippets;
     ``dataset_info`` goes into the front matter (see :func:`card_metadata`).
     """
-    version = str(_get(manifest, "version"))
+    if not isinstance(manifest, Manifest):
+        raise TypeError(
+            f"render_card needs a builder.manifest.Manifest, not {type(manifest).__name__}; "
+            "read the file with Manifest.read(path)"
+        )
     if versions is None:
         versions = [
             VersionEntry(
-                tag=f"v{version}",
-                version=version,
-                date=_build_date(manifest),
-                fingerprint=str(_get(manifest, "fingerprint")),
+                tag=f"v{manifest.version}",
+                version=manifest.version,
+                date=manifest.build_date,
+                fingerprint=manifest.fingerprint,
             )
         ]
     context = _card_context(manifest, recipe_yaml, repo_id)

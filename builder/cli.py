@@ -123,17 +123,17 @@ def build_main(recipe: str, out: str | None, limit: int | None, backend: str | N
         result = build(parsed, base_dir, force=force, quiet=quiet)
     m = result.manifest
     if result.status == "unchanged":
-        click.echo(f"already built with this recipe (fingerprint {m['fingerprint'][:12]}); "
+        click.echo(f"already built with this recipe (fingerprint {m.fingerprint[:12]}); "
                    "nothing sampled")
     else:
-        c, t = m["counts"], m["tokens"]
-        click.echo(f"questions: {c['questions']}  mixture rows: {c['mixture_rows']} "
-                   f"({c['prefix_rows']} prefix, {c['full_rows']} full)  traces: {c['trace_rows']}")
-        reduction = (f"{t['reduction_pct']:.1f}% fewer than RFT (~{t['rft_estimate']:,})"
-                     if t["reduction_pct"] is not None else "no RFT estimate (no full traces)")
-        click.echo(f"sampled tokens: {t['total_sampled']:,} (prefix {t['prefix_phase']:,}, "
-                   f"full {t['full_phase']:,}); {reduction}")
-        click.echo(f"mean agreement at L: {m['agreement']['mean_at_L']}")
+        c, t = m.counts, m.tokens
+        click.echo(f"questions: {c.questions}  mixture rows: {c.mixture_rows} "
+                   f"({c.prefix_rows} prefix, {c.full_rows} full)  traces: {c.trace_rows}")
+        reduction = (f"{t.reduction_pct:.1f}% fewer than RFT (~{t.rft_estimate or 0:,})"
+                     if t.reduction_pct is not None else "no RFT estimate (no full traces)")
+        click.echo(f"sampled tokens: {t.total_sampled:,} (prefix {t.prefix_phase:,}, "
+                   f"full {t.full_phase:,}); {reduction}")
+        click.echo(f"mean agreement at L: {m.agreement.mean_at_L}")
     click.echo(str(result.path))
 
 

@@ -17,7 +17,6 @@ from ``UPFT_HUB_RETRY_BASE_SECONDS`` and the number of attempts from
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -29,7 +28,8 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from builder.errors import PublishError
+from builder.errors import ManifestError, PublishError
+from builder.manifest import ManifestHeader
 from builder.writer import CONFIGS as DATA_CONFIGS
 from builder.writer import REQUIRED_FILES
 
@@ -68,14 +68,14 @@ class PushResult:
 @dataclass(frozen=True)
 class VersionDir:
     root: Path
-    manifest: dict[str, Any]
+    manifest: ManifestHeader  # identity only: versions of any builder release can be published
     publish: dict[str, Any]  # the recipe's ``publish`` section ({} when absent)
     readme: str
     files: tuple[LocalFile, ...]
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return str(self.manifest.version)
 
 
 # --- the version directory ---------------------------------------------------------------------
@@ -112,12 +112,12 @@ def load_version_dir(version_dir: str | Path) -> VersionDir:
             "rebuild the version (or copy the whole directory) before publishing"
         )
     try:
-        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+        manifest = ManifestHeader.read(root / "manifest.json")
         recipe = yaml.safe_load((root / "recipe.yaml").read_text(encoding="utf-8"))
-    except (ValueError, yaml.YAMLError) as exc:
+    except (ManifestError, ValueError, yaml.YAMLError) as exc:
         raise PublishError(f"cannot read {root}/manifest.json or recipe.yaml: {exc}") from exc
     for key in ("version", "fingerprint", "created_at"):
-        if not isinstance(manifest, dict) or not manifest.get(key):
+        if not getattr(manifest, key):
             raise PublishError(
                 f"{root}/manifest.json has no {key!r}; it must be the manifest upft-build wrote"
             )
@@ -293,10 +293,14 @@ def _published_versions(api: Any, repo_id: str, tags: dict[str, str]) -> list[An
         if not tag.startswith("v"):
             continue
         try:
-            manifest = json.loads(_download_text(api, repo_id, commit, "manifest.json"))
+            # Older tags may hold manifests of older builder releases: read the identity only.
+            manifest = ManifestHeader.parse(_download_text(api, repo_id, commit, "manifest.json"),
+                                            f"manifest.json of {tag}")
+            if not (manifest.version and manifest.created_at and manifest.fingerprint):
+                raise ManifestError("it names no version, created_at or fingerprint")
             entries.append(VersionEntry(
-                tag=tag, version=str(manifest["version"]), date=str(manifest["created_at"])[:10],
-                fingerprint=str(manifest["fingerprint"]), commit=commit,
+                tag=tag, version=manifest.version, date=manifest.created_at[:10],
+                fingerprint=manifest.fingerprint, commit=commit,
             ))
         except Exception as exc:
             if is_transient(exc):
@@ -314,8 +318,8 @@ def _refreshed_readme(api: Any, repo_id: str, tags: dict[str, str], local: Versi
     from builder.card import VersionEntry, replace_versions
 
     new = VersionEntry(tag=tag, version=local.version,
-                       date=str(local.manifest["created_at"])[:10],
-                       fingerprint=str(local.manifest["fingerprint"]))
+                       date=str(local.manifest.created_at)[:10],
+                       fingerprint=str(local.manifest.fingerprint))
     versions = [*_published_versions(api, repo_id, tags), new]
     try:
         return replace_versions(local.readme, versions)
@@ -407,7 +411,7 @@ def push_version(
     from huggingface_hub import HfApi, get_token
 
     local = load_version_dir(version_dir)
-    repo_id = repo_id or local.publish.get("repo_id") or local.manifest.get("repo_id")
+    repo_id = repo_id or local.publish.get("repo_id") or local.manifest.repo_id
     if not repo_id:
         raise PublishError(
             f"no target repository for {local.root}: pass --repo-id ORG/NAME or set "
@@ -426,8 +430,8 @@ def push_version(
         return PushResult(repo_id=repo_id, tag=tag, commit=commit, url=url, status=status,
                           files=local.files, detail=detail)
 
-    message = message or (f"Publish {local.manifest.get('name', local.root.parent.name)} "
-                          f"{local.version} (fingerprint {local.manifest['fingerprint'][:12]})")
+    message = message or (f"Publish {local.manifest.name or local.root.parent.name} "
+                          f"{local.version} (fingerprint {str(local.manifest.fingerprint)[:12]})")
 
     if dry_run:
         return outcome("dry-run", None, _dry_run_detail(api, repo_id, tag, local, token))

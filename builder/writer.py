@@ -16,12 +16,15 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from builder.errors import OutputError
+
+if TYPE_CHECKING:
+    from builder.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,12 @@ def write_config(root: Path, config: str, columns: dict[str, list[Any]]) -> list
 
 
 def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented UTF-8 JSON; a :class:`~builder.manifest.Manifest` writes itself."""
+    from builder.manifest import Manifest
+
+    if isinstance(data, Manifest):
+        data.write(path)
+        return
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -97,7 +106,7 @@ def dataset_info(root: Path) -> list[dict[str, Any]]:
     return infos
 
 
-def write_card(root: Path, manifest: dict[str, Any], recipe_yaml: str,
+def write_card(root: Path, manifest: Manifest, recipe_yaml: str,
                curves: list[list[float]], agreements: list[float]) -> None:
     """The dataset card and its plots (templates and plotting live in card.py / plots.py)."""
     from builder.card import render_card

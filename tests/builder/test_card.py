@@ -1,20 +1,22 @@
 """Tests of builder.card: golden cards, front matter the Hub and datasets read, the Versions block.
 
 Golden files live in tests/builder/golden/: card_file.md (local-file source, with accuracy,
-versions=None, no repo id) and card_hub.md (Hub source, no gold answers, license null, two
-versions, explicit repo id), rendered from manifest*.json + recipe*.yaml. After an intended
-change to the card, regenerate them and review the diff:
+versions=None, no repo id) and card_hub.md (Hub source, no gold answers, license null, a
+system prompt, a resumed build, two versions, explicit repo id), rendered from manifest*.json +
+recipe*.yaml. Those inputs are what real builds write (see test_manifest.py, which checks them
+against a fresh build). After an intended change to the card or the manifest, regenerate both
+and review the diff:
 
-    UPFT_UPDATE_GOLDEN=1 pytest tests/builder/test_card.py -k golden
+    UPFT_UPDATE_GOLDEN=1 pytest tests/builder/test_manifest.py tests/builder/test_card.py -k golden
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from builder.card import (
     VERSIONS_END,
@@ -27,6 +29,7 @@ from builder.card import (
     replace_versions,
     size_category,
 )
+from builder.manifest import Manifest
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE_GOLDEN = os.environ.get("UPFT_UPDATE_GOLDEN") == "1"
@@ -36,12 +39,13 @@ V020 = VersionEntry("v0.2.0", "0.2.0", "2026-12-03", "a1b2c3d4e5f6" + "0" * 52)
 # name -> (manifest file, recipe file, versions, repo_id)
 VARIANTS = {
     "file": ("manifest.json", "recipe.yaml", None, None),
-    "hub": ("manifest_hub.json", "recipe_hub.yaml", [V010, V020], "acme/gsm8k-smollm2-upft"),
+    "hub": ("manifest_hub.json", "recipe_hub.yaml", [V010, V020], "acme/word-problems-upft"),
 }
 
 
-def manifest(name: str = "manifest.json") -> dict:
-    return json.loads((GOLDEN / name).read_text("utf-8"))
+def manifest(name: str = "manifest.json") -> Manifest:
+    """A fresh copy of a golden manifest (tests change its attributes)."""
+    return Manifest.read(GOLDEN / name)
 
 
 def render_variant(variant: str) -> str:
@@ -112,9 +116,9 @@ def test_front_matter_parses_with_datasetcard() -> None:
 
     hub = DatasetCard(render_variant("hub")).data.to_dict()
     assert "license" not in hub
-    assert hub["source_datasets"] == ["openai/gsm8k"]
-    assert hub["size_categories"] == ["1K<n<10K"]
-    assert hub["pretty_name"] == "gsm8k-smollm2-upft"
+    assert hub["source_datasets"] == ["upft-org/word-problems"]
+    assert hub["size_categories"] == ["n<1K"]
+    assert hub["pretty_name"] == "word-problems-upft"
 
 
 def test_card_metadata_exact() -> None:
@@ -143,12 +147,12 @@ def test_card_metadata_exact() -> None:
     }
 
 
-def test_language_defaults_to_english_and_accepts_a_string() -> None:
+def test_language_defaults_to_english() -> None:
     m = manifest()
-    del m["language"]
+    m.language = []
     assert card_metadata(m)["language"] == ["en"]
-    m["language"] = "fr"
-    assert card_metadata(m)["language"] == ["fr"]
+    m.language = ["fr", "de"]
+    assert card_metadata(m)["language"] == ["fr", "de"]
 
 
 def test_load_dataset_finds_the_three_configs(tmp_path: Path) -> None:
@@ -203,7 +207,7 @@ def test_size_category_buckets(rows: int, bucket: str) -> None:
 
 def test_size_category_follows_the_mixture_rows() -> None:
     m = manifest()
-    m["counts"]["mixture_rows"] = 1_000
+    m.counts.mixture_rows = 1_000
     assert card_metadata(m)["size_categories"] == ["1K<n<10K"]
     with pytest.raises(ValueError, match="-1"):
         size_category(-1)
@@ -283,9 +287,7 @@ def test_versions_default_to_the_build_itself() -> None:
     card = render_variant("file")
     block = card[card.index(VERSIONS_START) : card.index(VERSIONS_END) + len(VERSIONS_END)]
     m = manifest()
-    assert block == render_versions(
-        [VersionEntry("v0.1.0", "0.1.0", "2026-11-26", m["fingerprint"])]
-    )
+    assert block == render_versions([VersionEntry("v0.1.0", "0.1.0", "2026-11-26", m.fingerprint)])
 
 
 def test_repo_id_in_snippets() -> None:
@@ -295,10 +297,10 @@ def test_repo_id_in_snippets() -> None:
     assert 'load_dataset("<your-org>/demo-upft", "mixture", revision="v0.1.0")' in placeholder
     assert "Replace `<your-org>/demo-upft` below" in placeholder
     assert (
-        "upft-train --dataset <your-org>/demo-upft --revision v0.1.0 --model embedded:smollm2 "
+        "upft-train --dataset <your-org>/demo-upft --revision v0.1.0 --model fake-model "
         "--output runs/x" in placeholder
     )
-    m["repo_id"] = "team/from-manifest"
+    m.repo_id = "team/from-manifest"
     from_manifest = render_card(m, recipe)
     assert 'load_dataset("team/from-manifest", "mixture", revision="v0.1.0")' in from_manifest
     assert "Replace `" not in from_manifest
@@ -322,40 +324,50 @@ def test_sections_in_order_and_conditional_parts() -> None:
     ]
     assert "![Prefix self-consistency](assets/agreement.png)" in card
     assert "](assets/agreement_hist.png)" in card
-    assert "Answer accuracy of the complete answers: 1 of 12 reached the gold answer (8.3%)" in card
+    assert "Answer accuracy of the complete answers: 1 of 4 reached the gold answer (25.0%)" in card
     assert "| gold_answer " in card and "| is_correct " in card
-    assert "| RFT estimate (16 full traces per question) | 156,642 |" in card
+    assert "| RFT estimate (16 full traces per question) | 12,672 |" in card
+    assert "1 question(s) needed more than one try for a complete answer" in card
+    assert "| duplicate |         1 |" in card
     assert "<summary>Full resolved recipe (recipe.yaml)</summary>" in card
     assert "```yaml\n" + (GOLDEN / "recipe.yaml").read_text("utf-8") + "```\n" in card
     assert "@inproceedings{ji2025first," in card and "eprint        = {2503.02875}," in card
 
     hub = render_variant("hub")
     assert "Answer accuracy" not in hub
-    assert "| top_p                | model default  |" in hub
-    assert "starting the engine 21.9 s" in hub and "voting 0.8 s" in hub
-    assert "label filter" not in hub.lower()
+    assert "| top_p                | 0.95 " in hub and "| top_k                | 20 " in hub
+    assert "The build took 37.9 s (reading questions 0.4 s, prefix phase 12.5 s" in hub
+    assert "starting the engine" not in hub  # the test's engine was loaded before the build
+    assert "used the paper's label filter" not in hub and "| label_filter         | no " in hub
     assert "> You are a careful math tutor. Reason step by step." in hub
-    assert "reusing 3 prefix and 1 full-trace shards" in hub
-    assert "| RFT estimate (16 full traces per question) | 3,872,640 |" in hub
-    assert "[`openai/gsm8k`](https://huggingface.co/datasets/openai/gsm8k) (config `main`" in hub
+    assert "reusing 2 prefix and 0 full-trace shards" in hub
+    assert "| RFT estimate (16 full traces per question) | 9,600 |" in hub
+    assert (
+        "[`upft-org/word-problems`](https://huggingface.co/datasets/upft-org/word-problems) "
+        "(split `train`, revision `e53f048856ff`)" in hub
+    )
 
 
-def test_missing_manifest_key_is_named() -> None:
+def test_optional_values_read_as_the_card_says() -> None:
+    m = manifest("manifest_hub.json")
+    m.settings.top_p = None
+    m.timings.engine_load = 21.94
+    card = render_card(m, "")
+    assert "| top_p                | model default " in card
+    assert "prefix phase 12.5 s, starting the engine" not in card
+    assert "reading questions 0.4 s, starting the engine 21.9 s, prefix phase 12.5 s" in card
+
+
+def test_the_card_takes_only_a_validated_manifest() -> None:
+    # A bad or missing field is an error where the manifest is read (test_manifest.py), never
+    # half way through the template.
+    with pytest.raises(TypeError, match=r"needs a builder.manifest.Manifest, not dict.*\.read"):
+        render_card(manifest().to_dict(), "")  # type: ignore[arg-type]
     m = manifest()
-    del m["tokens"]["tuning_tokens"]
-    with pytest.raises(
-        ValueError,
-        match=r"manifest has no 'tokens.tuning_tokens.prefix' \(missing 'tuning_tokens'\)",
-    ):
-        render_card(m, "")
-    m = manifest()
-    del m["settings"]["top_k"]  # read by the template only
-    with pytest.raises(ValueError, match="manifest has no 'settings.top_k'"):
-        render_card(m, "")
-    m = manifest()
-    m["created_at"] = "yesterday"
-    with pytest.raises(ValueError, match="'yesterday'"):
-        render_card(m, "")
+    with pytest.raises(ValidationError, match="created_at"):
+        m.created_at = "yesterday"
+    with pytest.raises(ValidationError, match="top_k"):
+        m.settings.top_k = "20"  # type: ignore[assignment]
 
 
 def test_md_table_pads_aligns_and_escapes() -> None:
@@ -373,8 +385,8 @@ def test_md_table_pads_aligns_and_escapes() -> None:
 
 def test_multiline_texts_stay_inside_their_blockquotes() -> None:
     m = manifest()
-    m["description"] = "First line.\n\nSecond paragraph."
-    m["settings"]["instruction"] = "Only the first step.\nStop there."
+    m.description = "First line.\n\nSecond paragraph."
+    m.settings.instruction = "Only the first step.\nStop there."
     card = render_card(m, "")
     assert "> First line.\n>\n> Second paragraph.\n" in card
     assert "> Only the first step.\n> Stop there.\n" in card
@@ -382,22 +394,26 @@ def test_multiline_texts_stay_inside_their_blockquotes() -> None:
 
 def test_label_filter_is_described() -> None:
     m = manifest()
-    m["settings"]["label_filter"] = True
-    m["counts"]["label_filter_dropped"] = 2
+    s = m.settings
+    s.label_filter, s.label_filter_samples, s.label_filter_on_no_correct = True, 16, "drop"
+    m.counts.label_filter_dropped = 2
     card = render_card(m, "")
-    assert "full rows were kept only when their answer reached the gold answer" in card
-    assert "| label_filter         | yes " in card
-    assert "The label filter gave 2 of the questions picked for a full row a prefix row" in card
-    assert "The label filter used these checks to pick full rows" in card
+    assert "so it is not label-free" in card
+    assert "| label_filter         | yes, drop when none is correct " in card
+    assert "reaching the gold answer for 2 question(s): they were dropped." in card
+    assert "The label filter used these checks to pick the answer each prefix is cut from." in card
+    assert "needed more than one try" not in card
     assert glued_lines(card) == []
-    del m["counts"]["label_filter_dropped"]
-    with pytest.raises(ValueError, match="'counts.label_filter_dropped'"):
-        render_card(m, "")
+    s.label_filter_on_no_correct = "unfiltered"
+    m.counts.label_filter_dropped, m.counts.label_filter_unfiltered = 0, 3
+    card = render_card(m, "")
+    assert "for 3 question(s): they kept the prefix of their first answer, unfiltered." in card
 
 
 def test_averages_over_nothing_read_n_a() -> None:
     m = manifest()
-    m["agreement"].update(mean_at_L=None, mean_prefix_tokens=None, curve_mean=[], curve_std=[])
+    a = m.agreement
+    a.mean_at_L, a.mean_prefix_tokens, a.curve_mean, a.curve_std = None, None, [], []
     card = render_card(m, "")
     assert "The chosen prefixes are n/a tokens long on average" in card
     assert "on average n/a of a question's 8 samples" in card

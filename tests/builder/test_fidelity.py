@@ -69,10 +69,10 @@ def test_prefixes_are_sampled_with_the_plain_question(tmp_path, source):
         assert user.endswith(DEFAULT_INSTRUCTION) == (row["kind"] == "prefix")
         if row["kind"] == "prefix":
             assert row["completion"][0]["content"] == "We add the a"  # first L characters
-    echo = result.manifest["instruction_echo"]
-    assert echo["sample_prompt"] == "plain"
-    assert (echo["prefix_samples"], echo["full_traces"]) == (0.0, 0.0)
-    assert "opening step" in echo["markers"] and "first thing" in echo["markers"]
+    echo = result.manifest.instruction_echo
+    assert echo is not None and echo.sample_prompt == "plain"
+    assert (echo.prefix_samples, echo.full_traces) == (0.0, 0.0)
+    assert "opening step" in echo.markers and "first thing" in echo.markers
     card = (result.path / "README.md").read_text()
     assert re.search(r"\| sample_prompt +\| `plain` +\|", card)
     assert "prefix samples 0.0%, complete answers 0.0%" in card
@@ -86,8 +86,8 @@ def test_instruction_sampling_is_an_explicit_option_and_its_echo_is_measured(tmp
     assert all(DEFAULT_INSTRUCTION in p for p in sampler.calls[0]["prompts"])
     # Full traces still get the plain question.
     assert all(DEFAULT_INSTRUCTION not in p for p in sampler.calls[1]["prompts"])
-    echo = result.manifest["instruction_echo"]
-    assert (echo["prefix_samples"], echo["full_traces"]) == (1.0, 0.0)
+    echo = result.manifest.instruction_echo
+    assert echo is not None and (echo.prefix_samples, echo.full_traces) == (1.0, 0.0)
 
 
 def test_a_trace_cut_by_max_tokens_is_resampled_never_trained_as_complete(tmp_path, source):
@@ -107,8 +107,8 @@ def test_a_trace_cut_by_max_tokens_is_resampled_never_trained_as_complete(tmp_pa
     full = [row for row in mixture if row["kind"] == "full"]
     assert len(full) == n_full
     assert {row["finish_reason"] for row in full} == {"stop"}
-    counts = result.manifest["counts"]
-    assert (counts["full_trace_resampled"], counts["full_trace_fallback"]) == (n_full, 0)
+    counts = result.manifest.counts
+    assert (counts.full_trace_resampled, counts.full_trace_fallback) == (n_full, 0)
     traces = load(result, "traces").filter(lambda t: t["phase"] == "full")
     assert sorted(traces["finish_reason"]) == ["length"] * n_full + ["stop"] * n_full
 
@@ -120,8 +120,8 @@ def test_a_question_whose_traces_never_end_falls_back_to_a_prefix_row(tmp_path, 
     mixture = load(result, "mixture")
     assert set(mixture["kind"]) == {"prefix"}
     assert set(mixture["finish_reason"]) == {"length"}  # prefixes cut at L
-    counts = result.manifest["counts"]
-    assert (counts["full_rows"], counts["full_trace_fallback"]) == (0, 3)
+    counts = result.manifest.counts
+    assert (counts.full_rows, counts.full_trace_fallback) == (0, 3)
     assert len(sampler.calls) == 1 + 2  # phase 1, then two tries
     assert "3 got a prefix row because none of their tries ended" in (
         result.path / "README.md").read_text()
@@ -156,9 +156,10 @@ def test_label_filter_trains_the_first_correct_answers_prefix(tmp_path, source):
         n = int(f["question_id"][1:])
         assert f"\\boxed{{{2 * n + 1}}}" in f["completion"][0]["content"]
     m = result.manifest
-    assert m["settings"]["n_samples"] == 4 and m["settings"]["label_filter"] is True
-    assert m["accuracy"] == {"checked": 40, "correct": 10, "accuracy": 0.25}
-    assert m["tokens"]["full_phase"] == 0
+    assert m.settings.n_samples == 4 and m.settings.label_filter is True
+    assert m.accuracy is not None
+    assert m.accuracy.model_dump() == {"checked": 40, "correct": 10, "accuracy": 0.25}
+    assert m.tokens.full_phase == 0
     card = (result.path / "README.md").read_text()
     assert "not label-free" in card
 
@@ -169,10 +170,9 @@ def test_label_filter_without_a_correct_answer(tmp_path, source, mode, rows, dro
     r = recipe(tmp_path, source, label_filter={"enabled": True, "samples": 2,
                                                "on_no_correct": mode})
     result = build(r, quiet=True, sampler=FakeSampler(_correct_at(-1)))
-    counts = result.manifest["counts"]
-    assert counts["mixture_rows"] == rows
-    assert (counts["label_filter_dropped"], counts["label_filter_unfiltered"]) == (
-        dropped, unfiltered)
+    counts = result.manifest.counts
+    assert counts.mixture_rows == rows
+    assert (counts.label_filter_dropped, counts.label_filter_unfiltered) == (dropped, unfiltered)
     kept = set(load(result, "mixture")["question_id"])
     assert kept == ({f"q{i}" for i in range(0, 10, 2)} if mode == "drop" else
                     {f"q{i}" for i in range(10)})
@@ -200,10 +200,10 @@ def test_decoding_settings_resolve_from_the_generation_config_else_neutral(tmp_p
     model_dir = fake_model_dir(tmp_path, {"top_p": 0.8, "repetition_penalty": 1.05})
     r = r.model_copy(update={"model": r.model.model_copy(update={"id": str(model_dir)})})
     result = build(r, quiet=True, sampler=FakeSampler(echoing))
-    s = result.manifest["settings"]
-    assert (s["top_p"], s["top_k"], s["repetition_penalty"]) == (0.8, 0, 1.05)
-    assert s["decoding_sources"] == {"top_p": "generation_config", "top_k": "neutral",
-                                     "repetition_penalty": "generation_config"}
+    s = result.manifest.settings
+    assert (s.top_p, s.top_k, s.repetition_penalty) == (0.8, 0, 1.05)
+    assert s.decoding_sources == {"top_p": "generation_config", "top_k": "neutral",
+                                  "repetition_penalty": "generation_config"}
     written = (result.path / "recipe.yaml").read_text()
     assert "repetition_penalty: 1.05" in written
 

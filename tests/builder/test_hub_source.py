@@ -90,10 +90,10 @@ def test_build_from_hub_source_records_resolved_commit(hub, tmp_path, hf_sampler
 
     recipe, base = load_recipe(_recipe_file(tmp_path, "v1"))
     result = build(recipe, base, quiet=True, sampler=hf_sampler)
-    source = result.manifest["source"]
-    assert source["type"] == "hub" and source["id"] == REPO and source["config"] == "easy"
-    assert source["revision"] == first  # the tag resolved to its commit id
-    assert source["counts"]["kept"] == 3
+    source = result.manifest.source
+    assert source.type == "hub" and source.id == REPO and source.config == "easy"
+    assert source.revision == first  # the tag resolved to its commit id
+    assert source.counts.kept == 3
     card = (result.path / "README.md").read_text()
     assert f"- {REPO}" in card.split("---")[1]  # source_datasets in the front matter
     import datasets

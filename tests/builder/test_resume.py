@@ -53,13 +53,13 @@ def test_killed_build_resumes_without_resampling(tmp_path, hf_sampler):
 
     recipe, base = load_recipe(recipe_path)
     result = build(recipe, base, quiet=True, sampler=hf_sampler)
-    resume = result.manifest["resume"]
-    assert resume["prefix_shards_reused"] == len(done)
-    assert resume["prefix_shards_sampled"] == LIMIT // SHARD - len(done)
+    resume = result.manifest.resume
+    assert resume.prefix_shards_reused == len(done)
+    assert resume.prefix_shards_sampled == LIMIT // SHARD - len(done)
     # Phase 2 (one shard of full traces) was never reached before the kill.
-    assert resume["full_shards_sampled"] == 1 and resume["full_shards_reused"] == 0
+    assert resume.full_shards_sampled == 1 and resume.full_shards_reused == 0
     # One engine call per missing shard: nothing already on disk was sampled again.
-    assert result.engine_calls == resume["prefix_shards_sampled"] + 1
+    assert result.engine_calls == resume.prefix_shards_sampled + 1
 
     import datasets
 

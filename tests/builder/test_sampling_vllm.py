@@ -151,7 +151,7 @@ def test_resumed_vllm_build_equals_uninterrupted(vllm_sampler: Sampler, tmp_path
               sampler=_StopsAfter(vllm_sampler, 1))
     vllm_sampler.generate(_prompts(vllm_sampler, SHARD_A), 4, 8)
     resumed = build(recipe(tmp_path / "resumed"), None, quiet=True, sampler=vllm_sampler)
-    assert resumed.manifest["resume"]["prefix_shards_reused"] == 1
+    assert resumed.manifest.resume.prefix_shards_reused == 1
     for config in ("mixture", "prefixes", "traces"):
         a = sorted((whole.path / "data" / config).glob("*.parquet"))
         b = sorted((resumed.path / "data" / config).glob("*.parquet"))

