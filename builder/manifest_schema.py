@@ -308,7 +308,8 @@ class Manifest(ManifestSection):
                 detail = f"has manifest_version {found!r} (builder {by})"
             raise ManifestError(
                 f"{where} {detail}; this upft ({__version__}) reads manifest_version "
-                f"{MANIFEST_VERSION}; rebuild the version with upft-build {__version__}"
+                f"{MANIFEST_VERSION}; rebuild the version with upft-build {__version__} "
+                "(--force replaces an existing one)"
             )
         try:
             return cls.model_validate(data)
