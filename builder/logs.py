@@ -92,6 +92,16 @@ def _console_filter(record: logging.LogRecord) -> bool:
     return _active_log is None and record.levelno >= logging.WARNING
 
 
+class _PlainFormatter(logging.Formatter):
+    """'message' for information, 'warning: message' (etc.) for anything more serious."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {text}"
+        return text
+
+
 def setup_logging(quiet: bool, verbose: bool = False) -> None:
     """Our log records on the terminal through rich; ``--quiet`` keeps warnings only.
 
@@ -101,8 +111,14 @@ def setup_logging(quiet: bool, verbose: bool = False) -> None:
     from rich.logging import RichHandler
 
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
-    handler = RichHandler(console=Console(file=terminal()), show_path=False, show_time=False,
-                          markup=False)
+    handler: logging.Handler
+    if terminal().isatty():
+        handler = RichHandler(console=Console(file=terminal()), show_path=False,
+                              show_time=False, markup=False)
+    else:
+        # A pipe or a CI log: plain lines, neither padded nor hard-wrapped at 80 columns.
+        handler = logging.StreamHandler(terminal())
+        handler.setFormatter(_PlainFormatter())
     handler.setLevel(level)
     if not verbose:
         handler.addFilter(_console_filter)

@@ -8,6 +8,7 @@ pipeline does not depend on how (or whether) progress is displayed. Bars are dra
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
@@ -38,21 +39,39 @@ class _TokensPerSecond(ProgressColumn):
 
 @contextlib.contextmanager
 def phase_progress(description: str, total: int, enabled: bool = True) -> Iterator[Advance]:
-    """Yield ``advance(questions, tokens)``; shows questions done, tokens/s and ETA on stderr."""
+    """Yield ``advance(questions, tokens)``; shows questions done, tokens/s and ETA.
+
+    On a terminal: a live bar. Elsewhere (a pipe, a CI log): one plain line when the phase
+    ends, so a log file holds a summary instead of a bar redrawn or hard-wrapped at 80 columns.
+    """
     if not enabled or total == 0:
         yield lambda q, t: None
         return
+    out = terminal()
+    if not out.isatty():
+        done, tokens, started = 0, 0, time.monotonic()
+
+        def count(questions: int, new_tokens: int) -> None:
+            nonlocal done, tokens
+            done, tokens = done + questions, tokens + new_tokens
+
+        yield count
+        took = time.monotonic() - started
+        rate = tokens / took if took > 0 else 0.0
+        out.write(f"{description}: {done}/{total} questions, {tokens:,} tokens in "
+                  f"{took:.1f} s ({rate:,.0f} tok/s)\n")
+        out.flush()
+        return
     progress = Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         MofNCompleteColumn(),
-        TextColumn("questions"),
         _TokensPerSecond(),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
         # The terminal, even while the engines' output is captured into a log file.
-        console=Console(file=terminal()),
+        console=Console(file=out),
         transient=False,
     )
     with progress:

@@ -1,0 +1,184 @@
+"""Demo build time, compiled vs ``model.compile: auto``, and where compiling starts to pay on CPU.
+
+Two measurements in one run, each engine in a fresh process:
+
+1. **Demo side by side**: ``upft-build recipes/demo.yaml`` as a user runs it (a subprocess, the
+   embedded model already converted), once with ``model.compile: compiled`` (the behaviour
+   before the setting existed: vLLM's default, torch.compile before the first token) and once
+   with ``auto`` (which picks eager for the demo's planned budget on CPU). Target: auto takes
+   at most half the wall time of compiled.
+2. **Crossover**: an eager and a compiled engine each load, then sample the demo's own work
+   (phase 1: every demo question x N=8 x 32 tokens; phase 2: a quarter of them x 1 x 384). The
+   crossover is the number of sampled tokens at which the compiled engine's faster decoding
+   has paid back its longer start: (load_compiled - load_eager) / (1/rate_eager -
+   1/rate_compiled). ``builder.sampling.vllm.CPU_COMPILE_MIN_TOKENS`` is set from it.
+
+    python bench/demo_speed.py            # both parts, one round each (~6 min on 2 cores)
+    python bench/demo_speed.py --rounds 2 # each demo arm twice, order rotated
+    python bench/demo_speed.py --only crossover
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchlib import DEMO_RECIPE, REPO, header, load, median, vllm_cpu_env
+
+UPFT_BUILD = Path(sys.executable).parent / "upft-build"
+
+
+def _recipe_copy(work: Path, compile_mode: str) -> Path:
+    """The shipped demo recipe with ``model.compile`` set and its source path made absolute."""
+    import yaml
+
+    data = yaml.safe_load(DEMO_RECIPE.read_text())
+    data["source"]["path"] = str((DEMO_RECIPE.parent / data["source"]["path"]).resolve())
+    data["model"]["compile"] = compile_mode
+    path = work / f"demo-{compile_mode}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _demo_run(work: Path, compile_mode: str, tag: str) -> dict[str, Any]:
+    """One ``upft-build`` of the demo in a fresh process; wall time, lines shown, manifest."""
+    recipe = _recipe_copy(work, compile_mode)
+    out = work / f"out-{tag}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LOGGING")}
+    started = time.perf_counter()
+    proc = subprocess.run([str(UPFT_BUILD), str(recipe), "--out", str(out)], env=env,
+                          capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"upft-build ({compile_mode}) failed:\n{proc.stderr[-3000:]}")
+    version_dir = Path(proc.stdout.strip().splitlines()[-1])
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    lines = len((proc.stdout + proc.stderr).splitlines())
+    return {"wall": wall, "lines": lines, "manifest": manifest}
+
+
+def _probe(mode: str) -> None:
+    """(Child process) load one engine in ``mode`` and time the demo's work; print JSON."""
+    vllm_cpu_env()
+    from builder.models import resolve_model
+    from builder.recipe import load_recipe
+    from builder.resolve import resolve
+    from builder.sampling.base import EngineOptions, make_sampler
+
+    recipe, _ = load_recipe(DEMO_RECIPE)
+    model = resolve_model(recipe.model.id, recipe.model.revision)
+    recipe = resolve(recipe, model)
+    m = recipe.model
+    options = EngineOptions(m.dtype, m.max_model_len, 1, 0.9, m.cpu_kvcache_gib,
+                            m.kv_block_size, mode, None)
+    started = time.perf_counter()
+    sampler = make_sampler("vllm", model.path, model.revision, recipe.sampling.settings(),
+                           options)
+    load_s = time.perf_counter() - started
+    tok = sampler.tokenizer
+    rows = [json.loads(x) for x in (DEMO_RECIPE.parent / "data" / "demo-questions.jsonl")
+            .read_text().splitlines() if x.strip()]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": r["question"]}],
+                                       add_generation_prompt=True, tokenize=True)
+               for r in rows]
+    prompts = [list(p["input_ids"]) if isinstance(p, dict) else list(p) for p in prompts]
+    work = {"phase1": (prompts, 8, 32), "phase2": (prompts[: len(prompts) // 4], 1, 384)}
+    sampler.generate(prompts[:4], 2, 8)  # first-call warm-up (untimed in both modes)
+    result: dict[str, Any] = {"mode": mode, "load_s": load_s}
+    for name, (ps, n, max_tokens) in work.items():
+        t0 = time.perf_counter()
+        out = sampler.generate(ps, n, max_tokens)
+        result[name] = {"seconds": time.perf_counter() - t0,
+                        "tokens": sum(len(s.token_ids) for samples in out for s in samples)}
+    sampler.close()
+    print("PROBE " + json.dumps(result), flush=True)
+
+
+def _run_probe(mode: str) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, __file__, "--probe", mode], capture_output=True,
+                          text=True, cwd=REPO)
+    for line in proc.stdout.splitlines():
+        if line.startswith("PROBE "):
+            return dict(json.loads(line[len("PROBE "):]))
+    raise SystemExit(f"probe {mode} failed:\n{proc.stderr[-3000:]}")
+
+
+def crossover() -> int:
+    results = {mode: _run_probe(mode) for mode in ("eager", "compiled")}
+    rates = {}
+    for mode, r in results.items():
+        tokens = r["phase1"]["tokens"] + r["phase2"]["tokens"]
+        seconds = r["phase1"]["seconds"] + r["phase2"]["seconds"]
+        rates[mode] = tokens / seconds
+        print(f"{mode:9}: engine ready in {r['load_s']:6.1f} s; phase-1 shape "
+              f"{r['phase1']['tokens'] / r['phase1']['seconds']:6.0f} tok/s, phase-2 shape "
+              f"{r['phase2']['tokens'] / r['phase2']['seconds']:6.0f} tok/s, both "
+              f"{rates[mode]:6.0f} tok/s ({tokens:,} tokens)")
+    extra_start = results["compiled"]["load_s"] - results["eager"]["load_s"]
+    saved_per_token = 1 / rates["eager"] - 1 / rates["compiled"]
+    if saved_per_token <= 0:
+        print(f"break-even: never (compiled decodes no faster; start costs {extra_start:.1f} s "
+              "more)")
+        return -1
+    tokens = int(extra_start / saved_per_token)
+    print(f"break-even: {tokens:,} sampled tokens (compiling costs {extra_start:.1f} s more and "
+          f"saves {saved_per_token * 1000:.2f} ms per token)")
+    from builder.sampling.vllm import CPU_COMPILE_MIN_TOKENS
+
+    print(f"builder   : CPU_COMPILE_MIN_TOKENS = {CPU_COMPILE_MIN_TOKENS:,}")
+    return tokens
+
+
+def demo_side_by_side(rounds: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="upft-bench-demo-"))
+    walls: dict[str, list[float]] = {"compiled": [], "auto": []}
+    last: dict[str, dict[str, Any]] = {}
+    for i in range(rounds):
+        order = ["compiled", "auto"] if i % 2 == 0 else ["auto", "compiled"]
+        for mode in order:
+            run = _demo_run(work, mode, f"{mode}-{i}")
+            walls[mode].append(run["wall"])
+            last[mode] = run
+            t = run["manifest"]["timings"]
+            engine = run["manifest"]["model"].get("engine", {})
+            print(f"round {i + 1} {mode:8}: {run['wall']:6.1f} s wall (engine "
+                  f"{engine.get('compile', '?')}, load {t.get('engine_load', 0):.1f} s, "
+                  f"phase 1 {t.get('prefix_phase', 0):.1f} s, phase 2 "
+                  f"{t.get('full_phase', 0):.1f} s); {run['lines']} lines of output; "
+                  f"load avg {load()}", flush=True)
+    ratio = median(walls["auto"]) / median(walls["compiled"])
+    tokens = last["auto"]["manifest"]["tokens"]["total_sampled"]
+    print(f"demo      : {tokens:,} tokens sampled; compiled {median(walls['compiled']):.1f} s, "
+          f"auto {median(walls['auto']):.1f} s (medians of {rounds})")
+    print(f"target    : auto / compiled = {ratio:.3f} (<= 0.5: "
+          f"{'MET' if ratio <= 0.5 else 'MISSED'})")
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=1, help="demo builds per arm (default 1)")
+    ap.add_argument("--only", choices=("demo", "crossover"), help="run one part only")
+    ap.add_argument("--probe", choices=("eager", "compiled"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.probe:
+        _probe(args.probe)
+        return 0
+    header("demo build speed: model.compile auto vs compiled; CPU compile crossover",
+           [sys.argv[0], *argv])
+    if args.only in (None, "demo"):
+        demo_side_by_side(args.rounds)
+    if args.only in (None, "crossover"):
+        crossover()
+    print(f"load      : {load()} at the end")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
