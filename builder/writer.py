@@ -134,12 +134,16 @@ def publish_dir(release: Path, final: Path, replace: bool) -> None:
 
 def read_existing_fingerprint(final: Path) -> str | None:
     """The fingerprint of an existing version directory (None when absent or unreadable)."""
+    from builder.errors import ManifestError
+    from builder.manifest import ManifestHeader
+
     manifest = final / "manifest.json"
     if not manifest.is_file():
         return None
     try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("fingerprint")
-    except (OSError, json.JSONDecodeError):
+        # Any builder's manifest names its fingerprint; only that is compared here.
+        return ManifestHeader.read(manifest).fingerprint
+    except ManifestError:
         return None
 
 

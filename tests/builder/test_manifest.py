@@ -584,3 +584,14 @@ def test_executor_records_what_it_reports() -> None:
     m = Manifest.read(GOLDEN / "manifest.json")
     m.executor = ExecutorInfo.model_validate(ray)
     assert Manifest.parse(m.to_json()) == m
+
+
+def test_existing_fingerprint_is_read_from_any_manifest(tmp_path: Path) -> None:
+    from builder.writer import read_existing_fingerprint
+
+    assert read_existing_fingerprint(tmp_path) is None  # no manifest.json
+    _write(tmp_path, _old_manifest())
+    assert read_existing_fingerprint(tmp_path) == _golden()["fingerprint"]
+    for broken in ("[1, 2]", "{not json", '{"fingerprint": 7}'):
+        _write(tmp_path, broken)
+        assert read_existing_fingerprint(tmp_path) is None
