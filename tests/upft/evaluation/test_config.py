@@ -1,0 +1,100 @@
+"""Eval settings: strict schema, YAML file, flags on top, and --data resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from builder.errors import EvalError, SourceError
+from upft.evaluation import benchmarks
+from upft.evaluation.config import data_from_text, resolve_config
+
+
+def test_data_from_text() -> None:
+    assert data_from_text("GSM8K") == {"benchmark": "gsm8k"}
+    assert data_from_text("../shared/data/svamp-test.jsonl") == {
+        "path": "../shared/data/svamp-test.jsonl"
+    }
+    assert data_from_text("openai/gsm8k") == {"hub": "openai/gsm8k"}
+    with pytest.raises(SourceError, match="unknown benchmark 'gsm9k'; known benchmarks: gsm8k, "
+                       "math500, aime24, svamp"):
+        data_from_text("gsm9k")
+
+
+def test_defaults_are_zero_shot_greedy() -> None:
+    cfg = resolve_config(None, {"data": "svamp", "output": "out"})
+    assert cfg.generation.temperature == 0 and cfg.generation.n == 1
+    assert cfg.generation.ks() == [1]
+    assert cfg.model.id == "embedded:smollm2" and cfg.model.system_prompt is None
+    assert cfg.prefix_check.enabled and cfg.prefix_check.length == 32
+
+
+def test_precedence_defaults_file_flags(tmp_path: Path) -> None:
+    path = tmp_path / "eval.yaml"
+    path.write_text(
+        "model: {id: embedded:smollm2, system_prompt: 'Box it.'}\n"
+        "data: {path: questions.jsonl, question: q, answer: a}\n"
+        "generation: {max_tokens: 64, temperature: 0.6, n: 4}\n"
+        "output: evals/x\n"
+    )
+    cfg = resolve_config(str(path), {"max_tokens": 32, "limit": 5})
+    assert cfg.generation.max_tokens == 32  # flag wins
+    assert cfg.generation.temperature == 0.6 and cfg.generation.n == 4  # file
+    assert cfg.generation.ks() == [1, 4]
+    assert cfg.generation.top_p == 1.0  # default
+    assert cfg.data.limit == 5
+    assert cfg.model.system_prompt == "Box it."
+    # relative paths in the file are relative to the file
+    assert cfg.data.path == str(tmp_path / "questions.jsonl")
+    assert cfg.output == str(tmp_path / "evals" / "x")
+    # --data replaces the file's source but keeps its field names
+    cfg = resolve_config(str(path), {"data": "other.csv"})
+    assert cfg.data.path == "other.csv" and cfg.data.question == "q"
+
+
+def test_unknown_key_names_field_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "eval.yaml"
+    path.write_text("data: {benchmark: svamp}\ngeneration:\n  max_tokens: 64\n  temprature: 0\n")
+    with pytest.raises(EvalError) as info:
+        resolve_config(str(path), {})
+    assert f"generation.temprature ({path}:4): unknown field" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"data": "x.jsonl"}, "name the gold-answer field with 'answer'"),
+        ({"data": "svamp", "samples": 4}, "4 identical greedy answers"),
+        ({"data": "svamp", "samples": 2, "temperature": 0.6, "pass_k": (4,)},
+         "pass_k values [4] must lie between 1 and n = 2"),
+        ({}, "no questions given; pass --data"),
+    ],
+)
+def test_bad_settings(flags: dict, message: str) -> None:
+    with pytest.raises(EvalError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        resolve_config(None, flags)
+
+
+def test_card_defaults(tmp_path: Path) -> None:
+    cfg = resolve_config(None, {"data": "svamp", "card": str(tmp_path / "run")})
+    assert cfg.model.id == str(tmp_path / "run")
+    assert cfg.output == str(tmp_path / "run" / "eval" / "svamp")
+    cfg = resolve_config(None, {"data": "svamp", "card": "run", "model": "embedded:smollm2"})
+    assert cfg.model.id == "embedded:smollm2"
+
+
+def test_registry_points_at_shared_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for bench in benchmarks.BENCHMARKS.values():
+        assert benchmarks.local_file(bench) is not None, bench.file
+    monkeypatch.setenv("UPFT_SHARED_DATA", str(tmp_path))
+    assert benchmarks.local_file(benchmarks.get("gsm8k")) is None
+
+
+@pytest.mark.parametrize(
+    ("gold", "expected"),
+    [("Natalia sold 24 clips.\n#### 1,072", "1072"), ("145.0", "145"), ("-3.50", "-3.50"),
+     ("(3,\\frac{\\pi}{2})", "(3,\\frac{\\pi}{2})"), ("1,000", "1000"), ("2.5", "2.5")],
+)
+def test_format_gold(gold: str, expected: str) -> None:
+    assert benchmarks.format_gold(gold) == expected

@@ -1,0 +1,432 @@
+"""The evaluation run: questions -> prompts -> generation shard by shard -> scored rows -> files.
+
+Middle stage of ``upft-eval``. Questions come from the builder's source stage
+(``builder.sources.load_questions``); prompts are the builder's (``builder.prompts``: the model's
+chat template, an optional system prompt, the plain question); generation goes through the
+builder's sampler module (vLLM by default, transformers as fallback). Per shard of questions the
+run samples the answers (plain prompt) and, when the prefix check is on, one greedy answer of at
+most L + slack tokens under the prefix instruction; it scores them and persists the shard's rows
+at once (``<output>/.shards/``), so an interrupted eval resumes where it stopped. The output is
+identified by a fingerprint of everything that changes it (model weights, questions, settings):
+a finished eval with the same fingerprint is reported again without loading any model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder.errors import EvalError, SourceError
+from builder.models import ResolvedModel, cache_dir, resolve_model
+from builder.progress import phase_progress
+from builder.prompts import encode_prompt, messages
+from builder.recipe import SourceConfig
+from builder.sampling.base import Sample, Sampler, SamplingSettings, make_sampler
+from builder.sources import LoadedSource, Question, load_questions
+from upft.evaluation import benchmarks, report, scoring
+from upft.evaluation.config import EvalConfig
+
+logger = logging.getLogger(__name__)
+
+EVAL_FORMAT = 1  # bump when the rows or the fingerprint change meaning
+OUTPUT_NAMES = {"results.jsonl", "summary.json", "README.md", "eval_config.yaml", ".shards"}
+# Files that hold a model's weights and behaviour (not its card or eval outputs).
+_MODEL_FILES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".tiktoken")
+_SKIP_MODEL_FILES = {"train_summary.json", "trainer_state.json"}
+
+
+@dataclass
+class EvalRun:
+    """What ``evaluate`` did: ``evaluated`` (some shards sampled) or found it ``unchanged``."""
+
+    path: Path
+    status: str
+    summary: dict[str, Any]
+    engine_loads: int = 0
+
+
+@dataclass
+class EvalQuestion:
+    """A question with its acceptable gold answers (strings math-verify parses)."""
+
+    question: Question
+    golds: tuple[str, ...]
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+def source_for(cfg: EvalConfig) -> tuple[SourceConfig, dict[str, Any]]:
+    """The builder source config for the eval's data section, plus what names the data."""
+    d = cfg.data
+    common: dict[str, Any] = {"limit": d.limit, "shuffle": d.shuffle, "seed": d.seed}
+    if d.benchmark is not None:
+        bench = benchmarks.get(d.benchmark)
+        path = benchmarks.local_file(bench) if d.prefer != "hub" else None
+        if d.prefer == "local" and path is None:
+            raise SourceError(
+                f"benchmark {bench.name!r}: {bench.file} is not in the shared data folder "
+                f"{benchmarks.shared_data_dir()}; set UPFT_SHARED_DATA or use prefer: hub"
+            )
+        fields = bench.local if path is not None else bench.hub_fields
+        names: dict[str, Any] = {
+            "question": d.question or fields.question,
+            "answer": d.answer or fields.answer,
+            "id": d.id if d.id is not None else fields.id,
+        }
+        meta = {"benchmark": bench.name, "title": bench.title, "dataset_type": bench.hub,
+                "answer_format": bench.answer_format}
+        if path is not None:
+            src = SourceConfig(path=str(path), **names, **common)
+            meta["split"] = "test"
+        else:
+            split = d.split or bench.hub_split
+            src = SourceConfig(hub=bench.hub, config=bench.hub_config, split=split,
+                               revision=d.revision, **names, **common)
+            meta["split"] = split
+        return src, meta
+    names = {"question": d.question or "question", "answer": d.answer, "id": d.id}
+    if d.path is not None:
+        path = Path(d.path).expanduser()
+        src = SourceConfig(path=str(path), **names, **common)
+        return src, {"benchmark": None, "title": path.stem, "dataset_type": path.name,
+                     "split": d.split or "test", "answer_format": "auto"}
+    assert d.hub is not None
+    split = d.split or "test"
+    src = SourceConfig(hub=d.hub, config=d.config, split=split, revision=d.revision, **names,
+                       **common)
+    return src, {"benchmark": None, "title": d.hub, "dataset_type": d.hub, "split": split,
+                 "answer_format": "auto"}
+
+
+def gold_answers(q: Question) -> tuple[str, ...]:
+    """Every acceptable gold answer of a question (``Question.answers`` when the source has it)."""
+    raw = getattr(q, "answers", None) or ((q.answer,) if q.answer is not None else ())
+    return tuple(benchmarks.format_gold(str(g)) for g in raw if str(g).strip())
+
+
+def load(cfg: EvalConfig) -> tuple[list[EvalQuestion], LoadedSource, dict[str, Any]]:
+    src, meta = source_for(cfg)
+    loaded = load_questions(src, None)
+    out = []
+    for q in loaded.questions:
+        golds = gold_answers(q)
+        if not golds:
+            raise SourceError(
+                f"question {q.id!r} has no gold answer (field {src.answer!r} is empty or null); "
+                "an eval needs one per question: fix the data or pick another --answer field"
+            )
+        out.append(EvalQuestion(q, golds))
+    return out, loaded, meta
+
+
+def folder_hash(folder: Path) -> str:
+    """sha256 over the weight, config and tokenizer files of a model folder (cached by mtime)."""
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix in _MODEL_FILES and p.name not in _SKIP_MODEL_FILES
+        and not any(part.startswith(".") or part in ("eval", "evals") for part in
+                    p.relative_to(folder).parts[:-1])
+        and p.name != "README.md"
+    )
+    cache_path = cache_dir() / "file-hashes.json"
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    digest = hashlib.sha256()
+    changed = False
+    for path in files:
+        stat = path.stat()
+        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in cache:
+            file_digest = hashlib.sha256()
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    file_digest.update(block)
+            cache[key] = file_digest.hexdigest()
+            changed = True
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{cache[key]}\n".encode())
+    if changed:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache))
+            os.replace(tmp, cache_path)
+        except OSError:  # a read-only cache only costs re-hashing next time
+            pass
+    return digest.hexdigest()
+
+
+def model_identity(model: ResolvedModel) -> dict[str, Any]:
+    """What identifies the evaluated weights: Hub commit, embedded revision or folder hash."""
+    ident: dict[str, Any] = {"spec": model.spec, "name": model.display_name, "path": model.path,
+                             "revision": model.revision, "commit": None, "folder_sha256": None}
+    if Path(model.path).is_dir():
+        ident["folder_sha256"] = folder_hash(Path(model.path))
+        return ident
+    try:
+        from huggingface_hub import HfApi
+
+        ident["commit"] = HfApi().model_info(model.path, revision=model.revision).sha
+    except Exception as exc:  # offline or gated: the requested revision is all we know
+        logger.warning("could not resolve the Hub commit of %s (%s); recording the requested "
+                       "revision only", model.path, type(exc).__name__)
+    return ident
+
+
+def fingerprint(cfg: EvalConfig, model: dict[str, Any], data: dict[str, Any],
+                questions: list[EvalQuestion]) -> str:
+    """sha256 over everything that changes an eval's rows."""
+    settings = cfg.model_dump(mode="json")
+    for key in ("output", "card", "base", "shard_size"):
+        settings.pop(key)
+    settings["data"] = {k: v for k, v in settings["data"].items() if k != "path"}
+    for key in ("tensor_parallel_size", "gpu_memory_utilization", "cpu_kvcache_gib", "id"):
+        settings["model"].pop(key)
+    payload = {
+        "format": EVAL_FORMAT,
+        "settings": settings,
+        "model": {k: model[k] for k in ("revision", "commit", "folder_sha256")},
+        "model_spec": model["spec"] if not model["folder_sha256"] else None,
+        "data": {k: data.get(k) for k in ("type", "id", "config", "split", "revision", "sha256")},
+        "questions": [[e.question.id, e.question.text, list(e.golds)] for e in questions],
+    }
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+# --- the engine and the shards -----------------------------------------------------------------
+
+
+@dataclass
+class _Engine:
+    """The sampler, loaded on first use only (a finished or fully resumed eval loads none)."""
+
+    cfg: EvalConfig
+    model: ResolvedModel
+    sampler: Sampler | None = None
+    owned: bool = False
+    loads: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def get(self) -> Sampler:
+        if self.sampler is None:
+            started = time.monotonic()
+            m = self.cfg.model
+            logger.info("loading %s with %s", self.model.display_name, m.backend)
+            self.sampler = make_sampler(m.backend, self.model.path, self.model.revision,
+                                        self.cfg.generation.settings(), m.engine_options(),
+                                        m.chat_template)
+            self.owned = True
+            self.loads += 1
+            self.timings["engine_load"] = time.monotonic() - started
+        return self.sampler
+
+    def generate(self, prompts: list[list[int]], settings: SamplingSettings, n: int,
+                 max_tokens: int) -> list[list[Sample]]:
+        sampler = self.get()
+        sampler.settings = settings
+        return sampler.generate(prompts, n, max_tokens)
+
+    def close(self) -> None:
+        if self.owned and self.sampler is not None:
+            self.sampler.close()
+            self.sampler = None
+
+
+class _Shards:
+    """Scored rows of finished shards in ``<output>/.shards``, tied to one fingerprint."""
+
+    def __init__(self, folder: Path, fp: str) -> None:
+        self.folder = folder
+        marker = folder / "fingerprint"
+        if folder.exists():
+            old = marker.read_text().strip() if marker.is_file() else None
+            if old != fp:
+                logger.info("discarding partial eval in %s (its settings changed)", folder)
+                shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        marker.write_text(fp + "\n")
+
+    def _path(self, index: int) -> Path:
+        return self.folder / f"shard-{index:05d}.jsonl"
+
+    def load(self, index: int) -> list[dict[str, Any]] | None:
+        path = self._path(index)
+        if not path.is_file():
+            return None
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+    def save(self, index: int, rows: list[dict[str, Any]]) -> None:
+        path = self._path(index)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                       encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _prompt(tokenizer: Any, question: str, instruction: str | None,
+            system: str | None) -> tuple[str, list[int]]:
+    msgs = messages(question, instruction, system)
+    text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    return str(text), encode_prompt(tokenizer, msgs)
+
+
+def _score_shard(cfg: EvalConfig, engine: _Engine, shard: list[EvalQuestion],
+                 timings: dict[str, float]) -> list[dict[str, Any]]:
+    """Generate and score one shard: the rows it contributes to results.jsonl."""
+    gen, pc, system = cfg.generation, cfg.prefix_check, cfg.model.system_prompt
+    tok = engine.get().tokenizer
+    plain = [_prompt(tok, e.question.text, None, system) for e in shard]
+    started = time.monotonic()
+    outputs = engine.generate([ids for _, ids in plain], gen.settings(), gen.n, gen.max_tokens)
+    timings["generate"] = timings.get("generate", 0.0) + time.monotonic() - started
+    timings["generated_tokens"] = timings.get("generated_tokens", 0) + sum(
+        len(s.token_ids) for samples in outputs for s in samples)
+    timings["generated_questions"] = timings.get("generated_questions", 0) + len(shard)
+    prefix_out: list[list[Sample]] | None = None
+    if pc.enabled:
+        started = time.monotonic()
+        with_instruction = [_prompt(tok, e.question.text, pc.instruction, system)[1]
+                            for e in shard]
+        prefix_out = engine.generate(with_instruction, gen.greedy(), 1, pc.length + pc.slack)
+        timings["prefix_check"] = timings.get("prefix_check", 0.0) + time.monotonic() - started
+    started = time.monotonic()
+    rows = []
+    for i, e in enumerate(shard):
+        scored = [scoring.score_sample(e.golds, s, cfg.scoring_timeout_s) for s in outputs[i]]
+        row: dict[str, Any] = {"id": e.question.id, "question": e.question.text,
+                               "gold": list(e.golds), "prompt": plain[i][0], **scored[0],
+                               "n": len(scored), "n_correct": sum(s["correct"] for s in scored)}
+        if len(scored) > 1:
+            row["samples"] = scored[1:]
+        if prefix_out is not None:
+            p = prefix_out[i][0]
+            row["prefix"] = {"completion": p.text, "tokens": len(p.token_ids),
+                             "finish_reason": p.finish_reason}
+        rows.append(row)
+    timings["scoring"] = timings.get("scoring", 0.0) + time.monotonic() - started
+    return rows
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def _check_output(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"output {str(out)!r} is a file; pass a folder with --output")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_NAMES)
+        if foreign:
+            names = ", ".join(foreign[:5])
+            raise EvalError(
+                f"output folder {str(out)!r} holds files an eval does not write ({names}); "
+                "choose an empty or new folder for --output"
+            )
+
+
+def read_summary(out: Path) -> dict[str, Any] | None:
+    path = out / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except json.JSONDecodeError:
+        return None
+
+
+def evaluate(cfg: EvalConfig, *, force: bool = False, quiet: bool = False,
+             sampler: Sampler | None = None) -> EvalRun:
+    """Run (or resume, or find finished) the eval that ``cfg`` describes."""
+    if not cfg.output:
+        raise EvalError("no output folder given; pass --output DIR (or set 'output:' in the file)")
+    t0 = time.monotonic()
+    out = Path(cfg.output).expanduser()
+    _check_output(out)
+    questions, loaded, meta = load(cfg)
+    model = resolve_model(cfg.model.id, cfg.model.revision)
+    ident = model_identity(model)
+    data = {**loaded.manifest_entry(), **meta}
+    fp = fingerprint(cfg, ident, data, questions)
+
+    existing = read_summary(out)
+    if existing is not None and not force:
+        if existing.get("fingerprint") == fp:
+            logger.info("%s is already evaluated with these settings; nothing to do", out)
+            return EvalRun(out, "unchanged", existing)
+        raise EvalError(
+            f"{out} holds a finished eval with other settings, model or questions (fingerprint "
+            f"{str(existing.get('fingerprint'))[7:19]} vs {fp[7:19]}); choose another --output "
+            "or pass --force to replace it"
+        )
+    if existing is not None:
+        (out / "summary.json").unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    shards_dir = _Shards(out / ".shards", fp)
+    engine = _Engine(cfg, model)
+    if sampler is not None:
+        engine.sampler = sampler
+    timings: dict[str, float] = {}
+    resume = {"shards_reused": 0, "shards_evaluated": 0}
+    size = cfg.shard_size
+    parts = [questions[i : i + size] for i in range(0, len(questions), size)]
+    rows: list[dict[str, Any]] = []
+    try:
+        pending = [i for i in range(len(parts)) if shards_dir.load(i) is None]
+        if pending:
+            engine.get()  # load before the bar starts, so its rate and ETA count generation
+        with phase_progress("eval", len(questions), enabled=not quiet) as advance:
+            for index, part in enumerate(parts):
+                done = shards_dir.load(index)
+                if done is None:
+                    done = _score_shard(cfg, engine, part, timings)
+                    shards_dir.save(index, done)
+                    resume["shards_evaluated"] += 1
+                else:
+                    resume["shards_reused"] += 1
+                rows.extend(done)
+                advance(len(part), sum(r["tokens"] for r in done))
+        engine_info = engine.sampler.engine_info() if engine.sampler is not None else None
+    finally:
+        engine.close()
+    timings.update(engine.timings)
+    timings["total"] = time.monotonic() - t0
+    summary = report.build_summary(cfg, fp, ident, data, rows, timings, resume, engine_info)
+    report.write_outputs(out, cfg, rows, summary)
+    shutil.rmtree(out / ".shards", ignore_errors=True)
+    logger.info("wrote %s: accuracy %.4f on %d questions", out, summary["accuracy"], len(rows))
+    return EvalRun(out, "evaluated", summary, engine.loads)
+
+
+
+def write_card(cfg: EvalConfig, run: EvalRun) -> Path:
+    """Put a finished eval into the card of ``cfg.card`` (base vs this model with ``cfg.base``)."""
+    from upft.evaluation.compare import load_run, paired
+
+    assert cfg.card is not None
+    base_summary = stats = None
+    if cfg.base:
+        base_run = load_run(cfg.base)
+        stats = paired(base_run, load_run(run.path))
+        base_summary = base_run.summary
+    return report.update_model_card(Path(cfg.card).expanduser(), run.summary, base_summary, stats)
+
+
+def evaluate_trained(config_file: str, folder: Path, quiet: bool = False) -> dict[str, Any]:
+    """``upft-train --eval CONFIG``: evaluate the saved model and write its card."""
+    from upft.evaluation.config import resolve_config
+
+    cfg = resolve_config(config_file, {"model": str(folder), "card": str(folder)})
+    run = evaluate(cfg, quiet=quiet)
+    card = write_card(cfg, run)
+    s = run.summary
+    return {"output": str(run.path), "card": str(card), "accuracy": s["accuracy"],
+            "accuracy_ci95": s["accuracy_ci95"], "questions": s["counts"]["questions"]}
