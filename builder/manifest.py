@@ -204,6 +204,7 @@ def build_manifest(
         top_p=r.sampling.top_p,
         top_k=r.sampling.top_k,
         repetition_penalty=r.sampling.repetition_penalty,
+        # The values are checked against the allowed sources when Settings validates.
         decoding_sources=dict(decoding_sources or {}),  # type: ignore[arg-type]
         max_tokens=r.sampling.max_tokens,
         seed=r.sampling.seed,
