@@ -1,0 +1,36 @@
+"""Prompt construction and instruction-echo measurement (builder.prompts)."""
+
+from __future__ import annotations
+
+from builder.prompts import echo_share, echoes, encode_prompt, instruction_markers, messages
+from builder.recipe import DEFAULT_INSTRUCTION
+from tests.fakes import CharTokenizer
+
+
+def test_messages_plain_and_with_instruction():
+    assert messages("Q?", None, None) == [{"role": "user", "content": "Q?"}]
+    assert messages("Q?", "Only start.", "Sys") == [
+        {"role": "system", "content": "Sys"},
+        {"role": "user", "content": "Q?\n\nOnly start."},
+    ]
+
+
+def test_encode_prompt_ends_with_the_assistant_turn():
+    tok = CharTokenizer()
+    ids = encode_prompt(tok, messages("Q?", None, None))
+    assert tok.decode(ids) == "<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_markers_are_content_bigrams_within_a_clause():
+    assert instruction_markers(DEFAULT_INSTRUCTION) == [
+        "whole problem", "opening step", "first thing", "work out", "final answer"]
+    # No bigram across a full stop, none made of function words only.
+    assert instruction_markers("Solve it. Then stop here; of the") == ["then stop", "stop here"]
+
+
+def test_echo_share_counts_texts_that_repeat_a_marker():
+    markers = ["first thing", "opening step"]
+    assert echoes("The FIRST   thing is x", markers)
+    assert not echoes("firstthing", markers)
+    assert echo_share(["The first thing", "add 2", "my opening step"], markers) == 2 / 3
+    assert echo_share([], markers) is None
