@@ -45,7 +45,8 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 # Small builds: enough questions for every code path, cheap on 2 cores.
 BUILD_LIMIT = 8
-BUILD_OVERRIDES = {"prefix": {"length": 16}, "sampling": {"max_tokens": 96}}
+# max_tokens: room for most of SmolLM2's answers to end (full traces that hit it are re-sampled).
+BUILD_OVERRIDES = {"prefix": {"length": 16}, "sampling": {"max_tokens": 256}}
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ def smollm2():
 
 def _make(backend: str, smollm2):
     from builder.models import resolve_model
-    from builder.pipeline import resolve
+    from builder.resolve import resolve
     from builder.sampling.base import SamplingSettings, make_sampler
 
     recipe = resolve(demo_recipe(_SESSION_TMP, backend=backend), resolve_model("embedded:smollm2"))
