@@ -65,6 +65,8 @@ output folder."""
 @click.option("--max-model-len", type=click.IntRange(min=64), help="Engine context length.")
 @click.option("--cpu-kvcache-gib", type=click.IntRange(min=1), help="vLLM KV cache on CPU.")
 @click.option("--tensor-parallel-size", type=click.IntRange(min=1), help="GPUs per model.")
+@click.option("--compile", type=click.Choice(["auto", "compiled", "eager"]),
+              help="vLLM compilation (auto: on GPUs, and on CPUs for long evals).")
 @click.option("--system-prompt", metavar="TEXT", help="System message before each question.")
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Answer budget [default: 1024].")
 @click.option("--temperature", type=float, help="0 = greedy (the default).")

@@ -10,12 +10,20 @@ is written into the output folder as ``eval_config.yaml``.
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from builder.errors import EvalError
 from builder.recipe import DEFAULT_INSTRUCTION, _format_errors, _reject_duplicate_keys
@@ -42,13 +50,18 @@ class ModelSection(_Strict):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     cpu_kvcache_gib: int = Field(default=2, ge=1)
     kv_block_size: int | None = Field(default=None, ge=16, multiple_of=16)
+    compile: Literal["auto", "compiled", "eager"] = Field(
+        default="auto", description="vLLM: auto compiles on GPUs, and on CPUs for long evals"
+    )
     system_prompt: str | None = Field(
         default=None, description="e.g. Qwen-Math's 'put your final answer within \\boxed{}'"
     )
     chat_template: str | None = None
 
-    def engine_options(self) -> EngineOptions:
+    def engine_options(self, token_bound: int | None = None) -> EngineOptions:
         return EngineOptions(
+            compile=self.compile,
+            token_bound=token_bound,
             dtype=self.dtype,
             max_model_len=self.max_model_len,
             tensor_parallel_size=self.tensor_parallel_size,
@@ -77,6 +90,13 @@ class DataSection(_Strict):
         default="auto", description="benchmark copy: the shared data file (auto: when present)"
     )
 
+    @field_validator("benchmark")
+    @classmethod
+    def _known(cls, value: str | None) -> str | None:
+        if value is not None and value.lower() not in benchmarks.BENCHMARKS:
+            raise ValueError(f"unknown benchmark {value!r}; known benchmarks: {benchmarks.known()}")
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> DataSection:
         given = [k for k in ("benchmark", "path", "hub") if getattr(self, k) is not None]
@@ -84,10 +104,6 @@ class DataSection(_Strict):
             raise ValueError(
                 "set exactly one of 'benchmark' (" + benchmarks.known() + "), 'path' (a local "
                 "file) or 'hub' (a Hub dataset id)"
-            )
-        if self.benchmark is not None and self.benchmark.lower() not in benchmarks.BENCHMARKS:
-            raise ValueError(
-                f"unknown benchmark {self.benchmark!r}; known benchmarks: {benchmarks.known()}"
             )
         if self.path is not None and Path(self.path).suffix.lower() not in FILE_SUFFIXES:
             raise ValueError(f"path {self.path!r} must end in one of {', '.join(FILE_SUFFIXES)}")
@@ -231,6 +247,7 @@ FLAG_KEYS: dict[str, tuple[str | None, str]] = {
     "max_model_len": ("model", "max_model_len"),
     "cpu_kvcache_gib": ("model", "cpu_kvcache_gib"),
     "tensor_parallel_size": ("model", "tensor_parallel_size"),
+    "compile": ("model", "compile"),
     "system_prompt": ("model", "system_prompt"),
     "question": ("data", "question"),
     "answer": ("data", "answer"),
@@ -258,6 +275,8 @@ def resolve_config(config_file: str | None, flags: dict[str, Any]) -> EvalConfig
     if config_file is not None:
         data, root = read_file(config_file)
         where = config_file
+        if "data" in data:  # the file's own mistakes are reported with their lines
+            parse_config(copy.deepcopy(data), where, root)
     else:
         data = {}
     if flags.get("data") is not None:

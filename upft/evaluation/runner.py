@@ -189,7 +189,8 @@ def fingerprint(cfg: EvalConfig, model: dict[str, Any], data: dict[str, Any],
     for key in ("output", "card", "base", "shard_size"):
         settings.pop(key)
     settings["data"] = {k: v for k, v in settings["data"].items() if k != "path"}
-    for key in ("tensor_parallel_size", "gpu_memory_utilization", "cpu_kvcache_gib", "id"):
+    for key in ("tensor_parallel_size", "gpu_memory_utilization", "cpu_kvcache_gib", "id",
+                "compile"):
         settings["model"].pop(key)
     payload = {
         "format": EVAL_FORMAT,
@@ -215,6 +216,7 @@ class _Engine:
     sampler: Sampler | None = None
     owned: bool = False
     loads: int = 0
+    token_bound: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     def get(self) -> Sampler:
@@ -223,7 +225,8 @@ class _Engine:
             m = self.cfg.model
             logger.info("loading %s with %s", self.model.display_name, m.backend)
             self.sampler = make_sampler(m.backend, self.model.path, self.model.revision,
-                                        self.cfg.generation.settings(), m.engine_options(),
+                                        self.cfg.generation.settings(),
+                                        m.engine_options(self.token_bound),
                                         m.chat_template)
             self.owned = True
             self.loads += 1
@@ -382,6 +385,9 @@ def evaluate(cfg: EvalConfig, *, force: bool = False, quiet: bool = False,
     try:
         pending = [i for i in range(len(parts)) if shards_dir.load(i) is None]
         if pending:
+            gen, pc = cfg.generation, cfg.prefix_check
+            per_question = gen.n * gen.max_tokens + (pc.length + pc.slack if pc.enabled else 0)
+            engine.token_bound = per_question * sum(len(parts[i]) for i in pending)
             engine.get()  # load before the bar starts, so its rate and ETA count generation
         with phase_progress("eval", len(questions), enabled=not quiet) as advance:
             for index, part in enumerate(parts):
