@@ -96,7 +96,7 @@ def main(argv: list[str]) -> int:
             t0 = time.perf_counter()
             result = build(rec, base_dir, sampler=sampler, quiet=True)
             elapsed = time.perf_counter() - t0
-            return elapsed, int(result.manifest["tokens"]["total_sampled"]), result.manifest
+            return elapsed, result.manifest.tokens.total_sampled, result.manifest
 
         # Warm-up of both code paths on 2 questions.
         official(plain[:2])
@@ -149,9 +149,9 @@ def main(argv: list[str]) -> int:
           f"{p.length / (1 - ratio):.0f} for N=1")
     print(f"RFT estimate (16 full traces per question): {rft:,.0f} tokens; ours "
           f"{100 * (1 - ours_k / rft):.1f}% fewer, faithful {100 * (1 - faith_k / rft):.1f}% fewer")
-    agree = manifests["ours"]["agreement"]
-    print(f"ours: mean agreement at L {agree['mean_at_L']}, mean prefix "
-          f"{agree['mean_prefix_tokens']} tokens")
+    agree = manifests["ours"].agreement
+    print(f"ours: mean agreement at L {agree.mean_at_L}, mean prefix "
+          f"{agree.mean_prefix_tokens} tokens")
     print(f"load at end: {load()}")
     return 0
 

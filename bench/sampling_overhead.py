@@ -110,7 +110,7 @@ def main(argv: list[str]) -> int:
             result = build(rec, base_dir, sampler=sampler, quiet=True)
             elapsed = time.perf_counter() - t0
             assert result.status == "built", result.status
-            return elapsed, engine_time.total(), int(result.manifest["tokens"]["prefix_phase"])
+            return elapsed, engine_time.total(), result.manifest.tokens.prefix_phase
 
         def run_bare(ids: list[list[int]], shard: int | None = None) -> tuple[float, int]:
             """One generate call on all prompts, or one per ``shard`` prompts like the build."""

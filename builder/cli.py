@@ -192,8 +192,10 @@ def _print_plan(p: dict[str, Any]) -> None:
     phases = (("prefix_phase", "phase 1 (prefixes)"), ("full_phase", "phase 2 (full traces)"))
     for key, label in phases:
         ph = p[key]
-        click.echo(f"{label}: {ph['prompts']} prompts, {ph['samples']} samples x <= "
-                   f"{ph['max_tokens_each']} tokens = <= {ph['token_bound']:,} tokens")
+        tries = f", up to {ph['max_tries']} tries each" if ph.get("max_tries", 1) > 1 else ""
+        prompt = f", {ph['prompt']} prompt" if "prompt" in ph else ""
+        click.echo(f"{label}: {ph['prompts']} prompts{prompt}, {ph['samples']} samples x <= "
+                   f"{ph['max_tokens_each']} tokens{tries} = <= {ph['token_bound']:,} tokens")
     click.echo(f"token budget (upper bound): {p['token_bound']:,}; RFT (16 full traces/question) "
                f"upper bound: {p['rft_token_bound']:,} (ratio {p['bound_ratio_vs_rft']})")
     click.echo(f"output: {p['output']}")

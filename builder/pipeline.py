@@ -13,7 +13,6 @@ never ended.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import time
@@ -28,6 +27,7 @@ from builder.errors import OutputError, SamplingError
 from builder.executor import Executor, LocalExecutor, ShardRequest
 from builder.manifest import (
     RFT_SAMPLES_PER_QUESTION,
+    Manifest,
     agreement_summary,
     build_manifest,
     fingerprint,
@@ -58,7 +58,7 @@ class BuildResult:
 
     path: Path
     status: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     engine_calls: int = 0
 
 
@@ -273,7 +273,7 @@ def build(
         if existing == fp:
             shutil.rmtree(staging, ignore_errors=True)
             logger.info("%s is already built with this recipe; nothing to do", final)
-            manifest = json.loads((final / "manifest.json").read_text())
+            manifest = Manifest.read(final / "manifest.json")
             return BuildResult(final, "unchanged", manifest)
         raise OutputError(
             f"{final} already exists and was built from a different recipe, source or model "
@@ -398,6 +398,7 @@ def _run(b: _Build, loaded: LoadedSource, final: Path, fp: str, replace: bool,
                          tables.stats["tuning_tokens"]),
         agreement_summary(curves, tables.prefixes["agreement"], tables.prefixes["prefix_tokens"]),
         tables.stats["accuracy"], b.timings, b.resume, echo, b.decoding_sources,
+        executor=b.executor.describe(),
     )
     finish_release(release, final, manifest, recipe_yaml, tables.prefixes["agreement_curve"],
                    tables.prefixes["agreement"], replace)

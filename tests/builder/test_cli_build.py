@@ -101,12 +101,14 @@ def test_dry_run_prints_the_plan(in_tmp: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         "source: data/demo-questions.jsonl  read 48, empty 0, duplicate 1, over limit 0, kept 47",
-        # 47 questions x 8 samples of at most 32 tokens.
-        "phase 1 (prefixes): 47 prompts, 376 samples x <= 32 tokens = <= 12,032 tokens",
-        # round(0.25 x 47) = 12 full traces of at most 384 tokens.
-        "phase 2 (full traces): 12 prompts, 12 samples x <= 384 tokens = <= 4,608 tokens",
-        "token budget (upper bound): 16,640; RFT (16 full traces/question) upper bound: "
-        "288,768 (ratio 0.0576)",
+        # 47 questions x 8 samples of at most 32 tokens, sampled with the plain question.
+        "phase 1 (prefixes): 47 prompts, plain prompt, 376 samples x <= 32 tokens = <= 12,032 "
+        "tokens",
+        # round(0.25 x 47) = 12 full traces of at most 384 tokens, each tried up to 3 times.
+        "phase 2 (full traces): 12 prompts, 12 samples x <= 384 tokens, up to 3 tries each = "
+        "<= 13,824 tokens",
+        "token budget (upper bound): 25,856; RFT (16 full traces/question) upper bound: "
+        "288,768 (ratio 0.0895)",
         "output: out/demo-upft/0.1.0",
         "dry run: recipe and source are valid; nothing was sampled",
     ]
@@ -119,10 +121,12 @@ def test_dry_run_with_limit_and_out(in_tmp: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines == [
         "source: data/demo-questions.jsonl  read 48, empty 0, duplicate 1, over limit 42, kept 5",
-        "phase 1 (prefixes): 5 prompts, 40 samples x <= 32 tokens = <= 1,280 tokens",
-        "phase 2 (full traces): 1 prompts, 1 samples x <= 384 tokens = <= 384 tokens",
-        "token budget (upper bound): 1,664; RFT (16 full traces/question) upper bound: "
-        "30,720 (ratio 0.0542)",
+        "phase 1 (prefixes): 5 prompts, plain prompt, 40 samples x <= 32 tokens = <= 1,280 "
+        "tokens",
+        "phase 2 (full traces): 1 prompts, 1 samples x <= 384 tokens, up to 3 tries each = "
+        "<= 1,152 tokens",
+        "token budget (upper bound): 2,432; RFT (16 full traces/question) upper bound: "
+        "30,720 (ratio 0.0792)",
         f"output: {in_tmp / 'elsewhere' / 'demo-upft' / '0.1.0'}",
         "dry run: recipe and source are valid; nothing was sampled",
     ]
