@@ -39,9 +39,9 @@ def main(argv: list[str]) -> int:
     from vllm.inputs import TokensPrompt
 
     from builder.models import resolve_model
-    from builder.resolve import resolve
     from builder.prompts import encode_prompt, messages
     from builder.recipe import load_recipe
+    from builder.resolve import resolve
     from builder.sources import load_questions
 
     demo, base_dir = load_recipe(DEMO_RECIPE)

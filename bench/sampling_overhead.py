@@ -66,10 +66,10 @@ def main(argv: list[str]) -> int:
 
     from builder.models import resolve_model
     from builder.pipeline import build
-    from builder.resolve import resolve
     from builder.prompts import encode_prompt, messages
     from builder.recipe import load_recipe
-    from builder.sampling.base import SamplingSettings, make_sampler
+    from builder.resolve import resolve
+    from builder.sampling.base import make_sampler
     from builder.sources import load_questions
 
     demo, base_dir = load_recipe(DEMO_RECIPE)

@@ -147,7 +147,9 @@ def read_existing_fingerprint(final: Path) -> str | None:
         return None
 
 
-def stage_release(staging: Path, columns: dict[str, dict[str, list[Any]]], recipe_yaml: str) -> Path:
+def stage_release(
+    staging: Path, columns: dict[str, dict[str, list[Any]]], recipe_yaml: str
+) -> Path:
     """Write the data files and the resolved recipe into ``<staging>/release`` (not yet final)."""
     release = staging / "release"
     shutil.rmtree(release, ignore_errors=True)
