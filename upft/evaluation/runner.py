@@ -347,8 +347,12 @@ def read_summary(out: Path) -> dict[str, Any] | None:
 
 
 def evaluate(cfg: EvalConfig, *, force: bool = False, quiet: bool = False,
-             sampler: Sampler | None = None) -> EvalRun:
-    """Run (or resume, or find finished) the eval that ``cfg`` describes."""
+             sampler: Sampler | None = None, replace_other: bool = False) -> EvalRun:
+    """Run (or resume, or find finished) the eval that ``cfg`` describes.
+
+    A finished eval with another fingerprint in ``cfg.output`` is refused, unless ``force``
+    (always re-run) or ``replace_other`` (re-run only then: ``upft-train --eval --overwrite``).
+    """
     if not cfg.output:
         raise EvalError("no output folder given; pass --output DIR (or set 'output:' in the file)")
     t0 = time.monotonic()
@@ -365,11 +369,12 @@ def evaluate(cfg: EvalConfig, *, force: bool = False, quiet: bool = False,
         if existing.get("fingerprint") == fp:
             logger.info("%s is already evaluated with these settings; nothing to do", out)
             return EvalRun(out, "unchanged", existing)
-        raise EvalError(
-            f"{out} holds a finished eval with other settings, model or questions (fingerprint "
-            f"{str(existing.get('fingerprint'))[7:19]} vs {fp[7:19]}); choose another --output "
-            "or pass --force to replace it"
-        )
+        if not replace_other:
+            raise EvalError(
+                f"{out} holds a finished eval with other settings, model or questions (fingerprint "
+                f"{str(existing.get('fingerprint'))[7:19]} vs {fp[7:19]}); choose another "
+                "--output or pass --force to replace it"
+            )
     if existing is not None:
         (out / "summary.json").unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -426,12 +431,23 @@ def write_card(cfg: EvalConfig, run: EvalRun) -> Path:
     return report.update_model_card(Path(cfg.card).expanduser(), run.summary, base_summary, stats)
 
 
+def release_memory() -> None:
+    """Give back what a finished training run held (CUDA caches) before an engine loads."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def evaluate_trained(config_file: str, folder: Path, quiet: bool = False) -> dict[str, Any]:
     """``upft-train --eval CONFIG``: evaluate the saved model and write its card."""
     from upft.evaluation.config import resolve_config
 
     cfg = resolve_config(config_file, {"model": str(folder), "card": str(folder)})
-    run = evaluate(cfg, quiet=quiet)
+    run = evaluate(cfg, quiet=quiet, replace_other=True)  # new weights: a new eval
     card = write_card(cfg, run)
     s = run.summary
     return {"output": str(run.path), "card": str(card), "accuracy": s["accuracy"],
