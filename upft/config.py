@@ -124,6 +124,10 @@ class TrainConfig:
     overwrite: bool = field(
         default=False, metadata={"help": "write into an output folder that is not empty"}
     )
+    eval: str | None = field(
+        default=None,
+        metadata={"help": "upft-eval YAML run on the saved model; results go into its card"},
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -269,6 +273,8 @@ def validate(config: TrainConfig, sources: dict[str, str] | None = None) -> None
             raise TrainError(
                 f"no {key} given; pass {flag_name(key)} or set '{key}:' in the --config file"
             )
+    if config.eval is not None and not Path(config.eval).expanduser().is_file():
+        fail("eval", "is not a file; pass an upft-eval YAML config (see upft-eval --help)")
     positive = ("learning_rate", "batch_size", "micro_batch_size", "epochs", "max_length")
     for key in positive + ("logging_steps", "lora_r", "lora_alpha", "max_grad_norm"):
         if getattr(config, key) <= 0:

@@ -272,14 +272,23 @@ def base_dtype(model: ResolvedModel) -> Any:
 
 
 def save_model(
-    trainer: Any, tokenizer: Any, folder: Path, config: TrainConfig, eot: Any, save_dtype: Any
+    trainer: Any, tokenizer: Any, folder: Path, config: TrainConfig, eot: Any, save_dtype: Any,
+    state: dict[str, Any] | None = None,
 ) -> None:
     """Write a plain model folder (LoRA merged) that transformers and vLLM load directly.
 
     Weights are trained in float32 and saved in the base checkpoint's dtype, so a bf16 base
-    gives a bf16 folder of the same size.
+    gives a bf16 folder of the same size. ``state``: the whole state dict, gathered from the
+    processes of a sharded run (FSDP, ZeRO-3); the model object then holds only shards.
     """
-    net = trainer.model
+    net = trainer.accelerator.unwrap_model(trainer.model)
+    if state is not None:
+        if config.lora:
+            raise TrainError("LoRA under FSDP / ZeRO-3 is not supported; train LoRA with "
+                             "torchrun (data parallel) or on one GPU")
+        if save_dtype is not None:
+            state = {k: v.to(save_dtype) if v.is_floating_point() else v
+                     for k, v in state.items()}
     if config.lora:
         net.save_pretrained(str(folder / "adapter"))
         net = net.merge_and_unload()
@@ -290,6 +299,10 @@ def save_model(
     if missing:
         net.generation_config.eos_token_id = known + missing
     net.config.use_cache = True  # training turns the KV cache off; inference wants it back
+    if state is not None:
+        net.save_pretrained(str(folder), state_dict=state)
+        tokenizer.save_pretrained(str(folder))
+        return
     if save_dtype is not None and save_dtype != net.dtype:
         net = net.to(save_dtype)
     net.save_pretrained(str(folder))
@@ -327,6 +340,10 @@ def run_training(
     if quiet:
         _quiet_progress_bars()
     folder = Path(str(config.output)).expanduser()
+    if config.eval:  # a bad eval config must fail before training, not after
+        from upft.evaluation.config import resolve_config as resolve_eval
+
+        resolve_eval(config.eval, {"model": str(folder), "card": str(folder)})
     checkpoint = prepare_output(folder, config.overwrite, resume)
     bf16 = use_bf16(config)
     config = dataclasses.replace(config, bf16=bf16)  # written out resolved, not "auto"
@@ -406,14 +423,25 @@ def run_training(
         },
         "loss_history": [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e],
     }
+    state = None
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        # The weights are sharded over the processes: every rank takes part in gathering them
+        # (FSDP: full state dict; ZeRO-3: 16-bit weights, see upft/launch), rank 0 writes.
+        state = trainer.accelerator.get_state_dict(trainer.model)
     if not trainer.is_world_process_zero():
         return summary
-    save_model(trainer, tokenizer, folder, config, eot, save_dtype)
+    save_model(trainer, tokenizer, folder, config, eot, save_dtype, state)
     shutil.rmtree(trainer_dir, ignore_errors=True)
     write_config(config, folder)
     output.write_summary(summary, folder)
     output.write_card(config, summary, folder)
     logger.info("model written to %s (final loss %s)", folder, summary["final_loss"])
+    if config.eval:
+        from upft.evaluation.runner import evaluate_trained, release_memory
+
+        del trainer, net  # the eval engine needs the memory the training copy holds
+        release_memory()
+        summary["eval"] = evaluate_trained(config.eval, folder, quiet=quiet)
     if config.push_to_hub:
         # The uploaded folder is the one just written; the push result is only returned.
         summary["pushed"] = output.push_folder(folder, config.push_to_hub, config.private)
