@@ -155,3 +155,7 @@ def compare_cmd(runs: tuple[str, ...], output: str | None, as_json: bool, seed: 
                                                 encoding="utf-8")
         png = compare.plot(result, folder / report.PLOT_NAME)
         click.echo(f"wrote {folder / 'comparison.md'} and {png}", err=True)
+
+
+if __name__ == "__main__":
+    main()
