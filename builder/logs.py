@@ -16,13 +16,16 @@ Used by every command: ``upft-build`` (log in ``<output.dir>/<name>/logs/<versio
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -136,13 +139,33 @@ def _fd(stream: Any) -> int | None:
         return None
 
 
+def _bind_library_loggers() -> None:
+    """Let transformers and datasets create their own stderr handlers now, on the real stderr.
+
+    Both libraries attach a handler bound to whatever ``sys.stderr`` is when they first log;
+    created while :func:`capture` shows Python's stderr on screen, it would show their warnings.
+    """
+    for module in ("transformers.utils.logging", "datasets.utils.logging"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module).get_logger()
+
+
 @contextlib.contextmanager
-def capture(log_path: Path | str, enabled: bool = True) -> Iterator[Path | None]:
+def capture(
+    log_path: Path | str,
+    enabled: bool = True,
+    screen_stderr: bool = False,
+    on_close: Callable[[Path, bool], Path] | None = None,
+) -> Iterator[Path | None]:
     """Send fds 1/2, warnings and third-party log records to ``log_path`` while the block runs.
 
     The file is rewritten each time (it holds the last run). Our own output keeps reaching the
     screen through :func:`terminal`. On an exception the traceback is appended to the log and
     :func:`failure_hint` names the file. ``enabled=False`` (``--verbose``) changes nothing.
+
+    ``screen_stderr``: Python-level writes to ``sys.stderr`` stay on screen (the trainer's tqdm
+    bar); native output, warnings and log records still go to the file. ``on_close(path, ok)``
+    runs once the file is closed and returns where the log ended up (it may move it).
     """
     global _active_log, _failed_log
     if not enabled or _active_log is not None:
@@ -172,21 +195,26 @@ def capture(log_path: Path | str, enabled: bool = True) -> Iterator[Path | None]
     _TERMINAL.target = term
     _active_log, _failed_log = path, None
     logging.captureWarnings(True)
+    python_stderr = sys.stderr
+    if screen_stderr:
+        _bind_library_loggers()
+        sys.stderr = _TERMINAL
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
-    unexpected = False
+    unexpected, failed = False, False
     try:
         yield path
     except BaseException as exc:
-        _failed_log = path
+        failed = True
         log.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         # Our own errors get the hint from the command's error handler, after the message.
         unexpected = not isinstance(exc, (UpftError, KeyboardInterrupt, SystemExit))
         raise
     finally:
-        for stream in (sys.stdout, sys.stderr):
+        for stream in (sys.stdout, python_stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        sys.stderr = python_stderr
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for fd in saved:
@@ -198,8 +226,51 @@ def capture(log_path: Path | str, enabled: bool = True) -> Iterator[Path | None]
         if own_term:
             term.close()
         log.close()
+        final = on_close(path, not failed) if on_close is not None else path
+        if failed:
+            _failed_log = final
         if unexpected:
-            sys.stderr.write(f"full log: {path}\n")
+            sys.stderr.write(f"full log: {final}\n")
+
+
+@contextlib.contextmanager
+def capture_into(folder: Path | str, name: str, enabled: bool = True,
+                 screen_stderr: bool = False) -> Iterator[Path | None]:
+    """:func:`capture` for a command that wants its output folder empty when it starts.
+
+    ``upft-train`` refuses a non-empty output folder, so its log is written to a temporary file
+    and moved to ``folder/name`` at the end: after success, or after a failure that left
+    something in the folder. A failure before that keeps the log where it is (its path is
+    printed), so a re-run does not find the folder taken by a log.
+    """
+    if not enabled:
+        yield None
+        return
+    handle, tmp = tempfile.mkstemp(prefix=f"upft-{Path(name).stem}-", suffix=".log")
+    os.close(handle)
+    target = Path(folder)
+
+    def move(path: Path, ok: bool) -> Path:
+        if target.is_dir() and (ok or any(target.iterdir())):
+            dest = target / name
+            shutil.move(str(path), dest)
+            return dest
+        return path
+
+    with capture(tmp, screen_stderr=screen_stderr, on_close=move) as path:
+        yield path
+
+
+def quiet_library_bars() -> None:
+    """Turn off the libraries' own progress bars (loading weights, splits, shard writing).
+
+    Training and evaluation keep their own bars; these others only fill the screen.
+    """
+    for module, name in (("datasets", "disable_progress_bars"),
+                         ("huggingface_hub.utils", "disable_progress_bars"),
+                         ("transformers.utils.logging", "disable_progress_bar")):
+        with contextlib.suppress(ImportError, AttributeError):
+            getattr(importlib.import_module(module), name)()
 
 
 def build_log_path(output_dir: str | Path, name: str, version: str) -> Path:

@@ -102,9 +102,15 @@ def main(config_file: str | None, resume: bool, quiet: bool, verbose: bool, **fl
     setup_logging(quiet, verbose)
     config = resolve_config(config_file, flags)
     logger.info("settings: %s", json.dumps(config.to_dict()))
+    from builder.logs import capture_into, quiet_library_bars
     from upft.train import run_training
 
-    summary = run_training(config, quiet=quiet, resume=resume)
+    # The libraries' own output goes to train.log in the output folder (its path is printed on
+    # failure); the trainer's progress bar stays on screen. --verbose shows everything.
+    with capture_into(str(config.output), "train.log", enabled=not verbose, screen_stderr=True):
+        if not verbose:
+            quiet_library_bars()
+        summary = run_training(config, quiet=quiet, resume=resume)
     if not quiet:
         click.echo(
             f"trained {summary['steps']} steps on {summary['examples']['total']} examples; "
