@@ -22,7 +22,15 @@ import yaml
 from click.testing import CliRunner
 
 from builder.cli import build_main
-from builder.logs import build_log_path, capture, capturing, failure_hint, setup_logging, terminal
+from builder.logs import (
+    build_log_path,
+    capture,
+    capture_into,
+    capturing,
+    failure_hint,
+    setup_logging,
+    terminal,
+)
 from tests.conftest import DEMO_RECIPE
 
 
@@ -89,6 +97,42 @@ def test_disabled_capture_writes_no_log(tmp_path: Path, capfd: pytest.CaptureFix
         os.write(2, b"verbose engine line\n")
     assert "verbose engine line" in capfd.readouterr().err
     assert not (tmp_path / "run.log").exists()
+
+
+def test_capture_into_moves_the_log_into_the_folder(tmp_path: Path,
+                                                      capfd: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    with capture_into(out, "train.log", screen_stderr=True) as path:
+        assert path is not None and path.parent != out  # the folder must stay empty meanwhile
+        out.mkdir()
+        (out / "model.safetensors").write_text("weights")
+        sys.stderr.write("trainer bar 1/1\n")  # Python-level stderr: on screen
+        os.write(2, b"native noise\n")
+    err = capfd.readouterr().err
+    assert "trainer bar 1/1" in err and "native noise" not in err
+    assert not path.exists()
+    assert "native noise" in (out / "train.log").read_text()
+
+
+def test_capture_into_keeps_an_early_failure_out_of_the_folder(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError), capture_into(out, "train.log") as path:
+        out.mkdir()  # created, then the command fails before writing anything
+        raise RuntimeError("bad dataset")
+    assert list(out.iterdir()) == []  # a re-run still finds it empty
+    assert failure_hint() == f"full log: {path}"
+    assert path is not None and "bad dataset" in path.read_text()
+    path.unlink()
+
+
+def test_capture_into_moves_the_log_after_a_late_failure(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError), capture_into(out, "train.log"):
+        out.mkdir()
+        (out / "trainer").mkdir()
+        raise RuntimeError("out of memory")
+    assert failure_hint() == f"full log: {out / 'train.log'}"
+    assert "out of memory" in (out / "train.log").read_text()
 
 
 def test_build_log_path() -> None:
