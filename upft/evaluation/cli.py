@@ -107,9 +107,13 @@ def main(ctx: click.Context, config_file: str | None, force: bool, quiet: bool, 
     from upft.evaluation.config import resolve_config
 
     cfg = resolve_config(config_file, flags)
+    from builder.logs import capture_into
     from upft.evaluation.runner import evaluate, write_card
 
-    run = evaluate(cfg, force=force, quiet=quiet)
+    # The engine's own output goes to eval.log in the output folder (its path is printed on
+    # failure); --verbose shows everything.
+    with capture_into(cfg.output or ".", "eval.log", enabled=not verbose and bool(cfg.output)):
+        run = evaluate(cfg, force=force, quiet=quiet)
     s = run.summary
     if run.status == "unchanged":
         click.echo(f"already evaluated with these settings (fingerprint {s['fingerprint'][7:19]});"

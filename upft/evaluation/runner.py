@@ -36,7 +36,8 @@ from upft.evaluation.config import EvalConfig
 logger = logging.getLogger(__name__)
 
 EVAL_FORMAT = 1  # bump when the rows or the fingerprint change meaning
-OUTPUT_NAMES = {"results.jsonl", "summary.json", "README.md", "eval_config.yaml", ".shards"}
+OUTPUT_NAMES = {"results.jsonl", "summary.json", "README.md", "eval_config.yaml", ".shards",
+                "eval.log"}
 # Files that hold a model's weights and behaviour (not its card or eval outputs).
 _MODEL_FILES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".tiktoken")
 _SKIP_MODEL_FILES = {"train_summary.json", "trainer_state.json"}
