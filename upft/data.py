@@ -305,6 +305,7 @@ class EncodeStats:
 
     examples: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     supervised_tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    input_tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     dropped_too_long: int = 0
     dropped_truncated: int = 0  # full traces that did not end (finish_reason "length")
     full_count_mismatch: int = 0
@@ -316,6 +317,8 @@ class EncodeStats:
                 **self.supervised_tokens,
                 "total": sum(self.supervised_tokens.values()),
             },
+            # every token the model reads (prompt included): what training time scales with
+            "input_tokens": {**self.input_tokens, "total": sum(self.input_tokens.values())},
             "dropped_too_long": self.dropped_too_long,
             "dropped_truncated": self.dropped_truncated,
         }
@@ -416,6 +419,7 @@ def encode_rows(
             stats.full_count_mismatch += 1
         stats.examples[item["kind"]] += 1
         stats.supervised_tokens[item["kind"]] += sum(1 for x in item["labels"] if x != IGNORE)
+        stats.input_tokens[item["kind"]] += len(item["input_ids"])
         encoded.append({"input_ids": item["input_ids"], "labels": item["labels"]})
     if stats.dropped_too_long:
         logger.warning(

@@ -143,12 +143,21 @@ def test_encode_rows_counts_and_length_limit(tokenizer: Any, mixture: list) -> N
     encoded, stats = encode_rows(mixture, tokenizer, end, max_length=4096)
     prefix = [r for r in mixture if r["kind"] == "prefix"]
     full = [r for r in mixture if r["kind"] == "full"]
+
+    def rendered(r: dict[str, Any]) -> int:
+        return len(template_ids(tokenizer, r["prompt"] + r["completion"]))
+
     assert stats.as_dict() == {
         "examples": {"prefix": 9, "full": 3, "total": 12},
         "supervised_tokens": {
             "prefix": sum(r["num_tokens"] + 1 for r in prefix),
             "full": sum(r["num_tokens"] + 1 for r in full),
             "total": sum(r["num_tokens"] + 1 for r in mixture),
+        },
+        "input_tokens": {  # the whole conversation as the chat template renders it
+            "prefix": sum(rendered(r) for r in prefix),
+            "full": sum(rendered(r) for r in full),
+            "total": sum(rendered(r) for r in mixture),
         },
         "dropped_too_long": 0,
         "dropped_truncated": 0,  # the fixture has no finish_reason column (older builds)
