@@ -88,3 +88,26 @@ def test_model_card(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
     assert text.index("## Evaluation") < text.index("## Use")
     assert "| accuracy (95% CI) | 16.7% [" in text and "Difference: +50.0 points" in text
     assert "model-index:" in text
+
+
+def test_card_flag_on_a_finished_eval(two_runs: tuple[Path, Path], stand_in_model: Path,
+                                      tmp_path: Path) -> None:
+    """``upft-eval --card`` with a finished eval: no model is loaded, the card gets the table."""
+    from huggingface_hub import ModelCard
+
+    from tests.upft.evaluation.conftest import SVAMP
+
+    a, b = two_runs
+    (stand_in_model / "README.md").write_text("---\nlicense: apache-2.0\n---\n# stand-in\n")
+    flags = ["--model", str(stand_in_model), "--data", str(SVAMP), "--question",
+             "{Body} {Question}", "--answer", "Answer", "--id-field", "ID", "--limit", "6",
+             "--shard-size", "2", "--prefix-length", "4", "--max-tokens", "16", "--quiet"]
+    result = CliRunner().invoke(main, [*flags, "--output", str(b), "--card", str(stand_in_model),
+                                       "--base", str(a)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("already evaluated")
+    assert f"model card: {stand_in_model / 'README.md'}" in result.output
+    card = ModelCard.load(stand_in_model / "README.md")
+    assert card.data.license == "apache-2.0"
+    assert card.data.eval_results[0].metric_value == pytest.approx(66.67)
+    assert "| base `" in (stand_in_model / "README.md").read_text()

@@ -98,3 +98,21 @@ def test_registry_points_at_shared_data(monkeypatch: pytest.MonkeyPatch, tmp_pat
 )
 def test_format_gold(gold: str, expected: str) -> None:
     assert benchmarks.format_gold(gold) == expected
+
+
+def test_benchmark_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from upft.evaluation.runner import source_for
+
+    src, meta = source_for(resolve_config(None, {"data": "math500", "output": "o"}))
+    assert src.path is not None and src.path.endswith("math500-test.jsonl")
+    assert (src.question, src.answer, src.id) == ("problem", "expected_answer", "id")
+    assert meta["dataset_type"] == "HuggingFaceH4/MATH-500" and meta["title"] == "MATH-500"
+    monkeypatch.setenv("UPFT_SHARED_DATA", str(tmp_path))  # no local copies: the Hub ones
+    src, meta = source_for(resolve_config(None, {"data": "gsm8k", "output": "o"}))
+    assert (src.hub, src.config, src.split) == ("openai/gsm8k", "main", "test")
+    src, _ = source_for(resolve_config(None, {"data": "math500", "output": "o"}))
+    assert (src.hub, src.answer, src.id) == ("HuggingFaceH4/MATH-500", "answer", "unique_id")
+    cfg = resolve_config(None, {"data": "svamp", "output": "o"})
+    cfg.data.prefer = "local"
+    with pytest.raises(SourceError, match="svamp-test.jsonl is not in the shared data folder"):
+        source_for(cfg)
