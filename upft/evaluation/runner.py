@@ -263,11 +263,14 @@ class _Shards:
     def _path(self, index: int) -> Path:
         return self.folder / f"shard-{index:05d}.jsonl"
 
-    def load(self, index: int) -> list[dict[str, Any]] | None:
+    def load(self, index: int, ids: list[str]) -> list[dict[str, Any]] | None:
+        """The shard's rows, or None when it is missing or holds other questions (the shard
+        size changed since it was written)."""
         path = self._path(index)
         if not path.is_file():
             return None
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        return rows if [r["id"] for r in rows] == ids else None
 
     def save(self, index: int, rows: list[dict[str, Any]]) -> None:
         path = self._path(index)
@@ -389,7 +392,8 @@ def evaluate(cfg: EvalConfig, *, force: bool = False, quiet: bool = False,
     parts = [questions[i : i + size] for i in range(0, len(questions), size)]
     rows: list[dict[str, Any]] = []
     try:
-        pending = [i for i in range(len(parts)) if shards_dir.load(i) is None]
+        ids = [[e.question.id for e in part] for part in parts]
+        pending = [i for i in range(len(parts)) if shards_dir.load(i, ids[i]) is None]
         if pending:
             gen, pc = cfg.generation, cfg.prefix_check
             per_question = gen.n * gen.max_tokens + (pc.length + pc.slack if pc.enabled else 0)
@@ -397,7 +401,7 @@ def evaluate(cfg: EvalConfig, *, force: bool = False, quiet: bool = False,
             engine.get()  # load before the bar starts, so its rate and ETA count generation
         with phase_progress("eval", len(questions), enabled=not quiet) as advance:
             for index, part in enumerate(parts):
-                done = shards_dir.load(index)
+                done = shards_dir.load(index, ids[index])
                 if done is None:
                     done = _score_shard(cfg, engine, part, timings)
                     shards_dir.save(index, done)

@@ -173,3 +173,27 @@ def test_missing_answer_field_and_null_gold(stand_in_model: Path, tmp_path: Path
     with pytest.raises(SourceError, match="has no gold answer"):
         runner.evaluate(cfg, quiet=True, sampler=fake())
     assert not (tmp_path / "b").exists()
+
+
+def test_resume_with_another_shard_size(stand_in_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    broken = fake()
+    real = broken.generate
+    calls = 0
+
+    def interrupted(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    broken.generate = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        runner.evaluate(make_cfg(stand_in_model, out), quiet=True, sampler=broken)
+    # shard 0 held questions 0-1; with shards of 3 it holds 0-2 and must be evaluated again
+    second = fake()
+    run = runner.evaluate(make_cfg(stand_in_model, out, shard_size=3), quiet=True,
+                          sampler=second)
+    assert run.summary["resume"] == {"shards_reused": 0, "shards_evaluated": 2}
+    assert [r["id"] for r in read_rows(out)] == [r["ID"] for r in svamp_rows(N)]
