@@ -9,9 +9,12 @@ on the Hub; nothing else in the README changes, so its ``configs:`` block surviv
 Re-running is always safe: a tag that already holds identical content is reported as
 published, a tag with different content is refused (tags never move), and a commit that
 landed without its tag is detected on the branch head and only tagged. Transient Hub errors
-(5xx, 429, dropped connections) are retried with exponential backoff; the base delay comes
-from ``UPFT_HUB_RETRY_BASE_SECONDS`` and the number of attempts from
-``UPFT_HUB_RETRY_ATTEMPTS``.
+(5xx, 429, dropped connections, a server slower than the client timeout) are retried with
+exponential backoff; the base delay comes from ``UPFT_HUB_RETRY_BASE_SECONDS`` and the number
+of attempts from ``UPFT_HUB_RETRY_ATTEMPTS``. A 429's ``Retry-After`` is honoured (waited in
+full, up to ``UPFT_HUB_MAX_RETRY_AFTER_SECONDS``; a longer one stops with a message saying
+when to re-run). Every Hub request times out after ``UPFT_HUB_TIMEOUT_SECONDS`` (default 120)
+of silence, so a stalled server is retried instead of hanging the push.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_BASE_ENV = "UPFT_HUB_RETRY_BASE_SECONDS"
 RETRY_ATTEMPTS_ENV = "UPFT_HUB_RETRY_ATTEMPTS"
+TIMEOUT_ENV = "UPFT_HUB_TIMEOUT_SECONDS"
+MAX_RETRY_AFTER_ENV = "UPFT_HUB_MAX_RETRY_AFTER_SECONDS"
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # Files the Hub adds to a repository by itself; they are not part of a version.
 _HUB_OWN_FILES = frozenset({".gitattributes"})
@@ -193,10 +198,29 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds the Hub asked us to wait (``Retry-After`` on a 429/503), if it said."""
+    for item in _chain(exc):
+        headers = getattr(getattr(item, "response", None), "headers", None)
+        value = headers.get("Retry-After") if headers is not None else None
+        if value is not None:
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return None  # an HTTP date: fall back to our own backoff
+    return None
+
+
+class RateLimited(PublishError):
+    """The Hub asked us to wait longer than we are willing to wait in one run."""
+
+
 def with_retries(action: str, fn: Callable[[], T]) -> T:
-    """Call ``fn``; on a transient failure wait base * 2**k seconds and call it again."""
+    """Call ``fn``; on a transient failure wait base * 2**k seconds (or the Hub's
+    ``Retry-After``, whichever is longer) and call it again."""
     attempts = max(1, int(os.environ.get(RETRY_ATTEMPTS_ENV) or 4))
     base = float(os.environ.get(RETRY_BASE_ENV) or 1.0)
+    cap = float(os.environ.get(MAX_RETRY_AFTER_ENV) or 300)
     for attempt in range(1, attempts + 1):
         try:
             return fn()
@@ -204,12 +228,41 @@ def with_retries(action: str, fn: Callable[[], T]) -> T:
             if attempt == attempts or not is_transient(exc):
                 raise
             delay = base * 2 ** (attempt - 1)
+            asked = retry_after(exc)
+            if asked is not None:
+                if asked > cap:
+                    raise RateLimited(
+                        f"the Hub asked to wait {asked:.0f} s before {action} (HTTP "
+                        f"{_status_of_chain(exc)}, Retry-After); nothing was tagged. Re-run "
+                        "push-to-hub after that time"
+                    ) from exc
+                delay = max(delay, asked)
             logger.warning(
                 "%s failed (%s); retrying in %.2gs (attempt %d of %d)",
                 action, _first_line(exc), delay, attempt + 1, attempts,
             )
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _status_of_chain(exc: BaseException) -> int | None:
+    return next((s for s in map(_status_of, _chain(exc)) if s is not None), None)
+
+
+def configure_timeout() -> None:
+    """Make every huggingface_hub request give up after ``UPFT_HUB_TIMEOUT_SECONDS`` of
+    silence (its own client waits forever), so that a stalled Hub is retried."""
+    import httpx2
+    from huggingface_hub.utils import _http
+
+    seconds = float(os.environ.get(TIMEOUT_ENV) or 120)
+
+    def factory() -> Any:
+        client = _http.default_client_factory()
+        client.timeout = httpx2.Timeout(seconds, connect=min(seconds, 30.0))
+        return client
+
+    _http.set_client_factory(factory)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -233,6 +286,9 @@ def _explained(action: str, repo_id: str, token: str | None) -> Iterator[None]:
         elif status == 403:
             hint = (f"this token may not write to {repo_id} (HTTP 403). Publish to your own "
                     "namespace or an organization you can write to (--repo-id ORG/NAME)")
+        elif status == 429:
+            hint = ("the Hub kept rate-limiting this token (HTTP 429). Nothing was tagged; wait "
+                    "a few minutes and re-run push-to-hub, which resumes where this run stopped")
         elif is_transient(exc):
             hint = (f"the Hub kept failing ({reason}). Nothing was tagged; re-running "
                     "push-to-hub is safe and resumes where this run stopped")
@@ -422,6 +478,7 @@ def push_version(
     private = private or bool(local.publish.get("private"))
     token = token or get_token()
     tag = f"v{local.version}"
+    configure_timeout()
     api = HfApi(token=token)
     url = f"{api.endpoint}/datasets/{repo_id}/tree/{tag}"
 

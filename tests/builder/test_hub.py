@@ -431,3 +431,100 @@ def test_real_build_round_trips_through_the_hub(hub: HubServer, demo_build: Path
     card = DatasetCard(card_at(f"v{version}"))
     assert [c["config_name"] for c in card.data.to_dict()["configs"]] == list(CONFIGS)
     assert f"`v{version}`" in card.text.split(VERSIONS_START)[1].split(VERSIONS_END)[0]
+
+
+# --- a slow Hub and rate limits -----------------------------------------------------------------
+
+
+def _settle(seconds: float) -> None:
+    """Let the test Hub finish requests a client gave up on (they still run to the end)."""
+    import time
+
+    time.sleep(seconds)
+
+
+def test_slow_server_beyond_the_client_timeout_is_retried(
+    hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from builder.hub import TIMEOUT_ENV, load_version_dir, remote_matches
+
+    monkeypatch.setenv(TIMEOUT_ENV, "1")
+    version_dir = make_version(tmp_path, "1.0.0")
+    hub.fail_next("commit", delay=2.5)  # answers after the client's 1 s timeout
+    result = push_version(version_dir, token=ALICE)
+    assert result.status == "pushed"
+    _settle(2.5)
+    calls = hub.calls("commit")
+    assert len(calls) == 2 and calls[1].time - calls[0].time < 2.5  # retried, not waited out
+    # The late first commit could not land on top of ours (parent moved): one commit, tagged.
+    assert len(api().list_repo_commits(REPO, repo_type="dataset")) == 2
+    head, tags = refs()
+    assert tags == {"v1.0.0": head["main"]}
+    assert remote_matches(api(), REPO, tags["v1.0.0"], load_version_dir(version_dir))
+
+
+def test_slow_server_every_time_fails_clearly_and_rerun_completes(
+    hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from builder.hub import TIMEOUT_ENV, load_version_dir, remote_matches
+
+    monkeypatch.setenv(TIMEOUT_ENV, "1")
+    monkeypatch.setenv(RETRY_ATTEMPTS_ENV, "2")
+    version_dir = make_version(tmp_path, "1.0.0")
+    hub.fail_next("create_tag", delay=2.0, times=2)
+    with pytest.raises(PublishError) as failed:
+        push_version(version_dir, token=ALICE)
+    message = str(failed.value)
+    assert message.startswith("failed while creating tag v1.0.0 on commit ")
+    assert "the Hub kept failing (ReadTimeout: " in message
+    assert "re-running push-to-hub is safe" in message
+    _settle(2.5)
+    # The slow server carried out the first tag request late: the tag is on the commit that
+    # holds exactly the version directory, never on anything partial.
+    head, tags = refs()
+    assert set(tags) <= {"v1.0.0"}
+    for commit in tags.values():
+        assert commit == head["main"]
+        assert remote_matches(api(), REPO, commit, load_version_dir(version_dir))
+    result = push_version(version_dir, token=ALICE)  # the re-run completes
+    assert result.status in {"pushed", "unchanged"}
+    assert refs() == (head, {"v1.0.0": head["main"]})
+    assert len(hub.calls("commit")) == 1
+
+
+def test_429_retry_after_is_honoured(hub: HubServer, tmp_path: Path) -> None:
+    version_dir = make_version(tmp_path, "1.0.0")
+    hub.fail_next("commit", status=429, retry_after=1)  # our own backoff is 0.01 s in tests
+    hub.fail_next("create_tag", status=429, retry_after=1)
+    result = push_version(version_dir, token=ALICE)
+    assert result.status == "pushed"
+    for endpoint in ("commit", "create_tag"):
+        first, second = hub.calls(endpoint)
+        assert (first.status, second.status) == (429, 200)
+        assert second.time - first.time >= 1.0, endpoint  # waited as the Hub asked
+    assert refs() == ({"main": result.commit}, {"v1.0.0": result.commit})
+
+
+def test_429_asking_too_long_or_forever_stops_and_rerun_completes(
+    hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from builder.hub import MAX_RETRY_AFTER_ENV
+
+    monkeypatch.setenv(MAX_RETRY_AFTER_ENV, "5")
+    monkeypatch.setenv(RETRY_ATTEMPTS_ENV, "3")
+    version_dir = make_version(tmp_path, "1.0.0")
+    hub.fail_next("commit", status=429, retry_after=3600)
+    with pytest.raises(PublishError) as waited:
+        push_version(version_dir, token=ALICE)
+    assert str(waited.value) == (
+        f"the Hub asked to wait 3600 s before uploading to {REPO} (HTTP 429, Retry-After); "
+        "nothing was tagged. Re-run push-to-hub after that time"
+    )
+    assert [r.status for r in hub.calls("commit")] == [429]  # no pointless waiting
+    hub.fail_next("commit", status=429, times=3)  # no Retry-After, and it never lets up
+    with pytest.raises(PublishError, match=r"the Hub kept rate-limiting this token \(HTTP 429\)"
+                                           r"\. Nothing was tagged; wait a few minutes"):
+        push_version(version_dir, token=ALICE)
+    assert refs()[1] == {}
+    result = push_version(version_dir, token=ALICE)
+    assert refs() == ({"main": result.commit}, {"v1.0.0": result.commit})

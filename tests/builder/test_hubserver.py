@@ -336,6 +336,30 @@ def test_fault_injection(hub: HubServer, folder: Path) -> None:
         hub.fail_next("comit")
 
 
+def test_slow_replies_and_retry_after(hub: HubServer) -> None:
+    import time
+
+    httpx = pytest.importorskip("httpx2")
+    auth = {"Authorization": f"Bearer {ALICE}"}
+    hub.fail_next("whoami", delay=1.0)
+    started = time.monotonic()
+    slow = httpx.get(f"{hub.url}/api/whoami-v2", headers=auth, timeout=10)
+    assert slow.status_code == 200 and slow.json()["name"] == "alice"
+    assert time.monotonic() - started >= 1.0
+    # A client with a shorter timeout gives up; the server still carries the call out.
+    hub.fail_next("whoami", delay=1.0)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(f"{hub.url}/api/whoami-v2", headers=auth, timeout=0.3)
+    hub.fail_next("whoami", status=429, retry_after=7)
+    limited = httpx.get(f"{hub.url}/api/whoami-v2", headers=auth, timeout=10)
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "7"
+    time.sleep(1.0)  # let the abandoned request finish
+    # Records are logged when a call ends; ``time`` is when it arrived.
+    records = sorted(hub.calls("whoami"), key=lambda r: r.time)
+    assert [r.status for r in records] == [200, 200, 429]
+    assert [r.status for r in hub.calls("whoami")] == [200, 429, 200]
+
+
 def test_repositories_persist_on_disk(tmp_path: Path) -> None:
     from huggingface_hub import CommitOperationAdd, HfApi
 

@@ -19,6 +19,7 @@ import socket
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -85,6 +86,8 @@ class Fault:
     after: bool
     message: str
     remaining: int
+    delay: float = 0.0  # a slow server: wait this long, then answer normally
+    retry_after: int | None = None  # Retry-After header on the error reply
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class RequestRecord:
     endpoint: str
     status: int | None  # None: connection dropped by fault injection
     user: str | None
+    time: float = 0.0  # time.monotonic() when the request arrived
 
 
 class HubServer:
@@ -191,21 +195,26 @@ class HubServer:
         drop: bool = False,
         after: bool = False,
         message: str | None = None,
+        delay: float = 0.0,
+        retry_after: int | None = None,
     ) -> None:
         """Make the next ``times`` calls of ``endpoint`` fail.
 
         ``drop=True`` reads part of the request body and then resets the connection without
         any reply (a connection lost in the middle of an upload). ``drop=True, after=True``
         carries the request out and then resets the connection instead of replying (the
-        change happened but the client never hears of it). Otherwise the server answers
-        ``status`` with a JSON error and changes nothing.
+        change happened but the client never hears of it). ``delay=S`` is a slow server: it
+        waits S seconds, then carries the request out and answers normally (a client with a
+        shorter timeout has given up by then). Otherwise the server answers ``status`` with a
+        JSON error and changes nothing; ``retry_after=N`` adds ``Retry-After: N`` to it (as
+        the Hub does on 429).
         """
         if endpoint not in ENDPOINTS:
             raise ValueError(f"unknown endpoint {endpoint!r}; known: {sorted(ENDPOINTS)}")
         text = message or f"Injected failure of {endpoint} (HTTP {status})"
         with self._lock:
             self._faults.setdefault(endpoint, []).append(
-                Fault(status, drop, drop and after, text, times)
+                Fault(status, drop, drop and after, text, times, delay, retry_after)
             )
 
     def clear_faults(self) -> None:
@@ -270,6 +279,7 @@ class _Handler(BaseHTTPRequestHandler):
         endpoint = found[0] if found else "unknown"
         user: str | None = None
         fault: Fault | None = None
+        arrived = time.monotonic()
         try:
             if found is None:
                 self._read_body()
@@ -280,11 +290,16 @@ class _Handler(BaseHTTPRequestHandler):
             fault = hub.take_fault(endpoint)
             if fault is not None and fault.drop and not fault.after:
                 self._drop_mid_body()
-                hub.record(RequestRecord(self.command, parts.path, endpoint, None, None))
+                hub.record(RequestRecord(self.command, parts.path, endpoint, None, None,
+                                         arrived))
                 return
             body = self._read_body()
-            if fault is not None and not fault.drop:
-                raise HubError(fault.status, fault.message)
+            if fault is not None and fault.delay:
+                time.sleep(fault.delay)
+            elif fault is not None and not fault.drop:
+                extra = {} if fault.retry_after is None else {
+                    "Retry-After": str(fault.retry_after)}
+                raise HubError(fault.status, fault.message, headers=extra)
             user = self._authenticate()
             call = api.Call(
                 hub=hub, method=self.command, params=params,
@@ -302,11 +317,13 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("test Hub failed on %s %s", self.command, parts.path)
             reply = api.Reply(500, {"error": f"internal error in the test Hub: {exc!r}"})
         if fault is not None and fault.after:
-            hub.record(RequestRecord(self.command, parts.path, endpoint, None, user))
+            hub.record(RequestRecord(self.command, parts.path, endpoint, None, user, arrived))
             self._reset_connection()
             return
-        hub.record(RequestRecord(self.command, parts.path, endpoint, reply.status, user))
-        self._write(reply)
+        hub.record(RequestRecord(self.command, parts.path, endpoint, reply.status, user,
+                                 arrived))
+        with contextlib.suppress(OSError):  # a client that timed out has hung up
+            self._write(reply)
 
     def _authenticate(self) -> str | None:
         header = self.headers.get("Authorization", "")
