@@ -577,3 +577,30 @@ def test_unicode_questions_come_back_byte_identical(tmp_path: Path, suffix: str)
         q.encode("utf-8") for q in UNICODE_QUESTIONS
     ]
     assert [q.id for q in loaded.questions] == [_hash_id(normalise(q)) for q in UNICODE_QUESTIONS]
+
+
+def test_unicode_questions_survive_the_whole_pipeline(tmp_path: Path) -> None:
+    """Through sampling (scripted), voting, the writer and parquet: byte for byte."""
+    import pyarrow.parquet as pq
+
+    from builder.pipeline import build
+    from builder.recipe import parse_recipe
+    from tests.fakes import FakeSampler, fake_model_dir
+
+    path = _jsonl(tmp_path / "u.jsonl", [{"question": q} for q in UNICODE_QUESTIONS])
+    recipe = parse_recipe({
+        "name": "unicode", "version": "1.0.0",
+        "source": {"path": str(path)},
+        "model": {"id": str(fake_model_dir(tmp_path)), "backend": "transformers"},
+        "sampling": {"max_tokens": 200}, "prefix": {"length": 6},
+        "mixture": {"full_trace_ratio": 0.4},
+        "output": {"dir": str(tmp_path / "out")},
+    })
+    result = build(recipe, quiet=True, sampler=FakeSampler(lambda text, j, seed: "\u05d0 ok."))
+    prefixes = pq.read_table(next((result.path / "data" / "prefixes").glob("*.parquet")))
+    assert [q.encode("utf-8") for q in prefixes.column("question").to_pylist()] == [
+        q.encode("utf-8") for q in UNICODE_QUESTIONS
+    ]
+    mixture = pq.read_table(next((result.path / "data" / "mixture").glob("*.parquet")))
+    users = [row[-1]["content"] for row in mixture.column("prompt").to_pylist()]
+    assert all(any(u.startswith(q) for u in users) for q in UNICODE_QUESTIONS)
