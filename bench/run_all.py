@@ -1,4 +1,4 @@
-"""Run the three benchmarks one after another, each in its own process, and sum them up.
+"""Run the benchmarks one after another, each in its own process, and sum them up.
 
 Entry point of ``make bench``: ``python bench/run_all.py --quick`` runs the small sizes (a few
 minutes on 2 cores); without ``--quick`` the full sizes recorded in bench/README.md. Each
@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("vote_assemble", "sampling_overhead", "cost_vs_official")
+BENCHMARKS = ("vote_assemble", "sampling_overhead", "cost_vs_official", "tuning_cost")
 # Output lines worth repeating in the summary (they start with these words).
 HEADLINES = ("target", "time ratio", "peak RSS", "TOTAL", "ours (", "faithful (",
-             "official (", "break-even")
+             "official (", "break-even", "tuning tokens")
 
 
 def main(argv: list[str]) -> int:

@@ -344,7 +344,10 @@ def run_training(
         from upft.evaluation.config import resolve_config as resolve_eval
 
         resolve_eval(config.eval, {"model": str(folder), "card": str(folder)})
-    checkpoint = prepare_output(folder, config.overwrite, resume)
+    if _main_process():
+        checkpoint = prepare_output(folder, config.overwrite, resume)
+    else:  # rank 0 checks and prepares the folder; the others must not see its first writes
+        checkpoint = last_checkpoint(folder / TRAINER_DIR) if resume else None
     bf16 = use_bf16(config)
     config = dataclasses.replace(config, bf16=bf16)  # written out resolved, not "auto"
     if checkpoint is not None:
