@@ -3,10 +3,11 @@
 This is the first stage of the trainer. :class:`TrainConfig` holds every setting with the
 defaults of the UPFT paper (AdamW, constant learning rate after a 3% warm-up, lr 1e-6, an
 effective batch of 64 reached by gradient accumulation, one epoch, bf16 where the GPU supports
-it, sequences up to 4096 tokens). :func:`resolve_config` layers a YAML file and then the flags
-on top of the defaults (defaults < file < flags), checks every value and says where a bad one
-came from. The resolved config is written into the output folder as ``train_config.yaml``,
-which ``--config`` accepts again to repeat a run.
+it, sequences up to 4096 tokens, each example counting once in the loss), plus how often to
+save checkpoints. :func:`resolve_config` layers a YAML file and then the flags on top of the
+defaults (defaults < file < flags), checks every value and says where a bad one came from. The
+resolved config is written into the output folder as ``train_config.yaml`` when a run starts,
+which ``--config`` accepts again to repeat the run (or, with ``--resume``, to continue it).
 
 Each field has a flag of the same name with dashes (``learning_rate`` -> ``--learning-rate``).
 """
