@@ -68,6 +68,7 @@ def _probe(mode: str) -> None:
     """(Child process) load one engine in ``mode`` and time the demo's work; print JSON."""
     vllm_cpu_env()
     from builder.models import resolve_model
+    from builder.prompts import encode_prompt, messages
     from builder.recipe import load_recipe
     from builder.resolve import resolve
     from builder.sampling.base import EngineOptions, make_sampler
@@ -85,10 +86,8 @@ def _probe(mode: str) -> None:
     tok = sampler.tokenizer
     rows = [json.loads(x) for x in (DEMO_RECIPE.parent / "data" / "demo-questions.jsonl")
             .read_text().splitlines() if x.strip()]
-    prompts = [tok.apply_chat_template([{"role": "user", "content": r["question"]}],
-                                       add_generation_prompt=True, tokenize=True)
-               for r in rows]
-    prompts = [list(p["input_ids"]) if isinstance(p, dict) else list(p) for p in prompts]
+    # The demo's own prompts: the plain question under the chat template (the builder's code).
+    prompts = [encode_prompt(tok, messages(r["question"], None, m.system_prompt)) for r in rows]
     work = {"phase1": (prompts, 8, 32), "phase2": (prompts[: len(prompts) // 4], 1, 384)}
     sampler.generate(prompts[:4], 2, 8)  # first-call warm-up (untimed in both modes)
     result: dict[str, Any] = {"mode": mode, "load_s": load_s}
