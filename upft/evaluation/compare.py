@@ -32,6 +32,9 @@ class Run:
 
     @property
     def name(self) -> str:
+        """The folder name; ``MODEL/eval/DATA`` (written by --card) shows as ``MODEL/DATA``."""
+        if self.path.parent.name == "eval":
+            return f"{self.path.parent.parent.name}/{self.path.name}"
         return self.path.name
 
 

@@ -136,7 +136,7 @@ def test_compare_and_card(base: Path, trained: Path) -> None:
     lines = [x for x in proc.stdout.splitlines() if x.startswith("| ")]
     assert lines[1].startswith("| base |") and "(baseline)" in lines[1]
     cells = [c.strip() for c in lines[2].split("|")]
-    assert cells[1] == "svamp-test"
+    assert cells[1] == f"{trained.name}/svamp-test"
     accuracy = float(cells[3].split()[0])
     delta = float(re.match(r"([+-][\d.]+) \[", cells[4]).group(1))  # type: ignore[union-attr]
     assert accuracy == pytest.approx(100 * st["accuracy"], abs=0.051)
