@@ -245,6 +245,9 @@ def training_arguments(config: TrainConfig, folder: Path, bf16: bool, quiet: boo
             remove_unused_columns=False,
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
+            # Without CUDA, accelerate only goes data parallel (gloo) under torchrun when told
+            # the run is on CPU; otherwise every process would train alone on all the data.
+            use_cpu=not torch.cuda.is_available(),
         )
     except ValueError as exc:
         raise TrainError(f"invalid training settings: {exc}") from None
