@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from builder.errors import RecipeError
 from builder.sampling.base import EngineOptions, SamplingSettings
+from builder.yamlfile import format_errors, read_mapping
 
 DEFAULT_INSTRUCTION = (
     "Do not solve the whole problem. Write only the opening step of your solution: the first "
@@ -325,84 +326,6 @@ class Recipe(_Strict):
         return yaml.safe_dump(self.resolved_dict(), sort_keys=False, allow_unicode=True)
 
 
-def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """The 1-based YAML line of the deepest node on ``loc`` that exists in the file."""
-    node, line = root, None
-    if node is not None:
-        line = node.start_mark.line + 1
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            nxt = None
-            for k, v in node.value:
-                if getattr(k, "value", None) == str(key):
-                    nxt, line = v, k.start_mark.line + 1
-                    break
-            node = nxt
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
-            node = node.value[key] if key < len(node.value) else None
-            if node is not None:
-                line = node.start_mark.line + 1
-        else:
-            break
-        if node is None:
-            break
-    return line
-
-
-def _closest_key(loc: tuple[Any, ...]) -> str | None:
-    """The valid key nearest in spelling to the unknown last key of ``loc``, if one is close."""
-    import difflib
-
-    model: Any = Recipe
-    for key in loc[:-1]:
-        info = getattr(model, "model_fields", {}).get(str(key))
-        model = getattr(info, "annotation", None)
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None
-    if not loc or not (isinstance(model, type) and issubclass(model, BaseModel)):
-        return None
-    found = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
-    return found[0] if found else None
-
-
-def _format_errors(exc: ValidationError, where: str, root: yaml.Node | None) -> str:
-    lines = [f"{where}: invalid recipe ({exc.error_count()} problem(s)):"]
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        path = ".".join(str(p) for p in loc) or "(top level)"
-        line = _node_line(root, loc)
-        at = f"{where}:{line}" if line else where
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field; remove it or check its spelling"
-            close = _closest_key(loc)
-            if close:
-                msg = f"unknown field; did you mean {close!r}? (or remove it)"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        lines.append(f"  - {path} ({at}): {msg}")
-    return "\n".join(lines)
-
-
-def _reject_duplicate_keys(node: yaml.Node | None, where: str, path: str = "") -> None:
-    """PyYAML keeps the last of two equal keys silently; in a recipe that hides an edit."""
-    if isinstance(node, yaml.MappingNode):
-        first: dict[str, int] = {}
-        for key, value in node.value:
-            name = str(getattr(key, "value", ""))
-            line = key.start_mark.line + 1
-            if name in first:
-                raise RecipeError(
-                    f"{where}:{line}: key {path}{name} appears twice (first at line "
-                    f"{first[name]}); keep one of them"
-                )
-            first[name] = line
-            _reject_duplicate_keys(value, where, f"{path}{name}.")
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _reject_duplicate_keys(item, where, f"{path}{i}.")
-
-
 def parse_recipe(data: Any, where: str = "<recipe>", root: yaml.Node | None = None) -> Recipe:
     """Validate an already-parsed mapping; errors name field paths (and lines when known)."""
     if not isinstance(data, dict):
@@ -410,26 +333,14 @@ def parse_recipe(data: Any, where: str = "<recipe>", root: yaml.Node | None = No
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(_format_errors(exc, where, root)) from None
+        raise RecipeError(format_errors(exc, where, root, Recipe, "recipe")) from None
 
 
 def load_recipe(path: str | Path) -> tuple[Recipe, Path]:
     """Read and validate a recipe file; relative source paths resolve against its folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file {str(path)!r} not found; pass the path to a .yaml recipe")
-    text = path.read_text(encoding="utf-8")
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(f"{at}: not valid YAML: {problem}") from None
-    _reject_duplicate_keys(root, str(path))
+    data, root = read_mapping(path, RecipeError, "recipe", allow_empty=False)
     recipe = parse_recipe(data, str(path), root)
-    return recipe, path.parent.resolve()
+    return recipe, Path(path).parent.resolve()
 
 
 def apply_overrides(recipe: Recipe, **flags: Any) -> Recipe:

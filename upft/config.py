@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from builder.errors import TrainError
+from builder.yamlfile import read_mapping
 
 # transformers scheduler names that make sense for UPFT runs; the paper uses the first.
 LR_SCHEDULERS = ("constant_with_warmup", "constant", "linear", "cosine")
@@ -212,20 +213,7 @@ def _convert(key: str, value: Any, where: str) -> Any:
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into raw key -> value pairs; unknown keys are an error."""
     path = Path(path)
-    if not path.is_file():
-        raise TrainError(f"config file {str(path)!r} not found; check the --config path")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise TrainError(f"{at}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise TrainError(
-            f"{path}: a config file must be a YAML mapping of settings, got {type(data).__name__}"
-        )
+    data, _ = read_mapping(path, TrainError, "training config")
     unknown = [k for k in data if k not in FIELDS]
     if unknown:
         hints = []

@@ -77,8 +77,8 @@ def test_missing_config_file(tmp_path: Path) -> None:
     result = run("--config", str(tmp_path / "none.yaml"))
     assert result.exit_code == 2
     assert (
-        result.stderr == f"error: config file '{tmp_path / 'none.yaml'}' not found; "
-        "check the --config path\n"
+        result.stderr == f"error: training config file '{tmp_path / 'none.yaml'}' not found; "
+        "pass the path to a .yaml training config\n"
     )
 
 

@@ -146,7 +146,7 @@ def test_revision_with_a_local_dataset_is_rejected(tmp_path: Path) -> None:
 def test_config_file_problems(tmp_path: Path) -> None:
     with pytest.raises(TrainError, match="config file .*nope.yaml' not found"):
         resolve_config(tmp_path / "nope.yaml", {})
-    with pytest.raises(TrainError, match="must be a YAML mapping of settings, got list"):
+    with pytest.raises(TrainError, match="a training config must be a YAML mapping, got list"):
         resolve_config(write(tmp_path, "- a\n- b\n"), {})
     bad = write(tmp_path, "dataset: a/b\noutput: [unclosed\n", "bad.yaml")
     with pytest.raises(TrainError, match=r"bad.yaml:\d+: not valid YAML"):

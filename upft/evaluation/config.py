@@ -26,8 +26,9 @@ from pydantic import (
 )
 
 from builder.errors import EvalError
-from builder.recipe import DEFAULT_INSTRUCTION, _format_errors, _reject_duplicate_keys
+from builder.recipe import DEFAULT_INSTRUCTION
 from builder.sampling.base import EngineOptions, SamplingSettings
+from builder.yamlfile import format_errors, read_mapping
 from upft.evaluation import benchmarks
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -205,27 +206,13 @@ def parse_config(data: Any, where: str, root: yaml.Node | None = None) -> EvalCo
     try:
         return EvalConfig.model_validate(data)
     except ValidationError as exc:
-        text = _format_errors(exc, where, root).replace("invalid recipe", "invalid eval config")
-        raise EvalError(text) from None
+        raise EvalError(format_errors(exc, where, root, EvalConfig, "eval config")) from None
 
 
 def read_file(path: str | Path) -> tuple[dict[str, Any], yaml.Node | None]:
     """The raw mapping of an eval YAML file (relative paths resolved against its folder)."""
     path = Path(path)
-    if not path.is_file():
-        raise EvalError(f"eval config {str(path)!r} not found; pass the path to a .yaml file")
-    text = path.read_text(encoding="utf-8")
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise EvalError(f"{at}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    _reject_duplicate_keys(root, str(path))
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise EvalError(f"{path}: an eval config must be a YAML mapping, got {type(data).__name__}")
+    data, root = read_mapping(path, EvalError, "eval config")
     base = path.parent.resolve()
     section = data.get("data")
     if isinstance(section, dict) and isinstance(section.get("path"), str):
