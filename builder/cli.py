@@ -7,59 +7,17 @@ light so that ``--help`` works without vLLM, torch or transformers installed.
 
 from __future__ import annotations
 
-import errno
-import functools
 import json
 import shlex
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from builder.errors import UpftError
-from builder.logs import build_log_path, capture, failure_hint, setup_logging
+from builder.clikit import handle_errors, on_error
+from builder.logs import build_log_path, capture, setup_logging
 
-__all__ = ["build_main", "handle_errors", "push_main", "setup_logging"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-# What the error handler says about the command in progress (set once its inputs are known).
-_context: dict[str, str] = {}
-_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                          errno.EFBIG})
-
-
-def handle_errors(fn: F) -> F:
-    """Turn our exceptions into 'error: ...' on stderr and exit 2, without a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UpftError as exc:
-            click.echo(f"error: {exc}", err=True)
-            hint = failure_hint()
-            if hint:
-                click.echo(hint, err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo(_context.get("interrupted", "interrupted: completed shards are kept; "
-                                    "re-run to resume"), err=True)
-            sys.exit(130)
-        except OSError as exc:
-            # A full disk or an unwritable folder while writing: say where, not a traceback.
-            if exc.errno not in _DISK_ERRNOS:
-                raise
-            where = exc.filename or _context.get("output", "the output folder")
-            click.echo(f"error: cannot write {where}: {exc.strerror or exc}; free some space "
-                       "or fix its permissions, then re-run (finished shards are kept)", err=True)
-            sys.exit(2)
-
-    return wrapper  # type: ignore[return-value]
-
+__all__ = ["build_main", "push_main"]
 
 # --- upft-build -------------------------------------------------------------------------------
 
@@ -101,11 +59,11 @@ def build_main(recipe: str, out: str | None, limit: int | None, backend: str | N
     parsed, base_dir = load_recipe(recipe)
     parsed = apply_overrides(parsed, out=out, limit=limit, backend=backend)
     _check_inputs(parsed)
-    _context["output"] = str(Path(parsed.output.dir) / parsed.name)
+    on_error["output"] = str(Path(parsed.output.dir) / parsed.name)
     resume = ["upft-build", recipe] + [f"--{k}={v}" for k, v in
                                         (("out", out), ("limit", limit), ("backend", backend))
                                         if v is not None]
-    _context["interrupted"] = (
+    on_error["interrupted"] = (
         f"interrupted: sampled shards are kept in "
         f"{Path(parsed.output.dir) / parsed.name / ('.' + parsed.version + '.partial')}; "
         f"resume with: {shlex.join(resume)}"

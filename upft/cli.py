@@ -16,7 +16,8 @@ from typing import Any
 
 import click
 
-from builder.cli import handle_errors, setup_logging
+from builder.clikit import handle_errors
+from builder.logs import setup_logging
 from upft.config import FIELDS, TrainConfig, field_type, flag_name, resolve_config
 
 logger = logging.getLogger(__name__)

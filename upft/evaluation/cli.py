@@ -15,7 +15,8 @@ from typing import Any
 
 import click
 
-from builder.cli import handle_errors, setup_logging
+from builder.clikit import handle_errors
+from builder.logs import setup_logging
 from upft.evaluation import benchmarks
 
 logger = logging.getLogger(__name__)
