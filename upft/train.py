@@ -263,6 +263,10 @@ def base_dtype(model: ResolvedModel) -> Any:
     import torch
     from transformers import AutoConfig
 
+    if model.spec.startswith("embedded:"):
+        # Stored in bf16 only so that vLLM converts nothing; a 135M model trained at lr 1e-6
+        # keeps its float32 result (in bf16 most updates would round away).
+        return None
     revision = _hub_revision(model)
     kwargs: dict[str, Any] = {"revision": revision} if revision else {}
     try:
