@@ -430,6 +430,11 @@ class RayExecutor(Executor):
     def _probed(self, slot: _Slot, ref: Any) -> None:
         try:
             info = self._ray.get(ref)
+        except self._ray.exceptions.ActorUnavailableError:
+            # Restarting (e.g. after Ray's memory monitor killed it): ask again shortly.
+            time.sleep(PROGRESS_EVERY_S)
+            slot.ref = slot.actor.load.remote()
+            return
         except Exception as exc:
             self._raise_user_error(exc)
             logger.warning("replica %d is gone (%s); continuing with the others", slot.index,

@@ -216,6 +216,35 @@ def test_a_killed_replica_costs_only_its_shard(ray_cluster: Any) -> None:
     assert (d["resubmitted_shards"], d["lost_replicas"]) == (1, 1)
 
 
+def test_a_replica_that_ray_restarts_comes_back_to_work(ray_cluster: Any) -> None:
+    requests = _requests(shards=10)
+    killed: list[int] = []
+
+    def kill_with_restart(i: int, req: ShardRequest) -> None:
+        if req.index == 2 and not killed:
+            killed.append(i)  # like a crash or Ray's memory monitor: Ray restarts the actor
+            ray_cluster.kill(ex._slots[i].actor, no_restart=False)
+
+    ex = RayExecutor(_spec(scripted), replicas=2, on_submit=kill_with_restart)
+    rec = _Recorder()
+    try:
+        ex.prepare()
+        pids = [ray_cluster.get(s.actor.load.remote())["pid"] for s in ex._slots]
+        ex.run(requests, rec.on_done, rec.on_progress)
+        assert sorted(i for i, _ in rec.done) == list(range(10))
+        assert dict(rec.done) == _local(requests)
+        d = ex.describe()
+        assert (d["resubmitted_shards"], d["lost_replicas"]) == (1, 1)
+        # Not given up on: the executor waits for it (the other replica may have finished
+        # the phase meanwhile), and it answers from a new process with its engine reloaded.
+        slot = ex._slots[killed[0]]
+        assert slot.state in ("probing", "idle")
+        back = ray_cluster.get(slot.actor.load.remote(), timeout=300)
+        assert back["pid"] != pids[killed[0]]
+    finally:
+        ex.close()
+
+
 def test_a_shard_that_keeps_failing_stops_after_max_attempts(ray_cluster: Any) -> None:
     ex = RayExecutor(_spec(broken), replicas=2, max_shard_attempts=3)
     rec = _Recorder()
