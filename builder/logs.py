@@ -249,9 +249,11 @@ def capture_into(folder: Path | str, name: str, enabled: bool = True,
     handle, tmp = tempfile.mkstemp(prefix=f"upft-{Path(name).stem}-", suffix=".log")
     os.close(handle)
     target = Path(folder)
+    # A folder that held files before this run is the user's: a failed run leaves it alone.
+    was_empty = not target.is_dir() or not any(target.iterdir())
 
     def move(path: Path, ok: bool) -> Path:
-        if target.is_dir() and (ok or any(target.iterdir())):
+        if target.is_dir() and (ok or (was_empty and any(target.iterdir()))):
             dest = target / name
             shutil.move(str(path), dest)
             return dest

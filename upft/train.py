@@ -360,8 +360,6 @@ def run_training(
     if checkpoint is not None:
         check_resume(config, folder)
         logger.info("resuming from %s", checkpoint)
-    elif _main_process():
-        write_config(config, folder)  # now, so that an interrupted run can be resumed
     rows, source = open_dataset(str(config.dataset), config.revision, config.dataset_config)
     spec, revision = choose_model(config, source)
     model = resolve_model(spec, revision)
@@ -402,6 +400,10 @@ def run_training(
     )
     if quiet:
         trainer.remove_callback(PrinterCallback)
+    if checkpoint is None and _main_process():
+        # Once data and model have loaded (a run that fails before leaves the folder empty),
+        # and before the first step, so that an interrupted run can be resumed.
+        write_config(config, folder)
     started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     elapsed = time.monotonic() - started
