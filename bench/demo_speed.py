@@ -71,7 +71,8 @@ def _probe(mode: str) -> None:
     from builder.prompts import encode_prompt, messages
     from builder.recipe import load_recipe
     from builder.resolve import resolve
-    from builder.sampling.base import EngineOptions, make_sampler
+    from builder.sampling import make_sampler
+    from builder.sampling.base import EngineOptions
 
     recipe, _ = load_recipe(DEMO_RECIPE)
     model = resolve_model(recipe.model.id, recipe.model.revision)

@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
 
     from builder.models import resolve_model
     from builder.prompts import encode_prompt, messages
-    from builder.sampling.base import make_sampler
+    from builder.sampling import make_sampler
     from upft.evaluation import runner
     from upft.evaluation.config import resolve_config
 

@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
     from builder.prompts import encode_prompt, messages
     from builder.recipe import load_recipe
     from builder.resolve import resolve
-    from builder.sampling.base import make_sampler
+    from builder.sampling import make_sampler
     from builder.sources import load_questions
 
     demo, base_dir = load_recipe(DEMO_RECIPE)

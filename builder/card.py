@@ -59,7 +59,6 @@ class VersionEntry:
     version: str  # "1.0.0"
     date: str  # "YYYY-MM-DD"
     fingerprint: str  # manifest fingerprint, 64 hex; the card shows the first 12 chars
-    commit: str | None = None
 
 
 # --- small formatting helpers ----------------------------------------------------------------

@@ -356,7 +356,7 @@ def _published_versions(api: Any, repo_id: str, tags: dict[str, str]) -> list[An
                 raise ManifestError("it names no version, created_at or fingerprint")
             entries.append(VersionEntry(
                 tag=tag, version=manifest.version, date=manifest.created_at[:10],
-                fingerprint=manifest.fingerprint, commit=commit,
+                fingerprint=manifest.fingerprint,
             ))
         except Exception as exc:
             if is_transient(exc):

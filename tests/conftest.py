@@ -99,7 +99,7 @@ def smollm2():
 def _make(backend: str, smollm2):
     from builder.models import resolve_model
     from builder.resolve import resolve
-    from builder.sampling.base import SamplingSettings, make_sampler
+    from builder.sampling import make_sampler
 
     recipe = resolve(demo_recipe(_SESSION_TMP, backend=backend), resolve_model("embedded:smollm2"))
     s, m = recipe.sampling, recipe.model

@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from builder.errors import SamplingError
-
 
 @dataclass(frozen=True)
 class Sample:
@@ -75,7 +73,6 @@ def seed_for(seed: int, prompts: Sequence[Sequence[int]]) -> int:
 class Sampler(ABC):
     """A loaded engine that samples continuations for templated prompts."""
 
-    backend: str = "base"
 
     def __init__(self, settings: SamplingSettings) -> None:
         self.settings = settings
@@ -113,23 +110,3 @@ class Sampler(ABC):
             if isinstance(tid, int) and tid != tok.unk_token_id and tid is not None and tid >= 0:
                 ids.add(tid)
         return ids
-
-
-def make_sampler(
-    backend: str,
-    model_path: str,
-    revision: str | None,
-    settings: SamplingSettings,
-    engine: EngineOptions,
-    chat_template: str | None = None,
-) -> Sampler:
-    """Load the requested backend on the model (heavy imports happen here, not at import)."""
-    if backend == "vllm":
-        from builder.sampling.vllm import VLLMSampler
-
-        return VLLMSampler(model_path, revision, settings, engine, chat_template)
-    if backend == "transformers":
-        from builder.sampling.hf import HFSampler
-
-        return HFSampler(model_path, revision, settings, engine, chat_template)
-    raise SamplingError(f"unknown backend {backend!r}; use 'vllm' or 'transformers'")

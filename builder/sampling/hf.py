@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 class HFSampler(Sampler):
     """Samples with ``transformers``; fp32 on CPU, bf16 on a CUDA GPU that supports it."""
 
-    backend = "transformers"
     model: Any
     _tokenizer: Any
 

@@ -83,7 +83,6 @@ def choose_compile(setting: str, token_bound: int | None, on_cpu: bool) -> str:
 class VLLMSampler(Sampler):
     """Samples with ``vllm.LLM``; construction loads the engine (tens of seconds on CPU)."""
 
-    backend = "vllm"
     _llm: Any
     _tokenizer: Any
 

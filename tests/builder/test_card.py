@@ -34,7 +34,7 @@ from builder.manifest import Manifest
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE_GOLDEN = os.environ.get("UPFT_UPDATE_GOLDEN") == "1"
 
-V010 = VersionEntry("v0.1.0", "0.1.0", "2026-11-26", "3f9a1c07d2b8" + "4" * 52, commit="c" * 40)
+V010 = VersionEntry("v0.1.0", "0.1.0", "2026-11-26", "3f9a1c07d2b8" + "4" * 52)
 V020 = VersionEntry("v0.2.0", "0.2.0", "2026-12-03", "a1b2c3d4e5f6" + "0" * 52)
 # name -> (manifest file, recipe file, versions, repo_id)
 VARIANTS = {

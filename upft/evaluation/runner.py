@@ -28,7 +28,8 @@ from builder.models import ResolvedModel, cache_dir, resolve_model
 from builder.progress import phase_progress
 from builder.prompts import encode_prompt, messages
 from builder.recipe import SourceConfig
-from builder.sampling.base import Sample, Sampler, SamplingSettings, make_sampler
+from builder.sampling import make_sampler
+from builder.sampling.base import Sample, Sampler, SamplingSettings
 from builder.sources import LoadedSource, Question, load_questions
 from upft.evaluation import benchmarks, report, scoring
 from upft.evaluation.config import EvalConfig
