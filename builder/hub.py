@@ -9,41 +9,35 @@ on the Hub; nothing else in the README changes, so its ``configs:`` block surviv
 Re-running is always safe: a tag that already holds identical content is reported as
 published, a tag with different content is refused (tags never move), and a commit that
 landed without its tag is detected on the branch head and only tagged. Transient Hub errors
-(5xx, 429, dropped connections, a server slower than the client timeout) are retried with
-exponential backoff; the base delay comes from ``UPFT_HUB_RETRY_BASE_SECONDS`` and the number
-of attempts from ``UPFT_HUB_RETRY_ATTEMPTS``. A 429's ``Retry-After`` is honoured (waited in
-full, up to ``UPFT_HUB_MAX_RETRY_AFTER_SECONDS``; a longer one stops with a message saying
-when to re-run). Every Hub request times out after ``UPFT_HUB_TIMEOUT_SECONDS`` (default 120)
-of silence, so a stalled server is retried instead of hanging the push.
+are retried and failures explained by ``builder.hubclient``, the Hub layer every command
+shares.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
 
 from builder.errors import ManifestError, PublishError
+from builder.hubclient import (
+    configure_timeout,
+    explained,
+    first_line,
+    is_transient,
+    status_of,
+    with_retries,
+)
 from builder.manifest import ManifestHeader
 from builder.writer import CONFIGS as DATA_CONFIGS
 from builder.writer import REQUIRED_FILES
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-RETRY_BASE_ENV = "UPFT_HUB_RETRY_BASE_SECONDS"
-RETRY_ATTEMPTS_ENV = "UPFT_HUB_RETRY_ATTEMPTS"
-TIMEOUT_ENV = "UPFT_HUB_TIMEOUT_SECONDS"
-MAX_RETRY_AFTER_ENV = "UPFT_HUB_MAX_RETRY_AFTER_SECONDS"
-_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # Files the Hub adds to a repository by itself; they are not part of a version.
 _HUB_OWN_FILES = frozenset({".gitattributes"})
 _MASK = "<!-- upft:versions:masked -->"
@@ -159,150 +153,6 @@ def mask_versions(readme: str) -> str | None:
 # --- retries and error messages ----------------------------------------------------------------
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    classes: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module in ("httpx2", "httpx"):
-        try:
-            classes.append(__import__(module).TransportError)
-        except (ImportError, AttributeError):
-            continue
-    return tuple(classes)
-
-
-def _status_of(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    return status if isinstance(status, int) else None
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def is_transient(exc: BaseException) -> bool:
-    """HTTP 5xx/429/408 or a network failure anywhere in the exception's causes."""
-    transport = _transport_errors()
-    for item in _chain(exc):
-        if isinstance(item, PublishError):
-            return False
-        status = _status_of(item)
-        if status is not None:
-            return status in _TRANSIENT_STATUS
-        if isinstance(item, transport):
-            return True
-    return False
-
-
-def retry_after(exc: BaseException) -> float | None:
-    """Seconds the Hub asked us to wait (``Retry-After`` on a 429/503), if it said."""
-    for item in _chain(exc):
-        headers = getattr(getattr(item, "response", None), "headers", None)
-        value = headers.get("Retry-After") if headers is not None else None
-        if value is not None:
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                return None  # an HTTP date: fall back to our own backoff
-    return None
-
-
-class RateLimited(PublishError):
-    """The Hub asked us to wait longer than we are willing to wait in one run."""
-
-
-def with_retries(action: str, fn: Callable[[], T]) -> T:
-    """Call ``fn``; on a transient failure wait base * 2**k seconds (or the Hub's
-    ``Retry-After``, whichever is longer) and call it again."""
-    attempts = max(1, int(os.environ.get(RETRY_ATTEMPTS_ENV) or 4))
-    base = float(os.environ.get(RETRY_BASE_ENV) or 1.0)
-    cap = float(os.environ.get(MAX_RETRY_AFTER_ENV) or 300)
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as exc:
-            if attempt == attempts or not is_transient(exc):
-                raise
-            delay = base * 2 ** (attempt - 1)
-            asked = retry_after(exc)
-            if asked is not None:
-                if asked > cap:
-                    raise RateLimited(
-                        f"the Hub asked to wait {asked:.0f} s before {action} (HTTP "
-                        f"{_status_of_chain(exc)}, Retry-After); nothing was tagged. Re-run "
-                        "push-to-hub after that time"
-                    ) from exc
-                delay = max(delay, asked)
-            logger.warning(
-                "%s failed (%s); retrying in %.2gs (attempt %d of %d)",
-                action, _first_line(exc), delay, attempt + 1, attempts,
-            )
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def _status_of_chain(exc: BaseException) -> int | None:
-    return next((s for s in map(_status_of, _chain(exc)) if s is not None), None)
-
-
-def configure_timeout() -> None:
-    """Make every huggingface_hub request give up after ``UPFT_HUB_TIMEOUT_SECONDS`` of
-    silence (its own client waits forever), so that a stalled Hub is retried."""
-    import httpx2
-    from huggingface_hub.utils import _http
-
-    seconds = float(os.environ.get(TIMEOUT_ENV) or 120)
-
-    def factory() -> Any:
-        client = _http.default_client_factory()
-        client.timeout = httpx2.Timeout(seconds, connect=min(seconds, 30.0))
-        return client
-
-    _http.set_client_factory(factory)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-@contextmanager
-def _explained(action: str, repo_id: str, token: str | None) -> Iterator[None]:
-    """Turn a Hub/client failure during ``action`` into a PublishError that says what to do."""
-    try:
-        yield
-    except PublishError:
-        raise
-    except Exception as exc:
-        status = next((s for s in map(_status_of, _chain(exc)) if s is not None), None)
-        reason = _first_line(exc)
-        if status == 401:
-            hint = ("the Hub rejected the token (HTTP 401). Check HF_TOKEN, run `hf auth login`, "
-                    "or pass --token with a token that has write access")
-        elif status == 403:
-            hint = (f"this token may not write to {repo_id} (HTTP 403). Publish to your own "
-                    "namespace or an organization you can write to (--repo-id ORG/NAME)")
-        elif status == 429:
-            hint = ("the Hub kept rate-limiting this token (HTTP 429). Nothing was tagged; wait "
-                    "a few minutes and re-run push-to-hub, which resumes where this run stopped")
-        elif is_transient(exc):
-            hint = (f"the Hub kept failing ({reason}). Nothing was tagged; re-running "
-                    "push-to-hub is safe and resumes where this run stopped")
-        elif status == 412:
-            hint = (f"the branch moved while publishing (someone else pushed to {repo_id}); "
-                    "re-run push-to-hub")
-        else:
-            hint = f"{reason}. Nothing was tagged; fix the cause and re-run push-to-hub"
-        message = f"failed while {action} for {repo_id}: {hint}"
-        if token:
-            message = message.replace(token, "***")
-        raise PublishError(message) from exc
-
-
 # --- reading the Hub ---------------------------------------------------------------------------
 
 
@@ -362,7 +212,7 @@ def _published_versions(api: Any, repo_id: str, tags: dict[str, str]) -> list[An
             if is_transient(exc):
                 raise
             logger.warning("tag %s of %s has no usable manifest.json (%s); not listing it in "
-                           "the card", tag, repo_id, _first_line(exc))
+                           "the card", tag, repo_id, first_line(exc))
     return entries
 
 
@@ -421,7 +271,7 @@ def _tag(api: Any, repo_id: str, tag: str, commit: str, message: str) -> None:
                            repo_type="dataset")
         except HfHubHTTPError as exc:
             # 409 after a retried call whose first reply was lost: our own tag is fine.
-            refs = api.list_repo_refs(repo_id, repo_type="dataset") if _status_of(exc) == 409 \
+            refs = api.list_repo_refs(repo_id, repo_type="dataset") if status_of(exc) == 409 \
                 else None
             if refs is None or {t.name: t.target_commit for t in refs.tags}.get(tag) != commit:
                 raise
@@ -497,11 +347,11 @@ def push_version(
             "no Hugging Face token found: set HF_TOKEN, run `hf auth login`, or pass --token"
         )
 
-    with _explained("checking the token", repo_id, token):
+    with explained("checking the token", repo_id, token):
         with_retries("checking the token", api.whoami)
-    with _explained("creating the dataset repository", repo_id, token):
+    with explained("creating the dataset repository", repo_id, token):
         _ensure_repo(api, repo_id, private)
-    with _explained("reading tags and branches", repo_id, token):
+    with explained("reading tags and branches", repo_id, token):
         refs = with_retries("listing refs", lambda: api.list_repo_refs(repo_id,
                                                                        repo_type="dataset"))
         tags = {t.name: t.target_commit for t in refs.tags}
@@ -522,7 +372,7 @@ def push_version(
                 repo_id, branch=revision, repo_type="dataset", exist_ok=True))
             branches[revision] = branches["main"]
         head = branches[revision]
-    with _explained("uploading the version directory", repo_id, token):
+    with explained("uploading the version directory", repo_id, token):
         if with_retries(f"comparing {revision} with {local.root}",
                         lambda: remote_matches(api, repo_id, head, local)):
             logger.info("%s already holds this version (a previous run stopped before "
@@ -535,7 +385,7 @@ def push_version(
                         f"{total:,}", repo_id, revision)
             commit = _commit(api, repo_id, local, readme, branch=revision, head=head,
                              message=message)
-    with _explained(f"creating tag {tag} on commit {commit}", repo_id, token):
+    with explained(f"creating tag {tag} on commit {commit}", repo_id, token):
         _tag(api, repo_id, tag, commit, message)
     logger.info("published %s %s at commit %s", repo_id, tag, commit)
     return outcome("pushed", commit)
@@ -551,7 +401,7 @@ def _dry_run_detail(api: Any, repo_id: str, tag: str, local: VersionDir,
     except RepositoryNotFoundError:
         return f"{repo_id} does not exist (or is not visible): it would be created"
     except Exception as exc:
-        note = f"could not read {repo_id} ({_first_line(exc)})"
+        note = f"could not read {repo_id} ({first_line(exc)})"
         return note.replace(token, "***") if token else note
     tags = {t.name: t.target_commit for t in refs.tags}
     if tag not in tags:

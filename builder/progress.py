@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -25,8 +25,7 @@ from rich.progress import (
 from rich.text import Text
 
 from builder.logs import terminal
-
-Advance = Callable[[int, int], None]
+from builder.sampling.base import ProgressFn
 
 
 class _TokensPerSecond(ProgressColumn):
@@ -38,7 +37,7 @@ class _TokensPerSecond(ProgressColumn):
 
 
 @contextlib.contextmanager
-def phase_progress(description: str, total: int, enabled: bool = True) -> Iterator[Advance]:
+def phase_progress(description: str, total: int, enabled: bool = True) -> Iterator[ProgressFn]:
     """Yield ``advance(questions, tokens)``; shows questions done, tokens/s and ETA.
 
     On a terminal: a live bar. Elsewhere (a pipe, a CI log): one plain line when the phase

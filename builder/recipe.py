@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from builder.errors import RecipeError
+from builder.hubclient import is_repo_id
 from builder.sampling.base import EngineOptions, SamplingSettings
 from builder.yamlfile import format_errors, read_mapping
 
@@ -27,8 +28,8 @@ DEFAULT_INSTRUCTION = (
 
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_FIELD = re.compile(r"\{([^{}]+)\}")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+# A field placeholder in a question template: "{Body} {Question}".
+PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
 
 class _Strict(BaseModel):
@@ -71,7 +72,7 @@ class SourceConfig(_Strict):
 
     def question_fields(self) -> list[str]:
         """Field names the question needs: the template's placeholders, or the bare name."""
-        found = _FIELD.findall(self.question)
+        found = PLACEHOLDER.findall(self.question)
         return found if found else [self.question]
 
 
@@ -239,7 +240,7 @@ class PublishConfig(_Strict):
     @field_validator("repo_id")
     @classmethod
     def _repo(cls, value: str | None) -> str | None:
-        if value is not None and not _REPO_ID.match(value):
+        if value is not None and not is_repo_id(value):
             raise ValueError(
                 f"repo_id {value!r} must look like 'org/name' (letters, digits, '.', '_', '-')"
             )

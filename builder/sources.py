@@ -43,11 +43,10 @@ from typing import Any
 
 from builder.errors import SourceError
 from builder.hashing import sha256_file
-from builder.recipe import SourceConfig
+from builder.recipe import PLACEHOLDER, SourceConfig
 
 logger = logging.getLogger(__name__)
 
-_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 _SPACE = re.compile(r"\s+")
 
 
@@ -304,8 +303,8 @@ def _render(cfg: SourceConfig, row: dict[str, Any], where: str) -> str:
             f"{where}: field(s) {missing} named by source.question {cfg.question!r} are missing "
             f"(row has: {have}); fix source.question"
         )
-    if _PLACEHOLDER.search(cfg.question):
-        return _PLACEHOLDER.sub(
+    if PLACEHOLDER.search(cfg.question):
+        return PLACEHOLDER.sub(
             lambda m: _field_text(row[m.group(1)], where, f"field {m.group(1)!r}", True),
             cfg.question,
         )

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import re
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import OutputError
+from builder.hashing import sha256_file
 from builder.sampling.base import Sample
 
 logger = logging.getLogger(__name__)
@@ -166,14 +166,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class ShardStore:
     """Reads and writes the per-shard sampling results of one build (holding its lock)."""
 
@@ -226,7 +218,7 @@ class ShardStore:
             problem = "no checksum file"
         else:
             expected = sidecar.read_text(encoding="ascii", errors="replace").split()
-            if not expected or expected[0] != _sha256(path):
+            if not expected or expected[0] != sha256_file(path):
                 problem = "checksum mismatch: truncated or overwritten"
         if problem is None:
             self._verified.add(path)
@@ -268,7 +260,7 @@ class ShardStore:
             frame.write_parquet(tmp)
             with tmp.open("rb+") as fh:
                 os.fsync(fh.fileno())
-            tmp_sum.write_text(f"{_sha256(tmp)}  {target.name}\n", encoding="ascii")
+            tmp_sum.write_text(f"{sha256_file(tmp)}  {target.name}\n", encoding="ascii")
             # The checksum lands first: a parquet file without one is never trusted.
             os.replace(tmp_sum, self._sidecar(target))
             os.replace(tmp, target)

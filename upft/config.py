@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,13 +26,13 @@ from typing import Any
 import yaml
 
 from builder.errors import TrainError
+from builder.hubclient import is_repo_id
 from builder.yamlfile import read_mapping
 
 # transformers scheduler names that make sense for UPFT runs; the paper uses the first.
 LR_SCHEDULERS = ("constant_with_warmup", "constant", "linear", "cosine")
 # How the loss averages over the effective batch; the first is the paper's (each example once).
 LOSS_AVERAGING = ("example", "token")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass
@@ -293,7 +292,7 @@ def validate(config: TrainConfig, sources: dict[str, str] | None = None) -> None
             f"is not a multiple of micro_batch_size x processes = {config.micro_batch_size} x "
             f"{config.world_size()}; choose a batch size divisible by {per_step}",
         )
-    if config.push_to_hub is not None and not _REPO_ID.match(config.push_to_hub):
+    if config.push_to_hub is not None and not is_repo_id(config.push_to_hub):
         fail("push_to_hub", "is not a Hub repo id; write it as org/name")
     if config.revision is not None and Path(str(config.dataset)).expanduser().exists():
         fail("revision", f"only applies to Hub datasets, but {config.dataset!r} is a local folder")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 import yaml
 
 from builder.errors import ManifestError, TrainError
+from builder.hubclient import hub_errors, is_repo_id, with_retries
 from builder.manifest import Manifest, ManifestHeader
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 KINDS = ("prefix", "full")
 IGNORE = -100  # the label value transformers' loss skips
 _SENTINEL = "UPFTSENTINEL7x3q"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass
@@ -148,24 +147,6 @@ def _load_rows(path_or_repo: str, config: str, revision: str | None, where: str)
         raise TrainError(f"cannot download {where}: {exc}") from None
 
 
-def hub_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions a Hub call raises for HTTP errors and unreachable servers.
-
-    huggingface_hub's HTTP errors subclass the HTTP library's, whose transport failures
-    (connection refused, timeouts) are not ``OSError``s; that library is ``httpx2`` or
-    ``httpx`` depending on the huggingface_hub release.
-    """
-    from huggingface_hub.errors import HfHubHTTPError
-
-    found: list[type[BaseException]] = [HfHubHTTPError, OSError]
-    for module in ("httpx2", "httpx"):
-        try:
-            found.append(__import__(module).HTTPError)
-        except (ImportError, AttributeError):
-            continue
-    return tuple(found)
-
-
 def _hub_error(exc: BaseException, repo: str, revision: str | None) -> TrainError:
     from huggingface_hub import constants
     from huggingface_hub.errors import (
@@ -223,7 +204,7 @@ def open_dataset(
             "local", str(folder), config, manifest=manifest, recipe=recipe, header=header
         )
         return rows, source
-    if not _REPO_ID.match(spec):
+    if not is_repo_id(spec):
         raise TrainError(
             f"dataset {spec!r} is neither an existing folder nor a Hub repo id (org/name); "
             "pass a version folder written by upft-build or a dataset repo id"
@@ -232,7 +213,9 @@ def open_dataset(
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
-        sha = HfApi().dataset_info(spec, revision=revision).sha
+        sha = with_retries(f"reading dataset repo {spec}",
+                           lambda: HfApi().dataset_info(spec, revision=revision).sha,
+                           rerun="upft-train")
     except hub_errors() as exc:
         raise _hub_error(exc, spec, revision) from None
     logger.info("dataset %s at %s resolves to commit %s", spec, revision or "main", sha)

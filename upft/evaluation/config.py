@@ -11,7 +11,6 @@ is written into the output folder as ``eval_config.yaml``.
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,12 +25,12 @@ from pydantic import (
 )
 
 from builder.errors import EvalError
+from builder.hubclient import is_repo_id
 from builder.recipe import DEFAULT_INSTRUCTION
 from builder.sampling.base import EngineOptions, SamplingSettings
 from builder.yamlfile import format_errors, read_mapping
 from upft.evaluation import benchmarks
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
@@ -108,7 +107,7 @@ class DataSection(_Strict):
             )
         if self.path is not None and Path(self.path).suffix.lower() not in FILE_SUFFIXES:
             raise ValueError(f"path {self.path!r} must end in one of {', '.join(FILE_SUFFIXES)}")
-        if self.hub is not None and not _HUB_ID.match(self.hub):
+        if self.hub is not None and not is_repo_id(self.hub):
             raise ValueError(f"hub {self.hub!r} is not a dataset id like org/name")
         if self.benchmark is None and self.answer is None:
             raise ValueError(
@@ -193,7 +192,7 @@ def data_from_text(value: str) -> dict[str, Any]:
         return {"benchmark": lowered}
     if Path(value).suffix.lower() in FILE_SUFFIXES or Path(value).expanduser().is_file():
         return {"path": value}
-    if _HUB_ID.match(value) and not Path(value).exists():
+    if is_repo_id(value) and not Path(value).exists():
         return {"hub": value}
     benchmarks.get(value)  # raises: unknown benchmark, listing the known ones
     raise AssertionError("unreachable")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import EvalError, SourceError
+from builder.hashing import sha256_file
 from builder.models import ResolvedModel, cache_dir, resolve_model
 from builder.progress import phase_progress
 from builder.prompts import encode_prompt, messages
@@ -149,11 +150,7 @@ def folder_hash(folder: Path) -> str:
         stat = path.stat()
         key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         if key not in cache:
-            file_digest = hashlib.sha256()
-            with path.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    file_digest.update(block)
-            cache[key] = file_digest.hexdigest()
+            cache[key] = sha256_file(path)
             changed = True
         digest.update(f"{path.relative_to(folder).as_posix()}\0{cache[key]}\n".encode())
     if changed:
