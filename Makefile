@@ -36,6 +36,7 @@ test-fast: setup
 	$(VENV)/bin/pytest -m "not slow"
 
 lint: setup
+	$(VENV)/bin/ruff format --check builder upft tests bench
 	$(VENV)/bin/ruff check builder upft tests bench cards
 	$(VENV)/bin/mypy builder upft
 

@@ -79,8 +79,10 @@ def header(title: str, argv: list[str]) -> None:
     print(f"machine : {machine()}")
     print(f"date    : {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
     print(f"command : python {' '.join(argv)}")
-    print(f"load    : {load()} (1/5/15-min load average at start; other work on the machine "
-          "slows every figure)")
+    print(
+        f"load    : {load()} (1/5/15-min load average at start; other work on the machine "
+        "slows every figure)"
+    )
 
 
 def load() -> str:
@@ -113,9 +115,16 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def bench_recipe(base: Any, out: Path, limit: int | None, gsm8k: int | None, *,
-                 shard_size: int | None = None, full_trace_ratio: float | None = None,
-                 **prefix: Any) -> Any:
+def bench_recipe(
+    base: Any,
+    out: Path,
+    limit: int | None,
+    gsm8k: int | None,
+    *,
+    shard_size: int | None = None,
+    full_trace_ratio: float | None = None,
+    **prefix: Any,
+) -> Any:
     """The resolved demo recipe writing to ``out``: on the first ``limit`` demo questions or
     the first ``gsm8k`` GSM8K test questions, with optional shard size, p and prefix changes."""
     from builder.recipe import parse_recipe
@@ -128,8 +137,11 @@ def bench_recipe(base: Any, out: Path, limit: int | None, gsm8k: int | None, *,
     if shard_size is not None:
         data["output"]["shard_size"] = shard_size
     if gsm8k is not None:
-        data["source"] = {"path": str(SHARED_DATA / "gsm8k-test.jsonl"), "question": "question",
-                          "limit": gsm8k}
+        data["source"] = {
+            "path": str(SHARED_DATA / "gsm8k-test.jsonl"),
+            "question": "question",
+            "limit": gsm8k,
+        }
     elif limit is not None:
         data["source"]["limit"] = limit
     return parse_recipe(data, "benchmark recipe")

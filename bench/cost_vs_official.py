@@ -40,8 +40,13 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="16 questions, 1 round")
     ap.add_argument("--limit", type=int, default=None, help="first K demo questions")
-    ap.add_argument("--gsm8k", type=int, default=None, metavar="K",
-                    help="use the first K GSM8K test questions instead of the demo set")
+    ap.add_argument(
+        "--gsm8k",
+        type=int,
+        default=None,
+        metavar="K",
+        help="use the first K GSM8K test questions instead of the demo set",
+    )
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3)")
     args = ap.parse_args(argv)
     limit = 16 if args.quick and args.limit is None else args.limit
@@ -49,8 +54,9 @@ def main(argv: list[str]) -> int:
 
     vllm_cpu_env()
     logging.basicConfig(level=logging.WARNING)
-    header("cost vs the official approach (full trace per question, cut to L)",
-           [sys.argv[0], *argv])
+    header(
+        "cost vs the official approach (full trace per question, cut to L)", [sys.argv[0], *argv]
+    )
 
     from builder.mixture import generated_tokens
     from builder.models import resolve_model
@@ -71,16 +77,19 @@ def main(argv: list[str]) -> int:
         assert s.top_p is not None and s.top_k is not None
         started = time.perf_counter()
         sampler: Any = make_sampler(
-            "vllm", model.path, model.revision,
-            s.settings(),
-            m.engine_options(), m.chat_template)
+            "vllm", model.path, model.revision, s.settings(), m.engine_options(), m.chat_template
+        )
         print(f"engine  : vLLM {m.dtype}, loaded in {time.perf_counter() - started:.1f} s")
         questions = load_questions(first.source, base_dir).questions
-        plain = [encode_prompt(sampler.tokenizer, messages(q.text, None, m.system_prompt))
-                 for q in questions]
-        print(f"work    : {len(questions)} questions; ours N={p.samples} L={p.length} "
-              f"p={mix.full_trace_ratio} vote={p.vote}; faithful N=1 vote=first; "
-              f"max_tokens {s.max_tokens}; {rounds} round(s)")
+        plain = [
+            encode_prompt(sampler.tokenizer, messages(q.text, None, m.system_prompt))
+            for q in questions
+        ]
+        print(
+            f"work    : {len(questions)} questions; ours N={p.samples} L={p.length} "
+            f"p={mix.full_trace_ratio} vote={p.vote}; faithful N=1 vote=first; "
+            f"max_tokens {s.max_tokens}; {rounds} round(s)"
+        )
 
         def official(ids: list[list[int]]) -> tuple[float, int, list[int]]:
             t0 = time.perf_counter()
@@ -108,7 +117,7 @@ def main(argv: list[str]) -> int:
         manifests: dict[str, dict[str, Any]] = {}
         names = ["official", "ours", "faithful"]
         for r in range(rounds):
-            order = names[r % 3:] + names[: r % 3]
+            order = names[r % 3 :] + names[: r % 3]
             for name in order:
                 if name == "official":
                     sec, tokens, lengths = official(plain)
@@ -116,8 +125,7 @@ def main(argv: list[str]) -> int:
                 elif name == "ours":
                     sec, tokens, manifests["ours"] = ours(f"ours{r}")
                 else:
-                    sec, tokens, manifests["faithful"] = ours(f"faith{r}", vote="first",
-                                                              samples=1)
+                    sec, tokens, manifests["faithful"] = ours(f"faith{r}", vote="first", samples=1)
                 runs[name].append((sec, tokens))
                 print(f"round {r}: {name:<9} {sec:8.2f} s  {tokens:>7,} tokens sampled")
     finally:
@@ -130,9 +138,11 @@ def main(argv: list[str]) -> int:
     off_t, off_k = med("official")
     print()
     print(f"{'approach':<34}{'seconds':>9}{'tokens':>10}{'time x':>9}{'tokens x':>10}")
-    for name, label in (("official", "official (full trace, cut to L)"),
-                        ("ours", f"ours (N={p.samples} majority + p={mix.full_trace_ratio})"),
-                        ("faithful", f"faithful (N=1 first + p={mix.full_trace_ratio})")):
+    for name, label in (
+        ("official", "official (full trace, cut to L)"),
+        ("ours", f"ours (N={p.samples} majority + p={mix.full_trace_ratio})"),
+        ("faithful", f"faithful (N=1 first + p={mix.full_trace_ratio})"),
+    ):
         t, k = med(name)
         print(f"{label:<34}{t:>9.2f}{k:>10,.0f}{t / off_t:>9.3f}{k / off_k:>10.3f}")
     mean_trace = sum(trace_lengths) / len(trace_lengths)
@@ -141,17 +151,25 @@ def main(argv: list[str]) -> int:
     ours_k, faith_k = med("ours")[1], med("faithful")[1]
     ratio = mix.full_trace_ratio
     print()
-    print(f"mean official trace: {mean_trace:.1f} tokens; "
-          f"{sum(1 for x in trace_lengths if x <= p.length)} of {len(trace_lengths)} traces "
-          f"were no longer than L={p.length}")
-    print(f"break-even trace length (ours cheaper above it): N*L/(1-p) = "
-          f"{p.samples * p.length / (1 - ratio):.0f} tokens for N={p.samples}, "
-          f"{p.length / (1 - ratio):.0f} for N=1")
-    print(f"RFT estimate (16 full traces per question): {rft:,.0f} tokens; ours "
-          f"{100 * (1 - ours_k / rft):.1f}% fewer, faithful {100 * (1 - faith_k / rft):.1f}% fewer")
+    print(
+        f"mean official trace: {mean_trace:.1f} tokens; "
+        f"{sum(1 for x in trace_lengths if x <= p.length)} of {len(trace_lengths)} traces "
+        f"were no longer than L={p.length}"
+    )
+    print(
+        f"break-even trace length (ours cheaper above it): N*L/(1-p) = "
+        f"{p.samples * p.length / (1 - ratio):.0f} tokens for N={p.samples}, "
+        f"{p.length / (1 - ratio):.0f} for N=1"
+    )
+    print(
+        f"RFT estimate (16 full traces per question): {rft:,.0f} tokens; ours "
+        f"{100 * (1 - ours_k / rft):.1f}% fewer, faithful {100 * (1 - faith_k / rft):.1f}% fewer"
+    )
     agree = manifests["ours"].agreement
-    print(f"ours: mean agreement at L {agree.mean_at_L}, mean prefix "
-          f"{agree.mean_prefix_tokens} tokens")
+    print(
+        f"ours: mean agreement at L {agree.mean_at_L}, mean prefix "
+        f"{agree.mean_prefix_tokens} tokens"
+    )
     print(f"load at end: {load()}")
     return 0
 

@@ -53,8 +53,13 @@ def _demo_run(work: Path, compile_mode: str, tag: str) -> dict[str, Any]:
     out = work / f"out-{tag}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LOGGING")}
     started = time.perf_counter()
-    proc = subprocess.run([str(UPFT_BUILD), str(recipe), "--out", str(out)], env=env,
-                          capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [str(UPFT_BUILD), str(recipe), "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"upft-build ({compile_mode}) failed:\n{proc.stderr[-3000:]}")
@@ -78,15 +83,18 @@ def _probe(mode: str) -> None:
     model = resolve_model(recipe.model.id, recipe.model.revision)
     recipe = resolve(recipe, model)
     m = recipe.model
-    options = EngineOptions(m.dtype, m.max_model_len, 1, 0.9, m.cpu_kvcache_gib,
-                            m.kv_block_size, mode, None)
+    options = EngineOptions(
+        m.dtype, m.max_model_len, 1, 0.9, m.cpu_kvcache_gib, m.kv_block_size, mode, None
+    )
     started = time.perf_counter()
-    sampler = make_sampler("vllm", model.path, model.revision, recipe.sampling.settings(),
-                           options)
+    sampler = make_sampler("vllm", model.path, model.revision, recipe.sampling.settings(), options)
     load_s = time.perf_counter() - started
     tok = sampler.tokenizer
-    rows = [json.loads(x) for x in (DEMO_RECIPE.parent / "data" / "demo-questions.jsonl")
-            .read_text().splitlines() if x.strip()]
+    rows = [
+        json.loads(x)
+        for x in (DEMO_RECIPE.parent / "data" / "demo-questions.jsonl").read_text().splitlines()
+        if x.strip()
+    ]
     # The demo's own prompts: the plain question under the chat template (the builder's code).
     prompts = [encode_prompt(tok, messages(r["question"], None, m.system_prompt)) for r in rows]
     work = {"phase1": (prompts, 8, 32), "phase2": (prompts[: len(prompts) // 4], 1, 384)}
@@ -95,18 +103,21 @@ def _probe(mode: str) -> None:
     for name, (ps, n, max_tokens) in work.items():
         t0 = time.perf_counter()
         out = sampler.generate(ps, n, max_tokens)
-        result[name] = {"seconds": time.perf_counter() - t0,
-                        "tokens": sum(len(s.token_ids) for samples in out for s in samples)}
+        result[name] = {
+            "seconds": time.perf_counter() - t0,
+            "tokens": sum(len(s.token_ids) for samples in out for s in samples),
+        }
     sampler.close()
     print("PROBE " + json.dumps(result), flush=True)
 
 
 def _run_probe(mode: str) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--probe", mode], capture_output=True,
-                          text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--probe", mode], capture_output=True, text=True, cwd=REPO
+    )
     for line in proc.stdout.splitlines():
         if line.startswith("PROBE "):
-            return dict(json.loads(line[len("PROBE "):]))
+            return dict(json.loads(line[len("PROBE ") :]))
     raise SystemExit(f"probe {mode} failed:\n{proc.stderr[-3000:]}")
 
 
@@ -117,19 +128,24 @@ def crossover() -> int:
         tokens = r["phase1"]["tokens"] + r["phase2"]["tokens"]
         seconds = r["phase1"]["seconds"] + r["phase2"]["seconds"]
         rates[mode] = tokens / seconds
-        print(f"{mode:9}: engine ready in {r['load_s']:6.1f} s; phase-1 shape "
-              f"{r['phase1']['tokens'] / r['phase1']['seconds']:6.0f} tok/s, phase-2 shape "
-              f"{r['phase2']['tokens'] / r['phase2']['seconds']:6.0f} tok/s, both "
-              f"{rates[mode]:6.0f} tok/s ({tokens:,} tokens)")
+        print(
+            f"{mode:9}: engine ready in {r['load_s']:6.1f} s; phase-1 shape "
+            f"{r['phase1']['tokens'] / r['phase1']['seconds']:6.0f} tok/s, phase-2 shape "
+            f"{r['phase2']['tokens'] / r['phase2']['seconds']:6.0f} tok/s, both "
+            f"{rates[mode]:6.0f} tok/s ({tokens:,} tokens)"
+        )
     extra_start = results["compiled"]["load_s"] - results["eager"]["load_s"]
     saved_per_token = 1 / rates["eager"] - 1 / rates["compiled"]
     if saved_per_token <= 0:
-        print(f"break-even: never (compiled decodes no faster; start costs {extra_start:.1f} s "
-              "more)")
+        print(
+            f"break-even: never (compiled decodes no faster; start costs {extra_start:.1f} s more)"
+        )
         return -1
     tokens = int(extra_start / saved_per_token)
-    print(f"break-even: {tokens:,} sampled tokens (compiling costs {extra_start:.1f} s more and "
-          f"saves {saved_per_token * 1000:.2f} ms per token)")
+    print(
+        f"break-even: {tokens:,} sampled tokens (compiling costs {extra_start:.1f} s more and "
+        f"saves {saved_per_token * 1000:.2f} ms per token)"
+    )
     from builder.sampling.vllm import CPU_COMPILE_MIN_TOKENS
 
     print(f"builder   : CPU_COMPILE_MIN_TOKENS = {CPU_COMPILE_MIN_TOKENS:,}")
@@ -148,17 +164,23 @@ def demo_side_by_side(rounds: int) -> None:
             last[mode] = run
             t = run["manifest"]["timings"]
             engine = run["manifest"]["model"].get("engine", {})
-            print(f"round {i + 1} {mode:8}: {run['wall']:6.1f} s wall (engine "
-                  f"{engine.get('compile', '?')}, load {t.get('engine_load', 0):.1f} s, "
-                  f"phase 1 {t.get('prefix_phase', 0):.1f} s, phase 2 "
-                  f"{t.get('full_phase', 0):.1f} s); {run['lines']} lines of output; "
-                  f"load avg {load()}", flush=True)
+            print(
+                f"round {i + 1} {mode:8}: {run['wall']:6.1f} s wall (engine "
+                f"{engine.get('compile', '?')}, load {t.get('engine_load', 0):.1f} s, "
+                f"phase 1 {t.get('prefix_phase', 0):.1f} s, phase 2 "
+                f"{t.get('full_phase', 0):.1f} s); {run['lines']} lines of output; "
+                f"load avg {load()}",
+                flush=True,
+            )
     ratio = median(walls["auto"]) / median(walls["compiled"])
     tokens = last["auto"]["manifest"]["tokens"]["total_sampled"]
-    print(f"demo      : {tokens:,} tokens sampled; compiled {median(walls['compiled']):.1f} s, "
-          f"auto {median(walls['auto']):.1f} s (medians of {rounds})")
-    print(f"target    : auto / compiled = {ratio:.3f} (<= 0.5: "
-          f"{'MET' if ratio <= 0.5 else 'MISSED'})")
+    print(
+        f"demo      : {tokens:,} tokens sampled; compiled {median(walls['compiled']):.1f} s, "
+        f"auto {median(walls['auto']):.1f} s (medians of {rounds})"
+    )
+    print(
+        f"target    : auto / compiled = {ratio:.3f} (<= 0.5: {'MET' if ratio <= 0.5 else 'MISSED'})"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -170,8 +192,10 @@ def main(argv: list[str]) -> int:
     if args.probe:
         _probe(args.probe)
         return 0
-    header("demo build speed: model.compile auto vs compiled; CPU compile crossover",
-           [sys.argv[0], *argv])
+    header(
+        "demo build speed: model.compile auto vs compiled; CPU compile crossover",
+        [sys.argv[0], *argv],
+    )
     if args.only in (None, "demo"):
         demo_side_by_side(args.rounds)
     if args.only in (None, "crossover"):

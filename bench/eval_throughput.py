@@ -59,24 +59,41 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="upft-bench-eval-"))
 
     def cfg(out: Path, limit: int) -> Any:
-        return resolve_config(None, {
-            "model": args.model, "data": str(data), "answer": "answer", "limit": limit,
-            "max_tokens": max_tokens, "no_prefix_check": True, "compile": args.compile,
-            "output": str(out),
-        })
+        return resolve_config(
+            None,
+            {
+                "model": args.model,
+                "data": str(data),
+                "answer": "answer",
+                "limit": limit,
+                "max_tokens": max_tokens,
+                "no_prefix_check": True,
+                "compile": args.compile,
+                "output": str(out),
+            },
+        )
 
     base = cfg(work / "plan", k)
     model = resolve_model(base.model.id, base.model.revision)
     started = time.perf_counter()
-    sampler: Any = make_sampler("vllm", model.path, model.revision, base.generation.settings(),
-                                base.model.engine_options(), base.model.chat_template)
+    sampler: Any = make_sampler(
+        "vllm",
+        model.path,
+        model.revision,
+        base.generation.settings(),
+        base.model.engine_options(),
+        base.model.chat_template,
+    )
     print(f"engine  : vLLM ({args.compile}), loaded in {time.perf_counter() - started:.1f} s")
     questions, _, _ = runner.load(base)
-    prompts = [encode_prompt(sampler.tokenizer, messages(e.question.text, None, None))
-               for e in questions]
+    prompts = [
+        encode_prompt(sampler.tokenizer, messages(e.question.text, None, None)) for e in questions
+    ]
     params = sampler.sampling_params(1, max_tokens)
-    print(f"work    : {k} GSM8K questions, greedy, max_tokens {max_tokens}, shard_size "
-          f"{base.shard_size}, {rounds} timed rounds")
+    print(
+        f"work    : {k} GSM8K questions, greedy, max_tokens {max_tokens}, shard_size "
+        f"{base.shard_size}, {rounds} timed rounds"
+    )
 
     def run_eval(tag: str, limit: int) -> tuple[float, int, float]:
         t0 = time.perf_counter()
@@ -104,14 +121,25 @@ def main(argv: list[str]) -> int:
                 got[arm] = run_eval(f"r{r}", k) if arm == "eval" else run_bare()
             (e_time, e_tokens, scoring), (b_time, b_tokens) = got["eval"], got["bare"]
             rows.append((r, order[0], e_time, e_tokens, scoring, b_time, b_tokens))
-            print(f"round {r}: eval {e_time:.2f} s ({e_tokens} tokens, scoring {scoring:.2f} s),"
-                  f" bare {b_time:.2f} s ({b_tokens} tokens); ratio {e_time / b_time:.3f}",
-                  flush=True)
+            print(
+                f"round {r}: eval {e_time:.2f} s ({e_tokens} tokens, scoring {scoring:.2f} s),"
+                f" bare {b_time:.2f} s ({b_tokens} tokens); ratio {e_time / b_time:.3f}",
+                flush=True,
+            )
         # the prefix check's own cost, for the record (greedy, L + slack = 40 tokens)
         t0 = time.perf_counter()
-        pc = resolve_config(None, {"model": args.model, "data": str(data), "answer": "answer",
-                                   "limit": k, "max_tokens": max_tokens,
-                                   "compile": args.compile, "output": str(work / "pc")})
+        pc = resolve_config(
+            None,
+            {
+                "model": args.model,
+                "data": str(data),
+                "answer": "answer",
+                "limit": k,
+                "max_tokens": max_tokens,
+                "compile": args.compile,
+                "output": str(work / "pc"),
+            },
+        )
         with_check = runner.evaluate(pc, quiet=True, sampler=sampler)
         pc_time = time.perf_counter() - t0
     finally:
@@ -119,20 +147,26 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print(f"{'round':>5} {'first':>6} {'eval s':>8} {'tokens':>7} {'scoring s':>9} "
-          f"{'bare s':>8} {'tokens':>7} {'ratio':>7}")
+    print(
+        f"{'round':>5} {'first':>6} {'eval s':>8} {'tokens':>7} {'scoring s':>9} "
+        f"{'bare s':>8} {'tokens':>7} {'ratio':>7}"
+    )
     for r, first, e_time, e_tokens, scoring, b_time, b_tokens in rows:
-        print(f"{r:>5} {first:>6} {e_time:>8.2f} {e_tokens:>7} {scoring:>9.2f} {b_time:>8.2f} "
-              f"{b_tokens:>7} {e_time / b_time:>7.3f}")
+        print(
+            f"{r:>5} {first:>6} {e_time:>8.2f} {e_tokens:>7} {scoring:>9.2f} {b_time:>8.2f} "
+            f"{b_tokens:>7} {e_time / b_time:>7.3f}"
+        )
     ratio = median([x[2] / x[5] for x in rows])
     e_med, b_med = median([x[2] for x in rows]), median([x[5] for x in rows])
     tokens = rows[-1][6]
     print()
     print(f"eval : {k / e_med:.2f} questions/s, {rows[-1][3] / e_med:.0f} tokens/s")
     print(f"bare : {k / b_med:.2f} questions/s, {tokens / b_med:.0f} tokens/s")
-    print(f"with the prefix check (+{k} greedy answers of <= 40 tokens): {pc_time:.2f} s "
-          f"({pc_time / e_med:.2f}x the eval without it); accuracy "
-          f"{100 * with_check.summary['accuracy']:.1f}%")
+    print(
+        f"with the prefix check (+{k} greedy answers of <= 40 tokens): {pc_time:.2f} s "
+        f"({pc_time / e_med:.2f}x the eval without it); accuracy "
+        f"{100 * with_check.summary['accuracy']:.1f}%"
+    )
     print(f"time ratio eval / bare, median of {len(rows)}: {ratio:.3f}")
     print(f"target  : <= 1.10: {'MET' if ratio <= 1.10 else 'MISSED'}")
     print(f"load at end: {load()}")

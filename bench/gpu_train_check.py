@@ -35,8 +35,15 @@ if str(REPO) not in sys.path:  # run as a script from anywhere, without installi
 
 
 def build_demo(work: Path, backend: str | None, limit: int | None) -> Path:
-    command = [sys.executable, "-m", "builder", str(REPO / "recipes" / "demo.yaml"),
-               "--out", str(work), "--quiet"] + (["--backend", backend] if backend else [])
+    command = [
+        sys.executable,
+        "-m",
+        "builder",
+        str(REPO / "recipes" / "demo.yaml"),
+        "--out",
+        str(work),
+        "--quiet",
+    ] + (["--backend", backend] if backend else [])
     command += ["--limit", str(limit)] if limit else []
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
@@ -52,10 +59,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--epochs", type=float, default=40.0, help="passes over the demo mixture")
     ap.add_argument("--batch-size", type=int, default=16, help="effective batch")
     ap.add_argument("--micro-batch-size", type=int, default=16, help="examples per forward")
-    ap.add_argument("--json", type=Path, default=Path("gpu_train_check.json"),
-                    help="where to write the figures")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="CPU, fp32, 2 optimizer steps of batch 2: checks the script runs")
+    ap.add_argument(
+        "--json", type=Path, default=Path("gpu_train_check.json"), help="where to write the figures"
+    )
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="CPU, fp32, 2 optimizer steps of batch 2: checks the script runs",
+    )
     args = ap.parse_args(argv)
     started = time.perf_counter()
 
@@ -70,14 +81,23 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="upft-gpu-check-"))
     dataset = args.dataset or build_demo(work / "data", args.backend, 8 if args.dry_run else None)
     flags: dict[str, Any] = {
-        "dataset": str(dataset), "model": args.model, "output": str(work / "run"),
-        "learning_rate": "1e-5", "save_steps": "0", "seed": "0", "max_length": "2048",
+        "dataset": str(dataset),
+        "model": args.model,
+        "output": str(work / "run"),
+        "learning_rate": "1e-5",
+        "save_steps": "0",
+        "seed": "0",
+        "max_length": "2048",
     }
     if args.dry_run:
         flags.update(batch_size="2", micro_batch_size="2", max_steps="2", bf16=False)
     else:
-        flags.update(batch_size=str(args.batch_size), epochs=str(args.epochs), bf16=True,
-                     micro_batch_size=str(args.micro_batch_size))
+        flags.update(
+            batch_size=str(args.batch_size),
+            epochs=str(args.epochs),
+            bf16=True,
+            micro_batch_size=str(args.micro_batch_size),
+        )
     config = resolve_config(None, flags)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -108,8 +128,11 @@ def main(argv: list[str]) -> int:
         "final_loss": summary["final_loss"],
         "total_wall_s": round(time.perf_counter() - started, 1),
         "under_8_minutes": time.perf_counter() - started < 480,
-        "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "transformers": __import__("transformers").__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "transformers": __import__("transformers").__version__,
+        },
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }
     args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -50,25 +50,42 @@ def main(argv: list[str]) -> int:
     s, m, p = recipe.sampling, recipe.model, recipe.prefix
     assert s.top_p is not None and s.top_k is not None
     top_p, top_k = s.top_p, (s.top_k if s.top_k > 0 else -1)
-    kwargs: dict[str, Any] = {"model": model.path, "seed": s.seed, "dtype": m.dtype,
-                              "max_model_len": m.max_model_len}
+    kwargs: dict[str, Any] = {
+        "model": model.path,
+        "seed": s.seed,
+        "dtype": m.dtype,
+        "max_model_len": m.max_model_len,
+    }
     if args.block_size:
         kwargs["block_size"] = args.block_size
     llm = LLM(**kwargs)
     cache = llm.llm_engine.vllm_config.cache_config
     tok = llm.get_tokenizer()
     questions = load_questions(recipe.source, base_dir).questions[: 16 if args.quick else None]
-    prompts = [TokensPrompt(prompt_token_ids=encode_prompt(
-        tok, messages(q.text, p.instruction, m.system_prompt))) for q in questions]
+    prompts = [
+        TokensPrompt(
+            prompt_token_ids=encode_prompt(tok, messages(q.text, p.instruction, m.system_prompt))
+        )
+        for q in questions
+    ]
     mean = sum(len(x["prompt_token_ids"]) for x in prompts) / len(prompts)
-    print(f"engine  : block_size {cache.block_size}, prefix caching "
-          f"{cache.enable_prefix_caching}; {len(prompts)} prompts of {mean:.0f} tokens on average")
+    print(
+        f"engine  : block_size {cache.block_size}, prefix caching "
+        f"{cache.enable_prefix_caching}; {len(prompts)} prompts of {mean:.0f} tokens on average"
+    )
 
     def params(n: int, max_tokens: int) -> Any:
         # The builder's settings (VLLMSampler.sampling_params): same work per token.
-        return SamplingParams(n=n, temperature=s.temperature, top_p=top_p, top_k=top_k,
-                              max_tokens=max_tokens, stop_token_ids=[tok.eos_token_id],
-                              logprobs=0, skip_special_tokens=True)
+        return SamplingParams(
+            n=n,
+            temperature=s.temperature,
+            top_p=top_p,
+            top_k=top_k,
+            max_tokens=max_tokens,
+            stop_token_ids=[tok.eos_token_id],
+            logprobs=0,
+            skip_special_tokens=True,
+        )
 
     def timed(label: str, n: int, max_tokens: int) -> float:
         t0 = time.perf_counter()
@@ -85,8 +102,10 @@ def main(argv: list[str]) -> int:
     many = timed(f"n={p.samples}, max_tokens 1", p.samples, 1)
     llm.reset_prefix_cache()
     phase1 = timed(f"n={p.samples}, max_tokens {p.length}", p.samples, p.length)
-    print(f"n={p.samples} / n=1 prefill time: {many / one:.1f} (1.0 = shared, "
-          f"{p.samples} = every sample prefills again); phase 1 {phase1:.1f} s")
+    print(
+        f"n={p.samples} / n=1 prefill time: {many / one:.1f} (1.0 = shared, "
+        f"{p.samples} = every sample prefills again); phase 1 {phase1:.1f} s"
+    )
     print(f"load at end: {load()}")
     return 0
 

@@ -44,12 +44,19 @@ def _requests(recipe: Any, questions: int, shard: int) -> list[Any]:
     model = resolve_model(recipe.model.id)
     tok = AutoTokenizer.from_pretrained(model.path)
     qs = load_questions(recipe.source, None).questions[:questions]
-    prompts = [tuple(encode_prompt(tok, messages(q.text, None, recipe.model.system_prompt)))
-               for q in qs]
+    prompts = [
+        tuple(encode_prompt(tok, messages(q.text, None, recipe.model.system_prompt))) for q in qs
+    ]
     return [
-        ShardRequest("prefix", i // shard, tuple(q.id for q in qs[i:i + shard]),
-                     tuple(prompts[i:i + shard]), recipe.prefix.samples, recipe.prefix.length,
-                     recipe.sampling.seed)
+        ShardRequest(
+            "prefix",
+            i // shard,
+            tuple(q.id for q in qs[i : i + shard]),
+            tuple(prompts[i : i + shard]),
+            recipe.prefix.samples,
+            recipe.prefix.length,
+            recipe.sampling.seed,
+        )
         for i in range(0, len(qs), shard)
     ]
 
@@ -74,8 +81,13 @@ def _measure(spec: Any, replicas: int, cpus: int, requests: list[Any]) -> dict[s
         seconds = time.perf_counter() - started
     finally:
         ex.close()
-    return {"load_s": load_s, "seconds": seconds, "tokens": tokens[0],
-            "rate": tokens[0] / seconds, "samples": got}
+    return {
+        "load_s": load_s,
+        "seconds": seconds,
+        "tokens": tokens[0],
+        "rate": tokens[0] / seconds,
+        "samples": got,
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -105,13 +117,14 @@ def main(argv: list[str]) -> int:
     data["model"]["backend"] = args.backend
     recipe = resolve(type(recipe).model_validate(data), model, generation_defaults(model))
     requests = _requests(recipe, questions, args.shard_size)
-    options = dataclasses.replace(recipe.model.engine_options(), compile="eager",
-                                  cpu_kvcache_gib=1)
+    options = dataclasses.replace(recipe.model.engine_options(), compile="eager", cpu_kvcache_gib=1)
     if args.backend == "transformers":
         options = dataclasses.replace(options, dtype="float32")
     spec = ReplicaSpec(args.backend, recipe.model.id, None, recipe.sampling.settings(), options)
-    print(f"work    : {questions} GSM8K test questions x n=8 x 32 tokens, {len(requests)} shards "
-          f"of {args.shard_size}, backend {args.backend} ({options.dtype}, eager), SmolLM2")
+    print(
+        f"work    : {questions} GSM8K test questions x n=8 x 32 tokens, {len(requests)} shards "
+        f"of {args.shard_size}, backend {args.backend} ({options.dtype}, eager), SmolLM2"
+    )
 
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     results = {}
@@ -119,9 +132,11 @@ def main(argv: list[str]) -> int:
         for name, replicas, cpus in CONFIGS:
             r = _measure(spec, replicas, cpus, requests)
             results[name] = r
-            print(f"{name:12s}: {r['seconds']:7.1f} s  {r['tokens']:6d} tokens  "
-                  f"{r['rate']:7.1f} tok/s  (engines ready in {r['load_s']:.1f} s, not timed)",
-                  flush=True)
+            print(
+                f"{name:12s}: {r['seconds']:7.1f} s  {r['tokens']:6d} tokens  "
+                f"{r['rate']:7.1f} tok/s  (engines ready in {r['load_s']:.1f} s, not timed)",
+                flush=True,
+            )
     finally:
         ray.shutdown()
     one, two, wide = (results[n]["rate"] for n, _, _ in CONFIGS)

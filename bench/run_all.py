@@ -22,15 +22,29 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("vote_assemble", "sampling_overhead", "cost_vs_official", "tuning_cost")
 # Output lines worth repeating in the summary (they start with these words).
-HEADLINES = ("target", "time ratio", "peak RSS", "TOTAL", "ours (", "faithful (",
-             "official (", "break-even", "tuning tokens")
+HEADLINES = (
+    "target",
+    "time ratio",
+    "peak RSS",
+    "TOTAL",
+    "ours (",
+    "faithful (",
+    "official (",
+    "break-even",
+    "tuning tokens",
+)
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
-    ap.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS),
-                    help="run only these benchmarks")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        choices=BENCHMARKS,
+        default=list(BENCHMARKS),
+        help="run only these benchmarks",
+    )
     args = ap.parse_args(argv)
     summary: list[str] = []
     failed: list[str] = []
@@ -38,8 +52,9 @@ def main(argv: list[str]) -> int:
         cmd = [sys.executable, str(HERE / f"{name}.py")] + (["--quick"] if args.quick else [])
         print(f"\n### {name}: {' '.join(cmd[1:])}", flush=True)
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                cwd=HERE.parent)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=HERE.parent
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             print(line, end="", flush=True)

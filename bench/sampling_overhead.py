@@ -49,11 +49,20 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="16 questions")
     ap.add_argument("--limit", type=int, default=None, help="first K demo questions")
-    ap.add_argument("--gsm8k", type=int, default=None, metavar="K",
-                    help="use the first K GSM8K test questions instead of the demo set")
+    ap.add_argument(
+        "--gsm8k",
+        type=int,
+        default=None,
+        metavar="K",
+        help="use the first K GSM8K test questions instead of the demo set",
+    )
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3)")
-    ap.add_argument("--shard-size", type=int, default=None,
-                    help="override the recipe's output.shard_size (demo: 16)")
+    ap.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        help="override the recipe's output.shard_size (demo: 16)",
+    )
     args = ap.parse_args(argv)
     limit = 16 if args.quick and args.limit is None else args.limit
     rounds = args.rounds or 3  # each arm goes first once
@@ -84,16 +93,19 @@ def main(argv: list[str]) -> int:
         settings = s.settings()
         started = time.perf_counter()
         sampler: Any = make_sampler(
-            "vllm", model.path, model.revision, settings,
-            m.engine_options(), m.chat_template)
+            "vllm", model.path, model.revision, settings, m.engine_options(), m.chat_template
+        )
         print(f"engine  : vLLM {m.dtype}, loaded in {time.perf_counter() - started:.1f} s")
         questions = load_questions(recipe.source, base_dir).questions
-        prompts = [encode_prompt(sampler.tokenizer, messages(q.text, p.instruction,
-                                                              m.system_prompt))
-                   for q in questions]
-        print(f"work    : {len(questions)} questions x N={p.samples} x L={p.length} "
-              f"(shard_size {recipe.output.shard_size}), {rounds} timed rounds, "
-              f"temperature {s.temperature}, top_p {s.top_p}, top_k {s.top_k}")
+        prompts = [
+            encode_prompt(sampler.tokenizer, messages(q.text, p.instruction, m.system_prompt))
+            for q in questions
+        ]
+        print(
+            f"work    : {len(questions)} questions x N={p.samples} x L={p.length} "
+            f"(shard_size {recipe.output.shard_size}), {rounds} timed rounds, "
+            f"temperature {s.temperature}, top_p {s.top_p}, top_k {s.top_k}"
+        )
 
         engine_time = Stages()
         original_generate = sampler.generate
@@ -137,7 +149,7 @@ def main(argv: list[str]) -> int:
         rows = []
         for r in range(rounds):
             rec = bench_recipe(demo, work / f"r{r}", limit, args.gsm8k, **phase1_only)
-            order = arms[r % 3:] + arms[: r % 3]
+            order = arms[r % 3 :] + arms[: r % 3]
             got: dict[str, Any] = {}
             for which in order:
                 if which == "builder":
@@ -147,33 +159,46 @@ def main(argv: list[str]) -> int:
             b_time, b_engine, b_tokens = got["builder"]
             row = (r, order[0], b_time, b_engine, b_tokens, *got["bare"], *got["bare-sharded"])
             rows.append(row)
-            print(f"round {r}: builder {b_time:.2f} s ({b_tokens} tokens), bare "
-                  f"{row[5]:.2f} s ({row[6]} tokens), bare sharded {row[7]:.2f} s ({row[8]} "
-                  f"tokens); ratio {b_time / row[5]:.3f}", flush=True)
+            print(
+                f"round {r}: builder {b_time:.2f} s ({b_tokens} tokens), bare "
+                f"{row[5]:.2f} s ({row[6]} tokens), bare sharded {row[7]:.2f} s ({row[8]} "
+                f"tokens); ratio {b_time / row[5]:.3f}",
+                flush=True,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     sampler.close()
 
     print()
-    print(f"{'round':>5} {'first':>13} {'builder s':>10} {'in engine':>10} {'own work':>9} "
-          f"{'tokens':>7} {'bare s':>8} {'tokens':>7} {'sharded s':>10} {'tokens':>7} "
-          f"{'ratio':>7}")
+    print(
+        f"{'round':>5} {'first':>13} {'builder s':>10} {'in engine':>10} {'own work':>9} "
+        f"{'tokens':>7} {'bare s':>8} {'tokens':>7} {'sharded s':>10} {'tokens':>7} "
+        f"{'ratio':>7}"
+    )
     for r, first, b_time, b_engine, b_tokens, bare, bare_k, sh, sh_k in rows:
-        print(f"{r:>5} {first:>13} {b_time:>10.2f} {b_engine:>10.2f} {b_time - b_engine:>9.2f} "
-              f"{b_tokens:>7} {bare:>8.2f} {bare_k:>7} {sh:>10.2f} {sh_k:>7} "
-              f"{b_time / bare:>7.3f}")
+        print(
+            f"{r:>5} {first:>13} {b_time:>10.2f} {b_engine:>10.2f} {b_time - b_engine:>9.2f} "
+            f"{b_tokens:>7} {bare:>8.2f} {bare_k:>7} {sh:>10.2f} {sh_k:>7} "
+            f"{b_time / bare:>7.3f}"
+        )
     ratio = median([x[2] / x[5] for x in rows])
     per_token = median([(x[2] / x[4]) / (x[5] / x[6]) for x in rows])
     vs_sharded = median([x[2] / x[7] for x in rows])
     sharding = median([x[7] / x[5] for x in rows])
     own = median([x[2] - x[3] for x in rows])
     print()
-    print(f"builder own work (build time outside generate calls): median {own:.2f} s per build, "
-          f"{100 * own / median([x[5] for x in rows]):.1f}% of the bare time")
-    print(f"builder / bare sharded ({shard} questions per call, as the build): {vs_sharded:.3f}; "
-          f"bare sharded / bare single call: {sharding:.3f}")
-    print(f"time ratio builder / bare, median of {len(rows)}: {ratio:.3f}  "
-          f"(per generated token: {per_token:.3f})")
+    print(
+        f"builder own work (build time outside generate calls): median {own:.2f} s per build, "
+        f"{100 * own / median([x[5] for x in rows]):.1f}% of the bare time"
+    )
+    print(
+        f"builder / bare sharded ({shard} questions per call, as the build): {vs_sharded:.3f}; "
+        f"bare sharded / bare single call: {sharding:.3f}"
+    )
+    print(
+        f"time ratio builder / bare, median of {len(rows)}: {ratio:.3f}  "
+        f"(per generated token: {per_token:.3f})"
+    )
     print(f"target  : <= 1.10: {'MET' if ratio <= 1.10 else 'MISSED'}")
     print(f"load at end: {load()}")
     return 0

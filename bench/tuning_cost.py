@@ -52,15 +52,22 @@ def build(work: Path, name: str, limit: int | None, full_trace_ratio: float | No
         data["mixture"]["full_trace_ratio"] = full_trace_ratio
     recipe = work / f"{name}.yaml"
     recipe.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    command = [str(Path(sys.executable).with_name("upft-build")), str(recipe),
-               "--out", str(work / "out"), "--quiet"] + (["--limit", str(limit)] if limit else [])
+    command = [
+        str(Path(sys.executable).with_name("upft-build")),
+        str(recipe),
+        "--out",
+        str(work / "out"),
+        "--quiet",
+    ] + (["--limit", str(limit)] if limit else [])
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"upft-build failed for {name}:\n{proc.stderr[-3000:]}")
     folder = Path(proc.stdout.strip().splitlines()[-1])
-    print(f"built   : {name} ({'p=' + str(full_trace_ratio) if full_trace_ratio else 'as shipped'})"
-          f" in {time.perf_counter() - started:.0f} s -> {folder}")
+    print(
+        f"built   : {name} ({'p=' + str(full_trace_ratio) if full_trace_ratio else 'as shipped'})"
+        f" in {time.perf_counter() - started:.0f} s -> {folder}"
+    )
     return folder
 
 
@@ -79,8 +86,10 @@ def upft_arm(sft: Path, folder: Path, ratio: float) -> Path:
     instruction = recipe["prefix"]["instruction"]
     system = (recipe.get("model") or {}).get("system_prompt")
     mixture = pq.read_table(sorted((sft / "data" / "mixture").glob("*.parquet")))
-    prefixes = {r["question_id"]: r for r in pq.read_table(
-        sorted((sft / "data" / "prefixes").glob("*.parquet"))).to_pylist()}
+    prefixes = {
+        r["question_id"]: r
+        for r in pq.read_table(sorted((sft / "data" / "prefixes").glob("*.parquet"))).to_pylist()
+    }
     rows = mixture.to_pylist()
     keep = full_trace_ids([r["question_id"] for r in rows], ratio, recipe["mixture"]["seed"])
     out = []
@@ -89,19 +98,30 @@ def upft_arm(sft: Path, folder: Path, ratio: float) -> Path:
             out.append(row)
             continue
         choice = prefixes[row["question_id"]]
-        out.append({**row, "kind": "prefix",
-                    "prompt": messages(choice["question"], instruction, system),
-                    "completion": [{"role": "assistant", "content": choice["prefix"]}],
-                    "num_tokens": choice["prefix_tokens"],
-                    **({"finish_reason": "stop" if choice.get("complete") else "length"}
-                       if "finish_reason" in row else {})})
+        out.append(
+            {
+                **row,
+                "kind": "prefix",
+                "prompt": messages(choice["question"], instruction, system),
+                "completion": [{"role": "assistant", "content": choice["prefix"]}],
+                "num_tokens": choice["prefix_tokens"],
+                **(
+                    {"finish_reason": "stop" if choice.get("complete") else "length"}
+                    if "finish_reason" in row
+                    else {}
+                ),
+            }
+        )
     (folder / "data" / "mixture").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(out, schema=mixture.schema),
-                   str(folder / "data" / "mixture" / "train-00000-of-00001.parquet"))
+    pq.write_table(
+        pa.Table.from_pylist(out, schema=mixture.schema),
+        str(folder / "data" / "mixture" / "train-00000-of-00001.parquet"),
+    )
     (folder / "README.md").write_text(
         "---\nconfigs:\n- config_name: mixture\n  data_files:\n  - split: train\n"
         "    path: data/mixture/*.parquet\n---\n# UPFT arm of bench/tuning_cost.py\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     manifest = json.loads((sft / "manifest.json").read_text(encoding="utf-8"))
     (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     shutil.copy(sft / "recipe.yaml", folder / "recipe.yaml")
@@ -135,11 +155,20 @@ def train_arm(dataset: Path, output: Path, batch: int, steps: int) -> dict[str, 
     from upft.config import resolve_config
     from upft.train import run_training
 
-    config = resolve_config(None, {
-        "dataset": str(dataset), "model": "embedded:smollm2", "output": str(output),
-        "batch_size": str(batch), "micro_batch_size": "1", "max_steps": str(steps),
-        "max_length": "2048", "save_steps": "0", "seed": "0",
-    })
+    config = resolve_config(
+        None,
+        {
+            "dataset": str(dataset),
+            "model": "embedded:smollm2",
+            "output": str(output),
+            "batch_size": str(batch),
+            "micro_batch_size": "1",
+            "max_steps": str(steps),
+            "max_length": "2048",
+            "save_steps": "0",
+            "seed": "0",
+        },
+    )
     timer = step_timer()
     summary = run_training(config, quiet=True, callbacks=[timer])
     shutil.rmtree(output, ignore_errors=True)  # only the figures are wanted
@@ -162,10 +191,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--limit", type=int, default=None, help="first K demo questions (all)")
     ap.add_argument("--batch-size", type=int, default=None, help="effective batch (8)")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per arm (6)")
-    ap.add_argument("--sft", type=Path, default=None,
-                    help="existing version folder built with full_trace_ratio 1.0")
-    ap.add_argument("--ratio", type=float, default=None,
-                    help="p of the UPFT arm (default: the demo recipe's)")
+    ap.add_argument(
+        "--sft",
+        type=Path,
+        default=None,
+        help="existing version folder built with full_trace_ratio 1.0",
+    )
+    ap.add_argument(
+        "--ratio", type=float, default=None, help="p of the UPFT arm (default: the demo recipe's)"
+    )
     args = ap.parse_args(argv)
     limit = args.limit or (16 if args.quick else None)
     batch = args.batch_size or (4 if args.quick else 8)
@@ -184,30 +218,41 @@ def main(argv: list[str]) -> int:
         sft = args.sft or build(work, "demo-sft", limit, 1.0)
         upft = upft_arm(sft, work / "upft" / "demo-upft" / "0.1.0", ratio)
         print(f"upft arm: p = {ratio} of the same questions keep their full trace")
-        print(f"training: SmolLM2-135M fp32 on CPU, effective batch {batch} = micro-batch 1 x "
-              f"accumulation {batch}, {steps} optimizer steps per arm, lr 1e-6")
+        print(
+            f"training: SmolLM2-135M fp32 on CPU, effective batch {batch} = micro-batch 1 x "
+            f"accumulation {batch}, {steps} optimizer steps per arm, lr 1e-6"
+        )
         arms = {}
         for name, dataset in (("upft", upft), ("sft", sft)):
             arms[name] = train_arm(dataset, work / f"run-{name}", batch, steps)
             a = arms[name]
-            print(f"{name:<5}   : {a['examples']['total']} examples ({a['examples']['prefix']} "
-                  f"prefix + {a['examples']['full']} full), {a['tokens']['total']} supervised "
-                  f"tokens ({a['per_example']:.1f} per example); step seconds "
-                  + ", ".join(f"{s:.2f}" for s in a["steps"]) + "; CPU seconds "
-                  + ", ".join(f"{s:.2f}" for s in a["cpu_steps"]))
+            print(
+                f"{name:<5}   : {a['examples']['total']} examples ({a['examples']['prefix']} "
+                f"prefix + {a['examples']['full']} full), {a['tokens']['total']} supervised "
+                f"tokens ({a['per_example']:.1f} per example); step seconds "
+                + ", ".join(f"{s:.2f}" for s in a["steps"])
+                + "; CPU seconds "
+                + ", ".join(f"{s:.2f}" for s in a["cpu_steps"])
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     u, s = arms["upft"], arms["sft"]
     token_ratio = u["per_example"] / s["per_example"]
     time_ratio = u["step_s"] / s["step_s"]
     cpu_ratio = u["step_cpu_s"] / s["step_cpu_s"]
-    print(f"tuning tokens per example: upft {u['per_example']:.1f}, sft {s['per_example']:.1f} "
-          f"-> ratio {token_ratio:.3f} ({1 - token_ratio:.0%} fewer; paper: 75-81% fewer)")
-    print(f"time ratio per optimizer step (CPU seconds of this process): upft "
-          f"{u['step_cpu_s']:.2f} s, sft {s['step_cpu_s']:.2f} s -> {cpu_ratio:.3f} (median, "
-          "first step left out)")
-    print(f"time ratio per optimizer step (wall seconds): upft {u['step_s']:.2f} s, sft "
-          f"{s['step_s']:.2f} s -> {time_ratio:.3f}")
+    print(
+        f"tuning tokens per example: upft {u['per_example']:.1f}, sft {s['per_example']:.1f} "
+        f"-> ratio {token_ratio:.3f} ({1 - token_ratio:.0%} fewer; paper: 75-81% fewer)"
+    )
+    print(
+        f"time ratio per optimizer step (CPU seconds of this process): upft "
+        f"{u['step_cpu_s']:.2f} s, sft {s['step_cpu_s']:.2f} s -> {cpu_ratio:.3f} (median, "
+        "first step left out)"
+    )
+    print(
+        f"time ratio per optimizer step (wall seconds): upft {u['step_s']:.2f} s, sft "
+        f"{s['step_s']:.2f} s -> {time_ratio:.3f}"
+    )
     print(f"peak RSS: {peak_rss_mib():.0f} MiB")
     return 0
 

@@ -50,8 +50,9 @@ def load_pool(tokenizer: Any, limit_len: int) -> tuple[list[str], list[str], lis
     return questions, solutions, [list(x[:limit_len]) for x in ids]
 
 
-def synthetic_tokens(pool_ids: list[list[int]], q: int, n: int, length: int,
-                     rng: np.random.Generator) -> np.ndarray:
+def synthetic_tokens(
+    pool_ids: list[list[int]], q: int, n: int, length: int, rng: np.random.Generator
+) -> np.ndarray:
     """(Q, N, L) ids with END padding: stem -> branch -> own, diverging with depth."""
     p = len(pool_ids)
     pool = np.full((p, length), END, dtype=np.int64)
@@ -66,8 +67,11 @@ def synthetic_tokens(pool_ids: list[list[int]], q: int, n: int, length: int,
     d2 = d1 + rng.geometric(0.15, size=(q, n))
     depth = np.arange(length)[None, None, :]
     branch = np.take_along_axis(branches, pick, axis=1)
-    src = np.where(depth < d1[:, :, None], stem[:, None, None],
-                   np.where(depth < d2[:, :, None], branch[:, :, None], own[:, :, None]))
+    src = np.where(
+        depth < d1[:, :, None],
+        stem[:, None, None],
+        np.where(depth < d2[:, :, None], branch[:, :, None], own[:, :, None]),
+    )
     tokens = pool[src, np.broadcast_to(depth, src.shape)]
     del src
     ended = np.logical_or.accumulate(tokens == END, axis=2)
@@ -75,8 +79,9 @@ def synthetic_tokens(pool_ids: list[list[int]], q: int, n: int, length: int,
     return tokens
 
 
-def make_samples(tokens: np.ndarray, pieces: list[str], rng: np.random.Generator,
-                 sample_cls: Any) -> list[list[Any]]:
+def make_samples(
+    tokens: np.ndarray, pieces: list[str], rng: np.random.Generator, sample_cls: Any
+) -> list[list[Any]]:
     """Sample objects as the engine returns them: ragged id lists, text, reason, log-prob."""
     q, n, length = tokens.shape
     lengths = np.where((tokens == END).any(axis=2), (tokens == END).argmax(axis=2), length)
@@ -96,8 +101,9 @@ def make_samples(tokens: np.ndarray, pieces: list[str], rng: np.random.Generator
     return out
 
 
-def instrument(stages: Stages, module: Any, name: str, label: str,
-               observe: Any = None) -> tuple[Any, str, Any]:
+def instrument(
+    stages: Stages, module: Any, name: str, label: str, observe: Any = None
+) -> tuple[Any, str, Any]:
     """Time every call of ``module.name`` under ``label`` (the real function still runs).
 
     Returns what is needed to undo it. ``observe(args, result)`` sees each call's result.
@@ -129,8 +135,10 @@ def main(argv: list[str]) -> int:
     n, length = args.samples, args.length
     q = traces // n
     header("vote + assemble benchmark", [sys.argv[0], *argv])
-    print(f"size    : {q:,} questions x N={n} x L={length} = {q * n:,} prefix traces, "
-          f"full-trace ratio {args.full_ratio}")
+    print(
+        f"size    : {q:,} questions x N={n} x L={length} = {q * n:,} prefix traces, "
+        f"full-trace ratio {args.full_ratio}"
+    )
 
     # Heavy imports after argument parsing so --help stays instant.
     from transformers import AutoTokenizer
@@ -155,8 +163,10 @@ def main(argv: list[str]) -> int:
     groups = make_samples(tokens, pieces, rng, Sample)
     del tokens
     stems = rng.integers(0, len(pool_q), size=q)
-    questions = [Question(f"q{i:06d}", f"{pool_q[s]} (variant {i})", None)
-                 for i, s in enumerate(stems.tolist())]
+    questions = [
+        Question(f"q{i:06d}", f"{pool_q[s]} (variant {i})", None)
+        for i, s in enumerate(stems.tolist())
+    ]
     phase1 = {qu.id: g for qu, g in zip(questions, groups, strict=True)}
     del groups
     full_ids = full_trace_ids([qu.id for qu in questions], args.full_ratio, args.seed)
@@ -165,15 +175,20 @@ def main(argv: list[str]) -> int:
         if qu.id in full_ids:
             s = int(stems[i])
             phase2[qu.id] = [Sample(pool_ids[s], pool_sol[s], "stop", -0.5 * len(pool_ids[s]))]
-    recipe = parse_recipe({
-        "name": "bench-vote", "version": "0.0.1",
-        "source": {"path": "synthetic.jsonl", "question": "question"},
-        "prefix": {"length": length, "samples": n, "vote": "majority"},
-        "mixture": {"full_trace_ratio": args.full_ratio, "seed": args.seed},
-    })
+    recipe = parse_recipe(
+        {
+            "name": "bench-vote",
+            "version": "0.0.1",
+            "source": {"path": "synthetic.jsonl", "question": "question"},
+            "prefix": {"length": length, "samples": n, "vote": "majority"},
+            "mixture": {"full_trace_ratio": args.full_ratio, "seed": args.seed},
+        }
+    )
     # The builder's own prefix-choice stage, with the tokenizer already loaded (no engine).
-    print(f"data    : {sum(len(g) for g in phase1.values()):,} prefix samples, "
-          f"{len(phase2):,} full traces; RSS after generating {current_rss_mib():,.0f} MiB")
+    print(
+        f"data    : {sum(len(g) for g in phase1.values()):,} prefix samples, "
+        f"{len(phase2):,} full traces; RSS after generating {current_rss_mib():,.0f} MiB"
+    )
 
     out = args.keep or Path(tempfile.mkdtemp(prefix="upft-bench-vote-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -197,8 +212,11 @@ def main(argv: list[str]) -> int:
         with stages.time("assemble"):
             tables = assemble(recipe, questions, choices, phase1, phase2)
         with stages.time("write"):
-            for config, cols in (("mixture", tables.mixture), ("prefixes", tables.prefixes),
-                                 ("traces", tables.traces)):
+            for config, cols in (
+                ("mixture", tables.mixture),
+                ("prefixes", tables.prefixes),
+                ("traces", tables.traces),
+            ):
                 write_config(out, config, cols)
         peak_target = peak_rss_mib()
         with stages.time("persist shards"):
@@ -206,10 +224,16 @@ def main(argv: list[str]) -> int:
             size = 64
             for index in range(0, q, size):
                 shard = questions[index : index + size]
-                store.save("prefix", index // size, [qu.id for qu in shard],
-                           [phase1[qu.id] for qu in shard])
-        files = {p.relative_to(out).as_posix(): p.stat().st_size
-                 for p in sorted((out / "data").rglob("*.parquet"))}
+                store.save(
+                    "prefix",
+                    index // size,
+                    [qu.id for qu in shard],
+                    [phase1[qu.id] for qu in shard],
+                )
+        files = {
+            p.relative_to(out).as_posix(): p.stat().st_size
+            for p in sorted((out / "data").rglob("*.parquet"))
+        }
         shard_mib = sum(p.stat().st_size for p in (out / "staging").rglob("*")) / 2**20
     finally:
         for module, name, original in restore:
@@ -219,16 +243,23 @@ def main(argv: list[str]) -> int:
 
     result = results[0]
     curve = result.curves.mean(axis=0)
-    print("votes   : mean agreement at depth "
-          + "/".join(str(d) for d in (1, 8, 16, 32) if d <= length) + ": "
-          + " / ".join(f"{curve[d - 1]:.3f}" for d in (1, 8, 16, 32) if d <= length)
-          + f"; mean prefix {result.lengths.mean():.2f} tokens; {len(trimmed):,} shortened by "
-          f"stable_prefix; {int(result.complete.sum()):,} complete")
-    print(f"rows    : mixture {len(tables.mixture['kind']):,}, prefixes "
-          f"{len(tables.prefixes['question_id']):,}, traces {len(tables.traces['text']):,}")
-    print(f"files   : {len(files)} parquet files, {sum(files.values()) / 2**20:.1f} MiB "
-          f"(traces {sum(v for k, v in files.items() if '/traces/' in k) / 2**20:.1f} MiB); "
-          f"resume shards {shard_mib:.1f} MiB")
+    print(
+        "votes   : mean agreement at depth "
+        + "/".join(str(d) for d in (1, 8, 16, 32) if d <= length)
+        + ": "
+        + " / ".join(f"{curve[d - 1]:.3f}" for d in (1, 8, 16, 32) if d <= length)
+        + f"; mean prefix {result.lengths.mean():.2f} tokens; {len(trimmed):,} shortened by "
+        f"stable_prefix; {int(result.complete.sum()):,} complete"
+    )
+    print(
+        f"rows    : mixture {len(tables.mixture['kind']):,}, prefixes "
+        f"{len(tables.prefixes['question_id']):,}, traces {len(tables.traces['text']):,}"
+    )
+    print(
+        f"files   : {len(files)} parquet files, {sum(files.values()) / 2**20:.1f} MiB "
+        f"(traces {sum(v for k, v in files.items() if '/traces/' in k) / 2**20:.1f} MiB); "
+        f"resume shards {shard_mib:.1f} MiB"
+    )
     print()
     sec = stages.seconds
     rest = sec["choose_prefixes"] - sec["pack"] - sec["vote"] - sec["stable_prefix"]
@@ -249,11 +280,15 @@ def main(argv: list[str]) -> int:
     print(f"{'persist shards (phase 1)':<28}{sec['persist shards']:>9.2f}   (not in the target)")
     print()
     peak = peak_rss_mib()
-    print(f"peak RSS: {peak_target:,.0f} MiB through write ({peak:,.0f} MiB with shard "
-          f"persisting; {rss_before:,.0f} MiB before the timed stages; ru_maxrss)")
+    print(
+        f"peak RSS: {peak_target:,.0f} MiB through write ({peak:,.0f} MiB with shard "
+        f"persisting; {rss_before:,.0f} MiB before the timed stages; ru_maxrss)"
+    )
     ok_time, ok_mem = core < 30.0, peak_target < 4096
-    print(f"target  : vote..write {core:.1f} s < 30 s: {'MET' if ok_time else 'MISSED'}; "
-          f"peak RSS {peak_target / 1024:.2f} GiB < 4 GiB: {'MET' if ok_mem else 'MISSED'}")
+    print(
+        f"target  : vote..write {core:.1f} s < 30 s: {'MET' if ok_time else 'MISSED'}; "
+        f"peak RSS {peak_target / 1024:.2f} GiB < 4 GiB: {'MET' if ok_mem else 'MISSED'}"
+    )
     return 0
 
 

@@ -35,16 +35,28 @@ The last line printed on success is the version directory."""
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Output root (overrides output.dir).")
 @click.option("--limit", type=click.IntRange(min=1), help="Use at most N questions (source.limit).")
-@click.option("--backend", type=click.Choice(["vllm", "transformers"]),
-              help="Sampling engine (overrides model.backend).")
-@click.option("--dry-run", is_flag=True,
-              help="Validate recipe and source, print the plan, sample nothing.")
+@click.option(
+    "--backend",
+    type=click.Choice(["vllm", "transformers"]),
+    help="Sampling engine (overrides model.backend).",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Validate recipe and source, print the plan, sample nothing."
+)
 @click.option("--force", is_flag=True, help="Rebuild even if this version exists (replaces it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or info logs.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 @handle_errors
-def build_main(recipe: str, out: str | None, limit: int | None, backend: str | None,
-               dry_run: bool, force: bool, quiet: bool, verbose: bool) -> None:
+def build_main(
+    recipe: str,
+    out: str | None,
+    limit: int | None,
+    backend: str | None,
+    dry_run: bool,
+    force: bool,
+    quiet: bool,
+    verbose: bool,
+) -> None:
     """Build a UPFT dataset from RECIPE (YAML) into <output.dir>/<name>/<version>/.
 
     Questions are sampled in two phases: N short continuations of at most L tokens per question
@@ -60,9 +72,11 @@ def build_main(recipe: str, out: str | None, limit: int | None, backend: str | N
     parsed = apply_overrides(parsed, out=out, limit=limit, backend=backend)
     _check_inputs(parsed)
     on_error["output"] = str(Path(parsed.output.dir) / parsed.name)
-    resume = ["upft-build", recipe] + [f"--{k}={v}" for k, v in
-                                        (("out", out), ("limit", limit), ("backend", backend))
-                                        if v is not None]
+    resume = ["upft-build", recipe] + [
+        f"--{k}={v}"
+        for k, v in (("out", out), ("limit", limit), ("backend", backend))
+        if v is not None
+    ]
     on_error["interrupted"] = (
         f"interrupted: sampled shards are kept in "
         f"{Path(parsed.output.dir) / parsed.name / ('.' + parsed.version + '.partial')}; "
@@ -81,16 +95,24 @@ def build_main(recipe: str, out: str | None, limit: int | None, backend: str | N
         result = build(parsed, base_dir, force=force, quiet=quiet)
     m = result.manifest
     if result.status == "unchanged":
-        click.echo(f"already built with this recipe (fingerprint {m.fingerprint[:12]}); "
-                   "nothing sampled")
+        click.echo(
+            f"already built with this recipe (fingerprint {m.fingerprint[:12]}); nothing sampled"
+        )
     else:
         c, t = m.counts, m.tokens
-        click.echo(f"questions: {c.questions}  mixture rows: {c.mixture_rows} "
-                   f"({c.prefix_rows} prefix, {c.full_rows} full)  traces: {c.trace_rows}")
-        reduction = (f"{t.reduction_pct:.1f}% fewer than RFT (~{t.rft_estimate or 0:,})"
-                     if t.reduction_pct is not None else "no RFT estimate (no full traces)")
-        click.echo(f"sampled tokens: {t.total_sampled:,} (prefix {t.prefix_phase:,}, "
-                   f"full {t.full_phase:,}); {reduction}")
+        click.echo(
+            f"questions: {c.questions}  mixture rows: {c.mixture_rows} "
+            f"({c.prefix_rows} prefix, {c.full_rows} full)  traces: {c.trace_rows}"
+        )
+        reduction = (
+            f"{t.reduction_pct:.1f}% fewer than RFT (~{t.rft_estimate or 0:,})"
+            if t.reduction_pct is not None
+            else "no RFT estimate (no full traces)"
+        )
+        click.echo(
+            f"sampled tokens: {t.total_sampled:,} (prefix {t.prefix_phase:,}, "
+            f"full {t.full_phase:,}); {reduction}"
+        )
         click.echo(f"mean agreement at L: {m.agreement.mean_at_L}")
     click.echo(str(result.path))
 
@@ -111,13 +133,13 @@ def _check_inputs(parsed: Any) -> None:
         return  # a Hub id (checked when it loads) or an explicit template
     config = folder / "tokenizer_config.json"
     has_template = (folder / "chat_template.jinja").is_file() or (
-        folder / "chat_template.json").is_file()
+        folder / "chat_template.json"
+    ).is_file()
     if not config.is_file():
         return  # no tokenizer files at all: loading the model says so
     if not has_template:
         try:
-            has_template = bool(json.loads(config.read_text(encoding="utf-8"))
-                                .get("chat_template"))
+            has_template = bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
         except (OSError, ValueError):
             has_template = False
     if not has_template:
@@ -144,18 +166,24 @@ def _check_recipe_text(recipe: str) -> None:
 def _print_plan(p: dict[str, Any]) -> None:
     src = p["source"]
     counts = src["counts"]
-    click.echo(f"source: {src.get('id') or src.get('path')}  read {counts['read']}, "
-               f"empty {counts['empty']}, duplicate {counts['duplicate']}, "
-               f"over limit {counts['limited']}, kept {counts['kept']}")
+    click.echo(
+        f"source: {src.get('id') or src.get('path')}  read {counts['read']}, "
+        f"empty {counts['empty']}, duplicate {counts['duplicate']}, "
+        f"over limit {counts['limited']}, kept {counts['kept']}"
+    )
     phases = (("prefix_phase", "phase 1 (prefixes)"), ("full_phase", "phase 2 (full traces)"))
     for key, label in phases:
         ph = p[key]
         tries = f", up to {ph['max_tries']} tries each" if ph.get("max_tries", 1) > 1 else ""
         prompt = f", {ph['prompt']} prompt" if "prompt" in ph else ""
-        click.echo(f"{label}: {ph['prompts']} prompts{prompt}, {ph['samples']} samples x <= "
-                   f"{ph['max_tokens_each']} tokens{tries} = <= {ph['token_bound']:,} tokens")
-    click.echo(f"token budget (upper bound): {p['token_bound']:,}; RFT (16 full traces/question) "
-               f"upper bound: {p['rft_token_bound']:,} (ratio {p['bound_ratio_vs_rft']})")
+        click.echo(
+            f"{label}: {ph['prompts']} prompts{prompt}, {ph['samples']} samples x <= "
+            f"{ph['max_tokens_each']} tokens{tries} = <= {ph['token_bound']:,} tokens"
+        )
+    click.echo(
+        f"token budget (upper bound): {p['token_bound']:,}; RFT (16 full traces/question) "
+        f"upper bound: {p['rft_token_bound']:,} (ratio {p['bound_ratio_vs_rft']})"
+    )
     click.echo(f"output: {p['output']}")
     click.echo("dry run: recipe and source are valid; nothing was sampled")
 
@@ -168,16 +196,28 @@ def _print_plan(p: dict[str, Any]) -> None:
     epilog="Example:\n\n  push-to-hub out/demo-upft/1.0.0 --repo-id my-org/demo-upft --dry-run",
 )
 @click.argument("version_dir", type=click.Path(file_okay=False))
-@click.option("--repo-id", metavar="ORG/NAME",
-              help="Target dataset repo (default: publish.repo_id from the recipe).")
+@click.option(
+    "--repo-id",
+    metavar="ORG/NAME",
+    help="Target dataset repo (default: publish.repo_id from the recipe).",
+)
 @click.option("--private", is_flag=True, help="Create the repo as private if it does not exist.")
-@click.option("--revision", default="main", show_default=True, metavar="BRANCH",
-              help="Branch to commit to (created from main if missing).")
+@click.option(
+    "--revision",
+    default="main",
+    show_default=True,
+    metavar="BRANCH",
+    help="Branch to commit to (created from main if missing).",
+)
 @click.option("--message", "-m", metavar="TEXT", help="Commit message.")
-@click.option("--dry-run", is_flag=True,
-              help="List what would be published; write nothing to the Hub.")
-@click.option("--token", metavar="TOKEN",
-              help="Hub token (default: HF_TOKEN or the `hf auth login` cache). Never printed.")
+@click.option(
+    "--dry-run", is_flag=True, help="List what would be published; write nothing to the Hub."
+)
+@click.option(
+    "--token",
+    metavar="TOKEN",
+    help="Hub token (default: HF_TOKEN or the `hf auth login` cache). Never printed.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the commit id and the URL.")
 @handle_errors
 def push_main(
@@ -198,12 +238,21 @@ def push_main(
     setup_logging(quiet)
     from builder.hub import push_version
 
-    result = push_version(version_dir, repo_id, private=private, revision=revision,
-                          message=message, token=token, dry_run=dry_run)
+    result = push_version(
+        version_dir,
+        repo_id,
+        private=private,
+        revision=revision,
+        message=message,
+        token=token,
+        dry_run=dry_run,
+    )
     if result.status == "dry-run":
         total = sum(f.size for f in result.files)
-        click.echo(f"dry run: nothing was written to the Hub; target {result.repo_id} "
-                   f"(branch {revision}), tag {result.tag}")
+        click.echo(
+            f"dry run: nothing was written to the Hub; target {result.repo_id} "
+            f"(branch {revision}), tag {result.tag}"
+        )
         if result.detail:
             click.echo(result.detail)
         if not quiet:
@@ -213,10 +262,13 @@ def push_main(
     else:
         if not quiet:
             if result.status == "unchanged":
-                click.echo(f"{result.repo_id} {result.tag} is already published with identical "
-                           "content; nothing to do")
+                click.echo(
+                    f"{result.repo_id} {result.tag} is already published with identical "
+                    "content; nothing to do"
+                )
             else:
-                click.echo(f"published {len(result.files)} files to {result.repo_id} "
-                           f"as {result.tag}")
+                click.echo(
+                    f"published {len(result.files)} files to {result.repo_id} as {result.tag}"
+                )
         click.echo(f"commit: {result.commit}")
     click.echo(result.url)

@@ -26,8 +26,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 # What the error handler says about the command in progress (set once its inputs are known):
 # "output" (the folder a disk error most likely concerns) and "interrupted" (the resume hint).
 on_error: dict[str, str] = {}
-_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                          errno.EFBIG})
+_DISK_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+)
 
 
 def handle_errors(fn: F) -> F:
@@ -44,16 +45,23 @@ def handle_errors(fn: F) -> F:
                 click.echo(hint, err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo(on_error.get("interrupted", "interrupted: completed shards are kept; "
-                                    "re-run to resume"), err=True)
+            click.echo(
+                on_error.get(
+                    "interrupted", "interrupted: completed shards are kept; re-run to resume"
+                ),
+                err=True,
+            )
             sys.exit(130)
         except OSError as exc:
             # A full disk or an unwritable folder while writing: say where, not a traceback.
             if exc.errno not in _DISK_ERRNOS:
                 raise
             where = exc.filename or on_error.get("output", "the output folder")
-            click.echo(f"error: cannot write {where}: {exc.strerror or exc}; free some space "
-                       "or fix its permissions, then re-run (finished shards are kept)", err=True)
+            click.echo(
+                f"error: cannot write {where}: {exc.strerror or exc}; free some space "
+                "or fix its permissions, then re-run (finished shards are kept)",
+                err=True,
+            )
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]

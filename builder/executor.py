@@ -61,8 +61,7 @@ class Executor(ABC):
         return None
 
     @abstractmethod
-    def run(self, requests: Sequence[ShardRequest], done: ShardDone,
-            progress: ProgressFn) -> None:
+    def run(self, requests: Sequence[ShardRequest], done: ShardDone, progress: ProgressFn) -> None:
         """Sample every request; call ``done(request, results)`` as each shard finishes."""
 
     def engine_info(self) -> dict[str, Any]:
@@ -83,8 +82,9 @@ class LocalExecutor(Executor):
     ``factory`` builds the engine; a ``sampler`` passed in is used as is and not closed here.
     """
 
-    def __init__(self, factory: Callable[[], Sampler] | None = None,
-                 sampler: Sampler | None = None) -> None:
+    def __init__(
+        self, factory: Callable[[], Sampler] | None = None, sampler: Sampler | None = None
+    ) -> None:
         if factory is None and sampler is None:
             raise ValueError("LocalExecutor needs a sampler factory or a sampler")
         self._factory = factory
@@ -106,14 +106,14 @@ class LocalExecutor(Executor):
     def tokenizer(self) -> Any | None:
         return None if self._sampler is None else self._sampler.tokenizer
 
-    def run(self, requests: Sequence[ShardRequest], done: ShardDone,
-            progress: ProgressFn) -> None:
+    def run(self, requests: Sequence[ShardRequest], done: ShardDone, progress: ProgressFn) -> None:
         sampler = self.engine()
         for req in requests:
             # The phase's seed; the engine derives the call's own seed from it and the prompts.
             sampler.settings = dataclasses.replace(sampler.settings, seed=req.seed)
-            results = sampler.generate([list(p) for p in req.prompts], req.n, req.max_tokens,
-                                       progress)
+            results = sampler.generate(
+                [list(p) for p in req.prompts], req.n, req.max_tokens, progress
+            )
             self.engine_calls += 1
             done(req, results)
 

@@ -134,8 +134,13 @@ def load_version_dir(version_dir: str | Path) -> VersionDir:
             "markers, once each, in that order); regenerate the card with upft-build"
         )
     publish = recipe.get("publish") if isinstance(recipe, dict) else None
-    return VersionDir(root=root, manifest=manifest, readme=readme, files=tuple(files),
-                      publish=publish if isinstance(publish, dict) else {})
+    return VersionDir(
+        root=root,
+        manifest=manifest,
+        readme=readme,
+        files=tuple(files),
+        publish=publish if isinstance(publish, dict) else {},
+    )
 
 
 def mask_versions(readme: str) -> str | None:
@@ -147,7 +152,7 @@ def mask_versions(readme: str) -> str | None:
     start, end = readme.index(VERSIONS_START), readme.index(VERSIONS_END)
     if end < start:
         return None
-    return readme[:start] + _MASK + readme[end + len(VERSIONS_END):]
+    return readme[:start] + _MASK + readme[end + len(VERSIONS_END) :]
 
 
 # --- retries and error messages ----------------------------------------------------------------
@@ -161,8 +166,9 @@ def _remote_files(api: Any, repo_id: str, commit: str) -> dict[str, Any]:
 
     return {
         item.path: item
-        for item in api.list_repo_tree(repo_id, repo_type="dataset", revision=commit,
-                                       recursive=True)
+        for item in api.list_repo_tree(
+            repo_id, repo_type="dataset", revision=commit, recursive=True
+        )
         if isinstance(item, RepoFile) and item.path not in _HUB_OWN_FILES
     }
 
@@ -200,32 +206,45 @@ def _published_versions(api: Any, repo_id: str, tags: dict[str, str]) -> list[An
             continue
         try:
             # Older tags may hold manifests of older builder releases: read the identity only.
-            manifest = ManifestHeader.parse(_download_text(api, repo_id, commit, "manifest.json"),
-                                            f"manifest.json of {tag}")
+            manifest = ManifestHeader.parse(
+                _download_text(api, repo_id, commit, "manifest.json"), f"manifest.json of {tag}"
+            )
             if not (manifest.version and manifest.created_at and manifest.fingerprint):
                 raise ManifestError("it names no version, created_at or fingerprint")
-            entries.append(VersionEntry(
-                tag=tag, version=manifest.version, date=manifest.created_at[:10],
-                fingerprint=manifest.fingerprint,
-            ))
+            entries.append(
+                VersionEntry(
+                    tag=tag,
+                    version=manifest.version,
+                    date=manifest.created_at[:10],
+                    fingerprint=manifest.fingerprint,
+                )
+            )
         except Exception as exc:
             if is_transient(exc):
                 raise
-            logger.warning("tag %s of %s has no usable manifest.json (%s); not listing it in "
-                           "the card", tag, repo_id, first_line(exc))
+            logger.warning(
+                "tag %s of %s has no usable manifest.json (%s); not listing it in the card",
+                tag,
+                repo_id,
+                first_line(exc),
+            )
     return entries
 
 
 # --- publishing --------------------------------------------------------------------------------
 
 
-def _refreshed_readme(api: Any, repo_id: str, tags: dict[str, str], local: VersionDir,
-                      tag: str) -> str:
+def _refreshed_readme(
+    api: Any, repo_id: str, tags: dict[str, str], local: VersionDir, tag: str
+) -> str:
     from builder.card import VersionEntry, replace_versions
 
-    new = VersionEntry(tag=tag, version=local.version,
-                       date=str(local.manifest.created_at)[:10],
-                       fingerprint=str(local.manifest.fingerprint))
+    new = VersionEntry(
+        tag=tag,
+        version=local.version,
+        date=str(local.manifest.created_at)[:10],
+        fingerprint=str(local.manifest.fingerprint),
+    )
     versions = [*_published_versions(api, repo_id, tags), new]
     try:
         return replace_versions(local.readme, versions)
@@ -233,8 +252,9 @@ def _refreshed_readme(api: Any, repo_id: str, tags: dict[str, str], local: Versi
         raise PublishError(f"{local.root}/README.md: {exc}") from exc
 
 
-def _commit(api: Any, repo_id: str, local: VersionDir, readme: str, *, branch: str,
-            head: str, message: str) -> str:
+def _commit(
+    api: Any, repo_id: str, local: VersionDir, readme: str, *, branch: str, head: str, message: str
+) -> str:
     """One commit holding exactly the version directory; returns its id."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
@@ -252,11 +272,18 @@ def _commit(api: Any, repo_id: str, local: VersionDir, readme: str, *, branch: s
         stale = set(_remote_files(api, repo_id, head)) - {f.path for f in local.files}
         operations: list[Any] = [CommitOperationDelete(path) for path in sorted(stale)]
         for item in local.files:
-            content: Any = readme.encode("utf-8") if item.path == "README.md" else str(
-                local.root / item.path)
+            content: Any = (
+                readme.encode("utf-8") if item.path == "README.md" else str(local.root / item.path)
+            )
             operations.append(CommitOperationAdd(item.path, content))
-        info = api.create_commit(repo_id, operations, commit_message=message,
-                                 repo_type="dataset", revision=branch, parent_commit=head)
+        info = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=message,
+            repo_type="dataset",
+            revision=branch,
+            parent_commit=head,
+        )
         return str(info.oid)
 
     return with_retries(f"uploading to {repo_id}", attempt)
@@ -267,12 +294,14 @@ def _tag(api: Any, repo_id: str, tag: str, commit: str, message: str) -> None:
 
     def create() -> None:
         try:
-            api.create_tag(repo_id, tag=tag, revision=commit, tag_message=message,
-                           repo_type="dataset")
+            api.create_tag(
+                repo_id, tag=tag, revision=commit, tag_message=message, repo_type="dataset"
+            )
         except HfHubHTTPError as exc:
             # 409 after a retried call whose first reply was lost: our own tag is fine.
-            refs = api.list_repo_refs(repo_id, repo_type="dataset") if status_of(exc) == 409 \
-                else None
+            refs = (
+                api.list_repo_refs(repo_id, repo_type="dataset") if status_of(exc) == 409 else None
+            )
             if refs is None or {t.name: t.target_commit for t in refs.tags}.get(tag) != commit:
                 raise
 
@@ -284,17 +313,24 @@ def _ensure_repo(api: Any, repo_id: str, private: bool) -> None:
     from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
-        info = with_retries("reading the repository",
-                            lambda: api.repo_info(repo_id, repo_type="dataset"))
+        info = with_retries(
+            "reading the repository", lambda: api.repo_info(repo_id, repo_type="dataset")
+        )
     except RepositoryNotFoundError:
-        logger.info("creating %s dataset repository %s", "private" if private else "public",
-                    repo_id)
-        with_retries("creating the repository", lambda: api.create_repo(
-            repo_id, repo_type="dataset", private=private, exist_ok=True))
+        logger.info(
+            "creating %s dataset repository %s", "private" if private else "public", repo_id
+        )
+        with_retries(
+            "creating the repository",
+            lambda: api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True),
+        )
         return
     if private and not info.private:
-        logger.warning("%s already exists and is public; --private only applies when the "
-                       "repository is created", repo_id)
+        logger.warning(
+            "%s already exists and is public; --private only applies when the "
+            "repository is created",
+            repo_id,
+        )
 
 
 def push_version(
@@ -332,13 +368,23 @@ def push_version(
     api = HfApi(token=token)
     url = f"{api.endpoint}/datasets/{repo_id}/tree/{tag}"
 
-    def outcome(status: Literal["pushed", "unchanged", "dry-run"], commit: str | None,
-                detail: str = "") -> PushResult:
-        return PushResult(repo_id=repo_id, tag=tag, commit=commit, url=url, status=status,
-                          files=local.files, detail=detail)
+    def outcome(
+        status: Literal["pushed", "unchanged", "dry-run"], commit: str | None, detail: str = ""
+    ) -> PushResult:
+        return PushResult(
+            repo_id=repo_id,
+            tag=tag,
+            commit=commit,
+            url=url,
+            status=status,
+            files=local.files,
+            detail=detail,
+        )
 
-    message = message or (f"Publish {local.manifest.name or local.root.parent.name} "
-                          f"{local.version} (fingerprint {str(local.manifest.fingerprint)[:12]})")
+    message = message or (
+        f"Publish {local.manifest.name or local.root.parent.name} "
+        f"{local.version} (fingerprint {str(local.manifest.fingerprint)[:12]})"
+    )
 
     if dry_run:
         return outcome("dry-run", None, _dry_run_detail(api, repo_id, tag, local, token))
@@ -352,13 +398,16 @@ def push_version(
     with explained("creating the dataset repository", repo_id, token):
         _ensure_repo(api, repo_id, private)
     with explained("reading tags and branches", repo_id, token):
-        refs = with_retries("listing refs", lambda: api.list_repo_refs(repo_id,
-                                                                       repo_type="dataset"))
+        refs = with_retries(
+            "listing refs", lambda: api.list_repo_refs(repo_id, repo_type="dataset")
+        )
         tags = {t.name: t.target_commit for t in refs.tags}
         branches = {b.name: b.target_commit for b in refs.branches}
         if tag in tags:
-            if with_retries(f"comparing {tag} with {local.root}",
-                            lambda: remote_matches(api, repo_id, tags[tag], local)):
+            if with_retries(
+                f"comparing {tag} with {local.root}",
+                lambda: remote_matches(api, repo_id, tags[tag], local),
+            ):
                 logger.info("%s %s is already published with identical content", repo_id, tag)
                 return outcome("unchanged", tags[tag])
             raise PublishError(
@@ -368,31 +417,44 @@ def push_version(
             )
         if revision not in branches:
             logger.info("creating branch %s of %s from main", revision, repo_id)
-            with_retries("creating the branch", lambda: api.create_branch(
-                repo_id, branch=revision, repo_type="dataset", exist_ok=True))
+            with_retries(
+                "creating the branch",
+                lambda: api.create_branch(
+                    repo_id, branch=revision, repo_type="dataset", exist_ok=True
+                ),
+            )
             branches[revision] = branches["main"]
         head = branches[revision]
     with explained("uploading the version directory", repo_id, token):
-        if with_retries(f"comparing {revision} with {local.root}",
-                        lambda: remote_matches(api, repo_id, head, local)):
-            logger.info("%s already holds this version (a previous run stopped before "
-                        "tagging); tagging it", revision)
+        if with_retries(
+            f"comparing {revision} with {local.root}",
+            lambda: remote_matches(api, repo_id, head, local),
+        ):
+            logger.info(
+                "%s already holds this version (a previous run stopped before tagging); tagging it",
+                revision,
+            )
             commit = head
         else:
             readme = _refreshed_readme(api, repo_id, tags, local, tag)
             total = sum(f.size for f in local.files)
-            logger.info("uploading %d files (%s bytes) to %s@%s", len(local.files),
-                        f"{total:,}", repo_id, revision)
-            commit = _commit(api, repo_id, local, readme, branch=revision, head=head,
-                             message=message)
+            logger.info(
+                "uploading %d files (%s bytes) to %s@%s",
+                len(local.files),
+                f"{total:,}",
+                repo_id,
+                revision,
+            )
+            commit = _commit(
+                api, repo_id, local, readme, branch=revision, head=head, message=message
+            )
     with explained(f"creating tag {tag} on commit {commit}", repo_id, token):
         _tag(api, repo_id, tag, commit, message)
     logger.info("published %s %s at commit %s", repo_id, tag, commit)
     return outcome("pushed", commit)
 
 
-def _dry_run_detail(api: Any, repo_id: str, tag: str, local: VersionDir,
-                    token: str | None) -> str:
+def _dry_run_detail(api: Any, repo_id: str, tag: str, local: VersionDir, token: str | None) -> str:
     """What a real push would find on the Hub (reads only; failures become a note)."""
     from huggingface_hub.errors import RepositoryNotFoundError
 

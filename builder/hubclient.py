@@ -141,7 +141,11 @@ def with_retries(action: str, fn: Callable[[], T], rerun: str = "push-to-hub") -
                 delay = max(delay, asked)
             logger.warning(
                 "%s failed (%s); retrying in %.2gs (attempt %d of %d)",
-                action, first_line(exc), delay, attempt + 1, attempts,
+                action,
+                first_line(exc),
+                delay,
+                attempt + 1,
+                attempts,
             )
             time.sleep(delay)
     raise AssertionError("unreachable")
@@ -173,8 +177,13 @@ def first_line(exc: BaseException) -> str:
 
 
 @contextmanager
-def explained(action: str, repo_id: str, token: str | None, error: type[UpftError] = PublishError,
-              rerun: str = "push-to-hub") -> Iterator[None]:
+def explained(
+    action: str,
+    repo_id: str,
+    token: str | None,
+    error: type[UpftError] = PublishError,
+    rerun: str = "push-to-hub",
+) -> Iterator[None]:
     """Turn a Hub/client failure during ``action`` into ``error`` saying what to do; a token
     never appears in the message. ``rerun`` names what the user re-runs."""
     try:
@@ -185,20 +194,30 @@ def explained(action: str, repo_id: str, token: str | None, error: type[UpftErro
         status = next((s for s in map(status_of, chain(exc)) if s is not None), None)
         reason = first_line(exc)
         if status == 401:
-            hint = ("the Hub rejected the token (HTTP 401). Check HF_TOKEN, run `hf auth login`, "
-                    "or pass --token with a token that has write access")
+            hint = (
+                "the Hub rejected the token (HTTP 401). Check HF_TOKEN, run `hf auth login`, "
+                "or pass --token with a token that has write access"
+            )
         elif status == 403:
-            hint = (f"this token may not write to {repo_id} (HTTP 403). Publish to your own "
-                    "namespace or an organization you can write to (--repo-id ORG/NAME)")
+            hint = (
+                f"this token may not write to {repo_id} (HTTP 403). Publish to your own "
+                "namespace or an organization you can write to (--repo-id ORG/NAME)"
+            )
         elif status == 429:
-            hint = ("the Hub kept rate-limiting this token (HTTP 429). Nothing was tagged; wait "
-                    f"a few minutes and re-run {rerun}, which resumes where this run stopped")
+            hint = (
+                "the Hub kept rate-limiting this token (HTTP 429). Nothing was tagged; wait "
+                f"a few minutes and re-run {rerun}, which resumes where this run stopped"
+            )
         elif is_transient(exc):
-            hint = (f"the Hub kept failing ({reason}). Nothing was tagged; re-running "
-                    f"{rerun} is safe and resumes where this run stopped")
+            hint = (
+                f"the Hub kept failing ({reason}). Nothing was tagged; re-running "
+                f"{rerun} is safe and resumes where this run stopped"
+            )
         elif status == 412:
-            hint = (f"the branch moved while publishing (someone else pushed to {repo_id}); "
-                    f"re-run {rerun}")
+            hint = (
+                f"the branch moved while publishing (someone else pushed to {repo_id}); "
+                f"re-run {rerun}"
+            )
         else:
             hint = f"{reason}. Nothing was tagged; fix the cause and re-run {rerun}"
         message = f"failed while {action} for {repo_id}: {hint}"

@@ -33,8 +33,17 @@ from builder.errors import UpftError
 
 OWN_LOGGERS = ("builder", "upft", "__main__")
 # Libraries that log at INFO while working; their records are kept at WARNING and above.
-NOISY_LOGGERS = ("vllm", "transformers", "datasets", "huggingface_hub", "httpx", "httpx2",
-                 "filelock", "urllib3", "torch")
+NOISY_LOGGERS = (
+    "vllm",
+    "transformers",
+    "datasets",
+    "huggingface_hub",
+    "httpx",
+    "httpx2",
+    "filelock",
+    "urllib3",
+    "torch",
+)
 
 
 class _Terminal(io.TextIOBase):
@@ -116,8 +125,9 @@ def setup_logging(quiet: bool, verbose: bool = False) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     handler: logging.Handler
     if terminal().isatty():
-        handler = RichHandler(console=Console(file=terminal()), show_path=False,
-                              show_time=False, markup=False)
+        handler = RichHandler(
+            console=Console(file=terminal()), show_path=False, show_time=False, markup=False
+        )
     else:
         # A pipe or a CI log: plain lines, neither padded nor hard-wrapped at 80 columns.
         handler = logging.StreamHandler(terminal())
@@ -126,8 +136,9 @@ def setup_logging(quiet: bool, verbose: bool = False) -> None:
     if not verbose:
         handler.addFilter(_console_filter)
     # The root logger passes INFO on, so a capture's log file gets it even under --quiet.
-    logging.basicConfig(level=min(level, logging.INFO), handlers=[handler], format="%(message)s",
-                        force=True)
+    logging.basicConfig(
+        level=min(level, logging.INFO), handlers=[handler], format="%(message)s", force=True
+    )
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
@@ -182,9 +193,11 @@ def capture(
     # test runner or pytest's capture, whatever sys.stderr is now.
     own_term = _fd(sys.stderr) == 2
     term: IO[str] = (
-        os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
-                  errors="replace")
-        if own_term else sys.stderr
+        os.fdopen(
+            os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="replace"
+        )
+        if own_term
+        else sys.stderr
     )
     file_handler = logging.StreamHandler(log)
     file_handler.setFormatter(
@@ -234,8 +247,9 @@ def capture(
 
 
 @contextlib.contextmanager
-def capture_into(folder: Path | str, name: str, enabled: bool = True,
-                 screen_stderr: bool = False) -> Iterator[Path | None]:
+def capture_into(
+    folder: Path | str, name: str, enabled: bool = True, screen_stderr: bool = False
+) -> Iterator[Path | None]:
     """:func:`capture` for a command that wants its output folder empty when it starts.
 
     ``upft-train`` refuses a non-empty output folder, so its log is written to a temporary file
@@ -268,9 +282,11 @@ def quiet_library_bars() -> None:
 
     Training and evaluation keep their own bars; these others only fill the screen.
     """
-    for module, name in (("datasets", "disable_progress_bars"),
-                         ("huggingface_hub.utils", "disable_progress_bars"),
-                         ("transformers.utils.logging", "disable_progress_bar")):
+    for module, name in (
+        ("datasets", "disable_progress_bars"),
+        ("huggingface_hub.utils", "disable_progress_bars"),
+        ("transformers.utils.logging", "disable_progress_bar"),
+    ):
         with contextlib.suppress(ImportError, AttributeError):
             getattr(importlib.import_module(module), name)()
 

@@ -84,25 +84,51 @@ def assemble(
     instruction = recipe.prefix.instruction
     lf = recipe.label_filter
     has_gold = recipe.source.answer is not None
-    full_ids = full_trace_ids([q.id for q in questions], recipe.mixture.full_trace_ratio,
-                              recipe.mixture.seed)
+    full_ids = full_trace_ids(
+        [q.id for q in questions], recipe.mixture.full_trace_ratio, recipe.mixture.seed
+    )
     mixture: Columns = {
         k: []
         for k in ("question_id", "kind", "prompt", "completion", "num_tokens", "finish_reason")
     }
     prefix_cols: Columns = {
         k: []
-        for k in ("question_id", "question", "prefix", "prefix_tokens", "support", "agreement",
-                  "n_samples", "method", "complete", "agreement_curve", "gold_answer")
+        for k in (
+            "question_id",
+            "question",
+            "prefix",
+            "prefix_tokens",
+            "support",
+            "agreement",
+            "n_samples",
+            "method",
+            "complete",
+            "agreement_curve",
+            "gold_answer",
+        )
     }
     traces: Columns = {
         k: []
-        for k in ("question_id", "phase", "sample_index", "text", "token_ids", "num_tokens",
-                  "finish_reason", "cumulative_logprob", "extracted_answer", "is_correct")
+        for k in (
+            "question_id",
+            "phase",
+            "sample_index",
+            "text",
+            "token_ids",
+            "num_tokens",
+            "finish_reason",
+            "cumulative_logprob",
+            "extracted_answer",
+            "is_correct",
+        )
     }
     checked = correct = 0
-    counts = {"label_filter_dropped": 0, "label_filter_unfiltered": 0,
-              "full_trace_resampled": 0, "full_trace_fallback": 0}
+    counts = {
+        "label_filter_dropped": 0,
+        "label_filter_unfiltered": 0,
+        "full_trace_resampled": 0,
+        "full_trace_fallback": 0,
+    }
     tuning = {"prefix": 0, "full": 0}
     method = "label_filter" if lf.enabled else recipe.prefix.vote
     for q in questions:
@@ -174,9 +200,13 @@ def assemble(
 
     stats = {
         "accuracy": (
-            {"checked": checked, "correct": correct,
-             "accuracy": round(correct / checked, 4) if checked else None}
-            if has_gold and checked else None
+            {
+                "checked": checked,
+                "correct": correct,
+                "accuracy": round(correct / checked, 4) if checked else None,
+            }
+            if has_gold and checked
+            else None
         ),
         **counts,
         "tuning_tokens": {**tuning, "total": tuning["prefix"] + tuning["full"]},
@@ -184,8 +214,15 @@ def assemble(
     return Tables(mixture, prefix_cols, traces, stats)
 
 
-def _trace(cols: Columns, qid: str, phase: str, index: int, s: Sample,
-           extracted: str | None, ok: bool | None) -> None:
+def _trace(
+    cols: Columns,
+    qid: str,
+    phase: str,
+    index: int,
+    s: Sample,
+    extracted: str | None,
+    ok: bool | None,
+) -> None:
     cols["question_id"].append(qid)
     cols["phase"].append(phase)
     cols["sample_index"].append(index)

@@ -74,10 +74,14 @@ class _Build:
     timings: dict[str, float]
     decoding_sources: dict[str, str]
     _tokenizer: Any = None
-    resume: dict[str, int] = field(default_factory=lambda: {
-        "prefix_shards_reused": 0, "prefix_shards_sampled": 0,
-        "full_shards_reused": 0, "full_shards_sampled": 0,
-    })
+    resume: dict[str, int] = field(
+        default_factory=lambda: {
+            "prefix_shards_reused": 0,
+            "prefix_shards_sampled": 0,
+            "full_shards_reused": 0,
+            "full_shards_sampled": 0,
+        }
+    )
 
     def tokenizer(self) -> Any:
         """The engine's tokenizer when one is loaded here, else the model's own (no engine)."""
@@ -95,8 +99,11 @@ class _Build:
 
 def token_budget(recipe: Recipe, questions: int) -> dict[str, int]:
     """Upper bounds on sampled tokens per phase (every full-trace try may hit max_tokens)."""
-    n_full = 0 if recipe.label_filter.enabled else int(round(recipe.mixture.full_trace_ratio
-                                                             * questions))
+    n_full = (
+        0
+        if recipe.label_filter.enabled
+        else int(round(recipe.mixture.full_trace_ratio * questions))
+    )
     prefix = questions * recipe.sampled_per_question * recipe.phase1_max_tokens
     full = n_full * recipe.mixture.full_trace_tries * recipe.sampling.max_tokens
     return {"full_questions": n_full, "prefix": prefix, "full": full, "total": prefix + full}
@@ -114,13 +121,20 @@ def plan(recipe: Recipe, base_dir: Path | None) -> dict[str, Any]:
         "output": str(Path(recipe.output.dir) / recipe.name / recipe.version),
         "source": loaded.manifest_entry(),
         "questions": q,
-        "prefix_phase": {"prompts": q, "samples": q * recipe.sampled_per_question,
-                         "max_tokens_each": recipe.phase1_max_tokens,
-                         "token_bound": budget["prefix"],
-                         "prompt": "plain" if lf else recipe.prefix.sample_prompt},
-        "full_phase": {"prompts": n_full, "samples": n_full, "max_tokens_each":
-                       recipe.sampling.max_tokens, "max_tries": recipe.mixture.full_trace_tries,
-                       "token_bound": budget["full"]},
+        "prefix_phase": {
+            "prompts": q,
+            "samples": q * recipe.sampled_per_question,
+            "max_tokens_each": recipe.phase1_max_tokens,
+            "token_bound": budget["prefix"],
+            "prompt": "plain" if lf else recipe.prefix.sample_prompt,
+        },
+        "full_phase": {
+            "prompts": n_full,
+            "samples": n_full,
+            "max_tokens_each": recipe.sampling.max_tokens,
+            "max_tries": recipe.mixture.full_trace_tries,
+            "token_bound": budget["full"],
+        },
         "token_bound": budget["total"],
         "rft_token_bound": rft_bound,
         "bound_ratio_vs_rft": round(budget["total"] / rft_bound, 4) if rft_bound else None,
@@ -131,8 +145,17 @@ def _shards(items: list[Question], size: int) -> list[list[Question]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _sample_phase(b: _Build, phase: str, questions: list[Question], make_prompts: PromptFn,
-                  n: int, max_tokens: int, seed: int, label: str, counter: str) -> Samples:
+def _sample_phase(
+    b: _Build,
+    phase: str,
+    questions: list[Question],
+    make_prompts: PromptFn,
+    n: int,
+    max_tokens: int,
+    seed: int,
+    label: str,
+    counter: str,
+) -> Samples:
     """Sample every shard of a phase that is not persisted yet; persist each as it arrives."""
     shards = _shards(questions, b.recipe.output.shard_size)
     out: Samples = {}
@@ -147,8 +170,15 @@ def _sample_phase(b: _Build, phase: str, questions: list[Question], make_prompts
                 b.resume[f"{counter}_shards_reused"] += 1
                 advance(len(shard), 0)
         requests = [
-            ShardRequest(phase, i, tuple(q.id for q in shards[i]),
-                         tuple(tuple(p) for p in make_prompts(shards[i])), n, max_tokens, seed)
+            ShardRequest(
+                phase,
+                i,
+                tuple(q.id for q in shards[i]),
+                tuple(tuple(p) for p in make_prompts(shards[i])),
+                n,
+                max_tokens,
+                seed,
+            )
             for i in missing
         ]
 
@@ -170,8 +200,9 @@ def _try_seed(seed: int, attempt: int) -> int:
     return int.from_bytes(digest[:7], "little")
 
 
-def _sample_full_traces(b: _Build, full_qs: list[Question], make_prompts: PromptFn,
-                        budget: int) -> Samples:
+def _sample_full_traces(
+    b: _Build, full_qs: list[Question], make_prompts: PromptFn, budget: int
+) -> Samples:
     """One trace per question; traces cut off by ``max_tokens`` are sampled again, up to
     ``mixture.full_trace_tries`` times in all. Returns every try, in order, per question.
 
@@ -187,14 +218,28 @@ def _sample_full_traces(b: _Build, full_qs: list[Question], make_prompts: Prompt
             break
         phase = "full" if attempt == 1 else f"full-{attempt}"
         label = "phase 2: full traces" + ("" if attempt == 1 else f" (try {attempt})")
-        got = _sample_phase(b, phase, pending, make_prompts, 1, budget,
-                            _try_seed(r.sampling.seed, attempt), label, counter="full")
+        got = _sample_phase(
+            b,
+            phase,
+            pending,
+            make_prompts,
+            1,
+            budget,
+            _try_seed(r.sampling.seed, attempt),
+            label,
+            counter="full",
+        )
         for q in pending:
             tries[q.id].append(got[q.id][0])
         pending = [q for q in pending if got[q.id][0].finish_reason != "stop"]
     if pending:
-        logger.info("%d full trace(s) never ended within max_tokens=%d in %d tries; those "
-                    "questions get prefix rows", len(pending), budget, r.mixture.full_trace_tries)
+        logger.info(
+            "%d full trace(s) never ended within max_tokens=%d in %d tries; those "
+            "questions get prefix rows",
+            len(pending),
+            budget,
+            r.mixture.full_trace_tries,
+        )
     return tries
 
 
@@ -220,13 +265,17 @@ def _echo(b: _Build, phase1: Samples, phase2: Samples) -> dict[str, Any]:
     }
 
 
-def _local_executor(recipe: Recipe, model: ResolvedModel, questions: int,
-                    sampler: Sampler | None) -> Executor:
+def _local_executor(
+    recipe: Recipe, model: ResolvedModel, questions: int, sampler: Sampler | None
+) -> Executor:
     settings = recipe.sampling.settings()
     if sampler is not None:
         if sampler.settings.seed != settings.seed:
-            logger.warning("the engine was created with seed %d, the recipe asks for %d",
-                           sampler.settings.seed, settings.seed)
+            logger.warning(
+                "the engine was created with seed %d, the recipe asks for %d",
+                sampler.settings.seed,
+                settings.seed,
+            )
         sampler.settings = settings
         return LocalExecutor(sampler=sampler)
     m = recipe.model
@@ -234,8 +283,9 @@ def _local_executor(recipe: Recipe, model: ResolvedModel, questions: int,
 
     def factory() -> Sampler:
         logger.info("loading %s with %s", model.display_name, m.backend)
-        return make_sampler(m.backend, model.path, model.revision, settings, options,
-                            m.chat_template)
+        return make_sampler(
+            m.backend, model.path, model.revision, settings, options, m.chat_template
+        )
 
     return LocalExecutor(factory=factory)
 
@@ -288,8 +338,9 @@ def build(
         executor = RayExecutor.from_recipe(recipe, bound)
     if executor is None:
         executor = _local_executor(recipe, model, len(loaded.questions), sampler)
-    b = _Build(recipe, model, executor, ShardStore(staging, fp, fresh=force), quiet, timings,
-               sources)
+    b = _Build(
+        recipe, model, executor, ShardStore(staging, fp, fresh=force), quiet, timings, sources
+    )
     try:
         return _run(b, loaded, final, fp, replace=final.exists(), t0=t0)
     finally:
@@ -302,16 +353,18 @@ def _phase_timing(b: _Build, key: str, started: float, loaded_before: float) -> 
     b.timings[key] = time.monotonic() - started - (b.executor.engine_load_s - loaded_before)
 
 
-def _run(b: _Build, loaded: LoadedSource, final: Path, fp: str, replace: bool,
-         t0: float) -> BuildResult:
+def _run(
+    b: _Build, loaded: LoadedSource, final: Path, fp: str, replace: bool, t0: float
+) -> BuildResult:
     r = b.recipe
     questions = loaded.questions
     system, instruction = r.model.system_prompt, r.prefix.instruction
     lf = r.label_filter.enabled
     # The paper samples prefixes with the plain question and cuts; the instruction belongs to
     # the training prompt only (sampling under it makes answers echo its wording).
-    sample_instruction = instruction if (r.prefix.sample_prompt == "instruction" and not lf) \
-        else None
+    sample_instruction = (
+        instruction if (r.prefix.sample_prompt == "instruction" and not lf) else None
+    )
 
     def prefix_prompts(shard: list[Question]) -> list[list[int]]:
         tok = b.tokenizer()
@@ -319,22 +372,33 @@ def _run(b: _Build, loaded: LoadedSource, final: Path, fp: str, replace: bool,
 
     started, loaded_before = time.monotonic(), b.executor.engine_load_s
     label = "phase 1: answers to filter" if lf else "phase 1: prefixes"
-    phase1 = _sample_phase(b, "prefix", questions, prefix_prompts, r.sampled_per_question,
-                           r.phase1_max_tokens, r.sampling.seed, label, counter="prefix")
+    phase1 = _sample_phase(
+        b,
+        "prefix",
+        questions,
+        prefix_prompts,
+        r.sampled_per_question,
+        r.phase1_max_tokens,
+        r.sampling.seed,
+        label,
+        counter="prefix",
+    )
     _phase_timing(b, "prefix_phase", started, loaded_before)
 
     started = time.monotonic()
     picks: LabelFilterPicks | None = label_filter_picks(questions, phase1) if lf else None
-    choices = choose_prefixes(b.tokenizer(), questions, phase1, r.prefix,
-                              picks.chosen if picks else None)
+    choices = choose_prefixes(
+        b.tokenizer(), questions, phase1, r.prefix, picks.chosen if picks else None
+    )
     b.timings["vote"] = time.monotonic() - started
 
     full_ids = full_trace_ids([q.id for q in questions], r.mixture.full_trace_ratio, r.mixture.seed)
     full_qs = [] if lf else [q for q in questions if q.id in full_ids]
     from_prefix = r.mixture.full_trace_from == "prefix"
     # Continued traces keep the whole trace (prefix + continuation) within max_tokens.
-    budget = max(1, r.sampling.max_tokens - r.prefix.length) if from_prefix \
-        else r.sampling.max_tokens
+    budget = (
+        max(1, r.sampling.max_tokens - r.prefix.length) if from_prefix else r.sampling.max_tokens
+    )
 
     def full_prompts(shard: list[Question]) -> list[list[int]]:
         tok = b.tokenizer()
@@ -376,32 +440,60 @@ def _run(b: _Build, loaded: LoadedSource, final: Path, fp: str, replace: bool,
         "full_rows": n_full_rows,
         "mixture_rows": len(kinds),
         "trace_rows": len(tables.traces["question_id"]),
-        **{k: tables.stats[k] for k in ("full_trace_resampled", "full_trace_fallback",
-                                         "label_filter_dropped", "label_filter_unfiltered")},
+        **{
+            k: tables.stats[k]
+            for k in (
+                "full_trace_resampled",
+                "full_trace_fallback",
+                "label_filter_dropped",
+                "label_filter_unfiltered",
+            )
+        },
     }
     recipe_yaml = r.to_yaml()
-    release = stage_release(b.store.staging, {"mixture": tables.mixture,
-                                              "prefixes": tables.prefixes,
-                                              "traces": tables.traces}, recipe_yaml)
+    release = stage_release(
+        b.store.staging,
+        {"mixture": tables.mixture, "prefixes": tables.prefixes, "traces": tables.traces},
+        recipe_yaml,
+    )
     b.timings["write"] = time.monotonic() - started
     b.timings["total"] = time.monotonic() - t0
 
-    manifest_model: dict[str, Any] = {"id": r.model.id, "revision": b.model.revision,
-                                      "name": b.model.display_name}
+    manifest_model: dict[str, Any] = {
+        "id": r.model.id,
+        "revision": b.model.revision,
+        "name": b.model.display_name,
+    }
     engine = b.executor.engine_info()
     if engine:
         manifest_model["engine"] = engine
     curves = np.array(tables.prefixes["agreement_curve"], dtype=np.float64)
     manifest = build_manifest(
-        r, fp, loaded.manifest_entry(), manifest_model, counts,
-        token_accounting(prefix_cost, full_cost, mean_full, len(questions),
-                         tables.stats["tuning_tokens"]),
+        r,
+        fp,
+        loaded.manifest_entry(),
+        manifest_model,
+        counts,
+        token_accounting(
+            prefix_cost, full_cost, mean_full, len(questions), tables.stats["tuning_tokens"]
+        ),
         agreement_summary(curves, tables.prefixes["agreement"], tables.prefixes["prefix_tokens"]),
-        tables.stats["accuracy"], b.timings, b.resume, echo, b.decoding_sources,
+        tables.stats["accuracy"],
+        b.timings,
+        b.resume,
+        echo,
+        b.decoding_sources,
         executor=b.executor.describe(),
     )
-    finish_release(release, final, manifest, recipe_yaml, tables.prefixes["agreement_curve"],
-                   tables.prefixes["agreement"], replace)
+    finish_release(
+        release,
+        final,
+        manifest,
+        recipe_yaml,
+        tables.prefixes["agreement_curve"],
+        tables.prefixes["agreement"],
+        replace,
+    )
     b.store.remove()
     logger.info("wrote %s", final)
     return BuildResult(final, "built", manifest, b.executor.engine_calls)
@@ -411,8 +503,14 @@ def _continued(b: _Build, choices: dict[str, PrefixChoice], phase2: Samples) -> 
     """Traces sampled from a prefix, made whole: the prefix followed by the continuation."""
     tok = b.tokenizer()
     return {
-        qid: [Sample(choices[qid].ids + x.token_ids,
-                     tok.decode(choices[qid].ids + x.token_ids, skip_special_tokens=True),
-                     x.finish_reason, x.cumulative_logprob) for x in samples]
+        qid: [
+            Sample(
+                choices[qid].ids + x.token_ids,
+                tok.decode(choices[qid].ids + x.token_ids, skip_special_tokens=True),
+                x.finish_reason,
+                x.cumulative_logprob,
+            )
+            for x in samples
+        ]
         for qid, samples in phase2.items()
     }

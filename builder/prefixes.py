@@ -74,8 +74,9 @@ def first_correct(golds: Sequence[str], samples: Sequence[Sample]) -> tuple[int 
     return next((i for i, ok in enumerate(verdicts) if ok), None), verdicts
 
 
-def label_filter_picks(questions: Sequence[Question],
-                       samples: dict[str, list[Sample]]) -> LabelFilterPicks:
+def label_filter_picks(
+    questions: Sequence[Question], samples: dict[str, list[Sample]]
+) -> LabelFilterPicks:
     """The paper's label filter: per question, the first complete answer that verifies."""
     picks = LabelFilterPicks()
     for q in questions:
@@ -98,8 +99,16 @@ def choose_prefixes(
     if not questions:
         return {}
     tokens = voting.pack([[s.token_ids for s in samples[q.id]] for q in questions], config.length)
-    logprobs = np.array([[np.nan if s.cumulative_logprob is None else s.cumulative_logprob
-                          for s in samples[q.id]] for q in questions], dtype=np.float64)
+    logprobs = np.array(
+        [
+            [
+                np.nan if s.cumulative_logprob is None else s.cumulative_logprob
+                for s in samples[q.id]
+            ]
+            for q in questions
+        ],
+        dtype=np.float64,
+    )
     picks = None
     if chosen is not None:
         picks = np.array([chosen.get(q.id) or 0 for q in questions], dtype=np.int64)
@@ -122,8 +131,9 @@ def choose_prefixes(
         if len(ids) < len(raw):
             trimmed += 1
             voting.truncate(result, i, len(ids))
-        choices[q.id] = PrefixChoice(ids, text, int(result.support[i]), n_samples, curves[i],
-                                     bool(result.complete[i]))
+        choices[q.id] = PrefixChoice(
+            ids, text, int(result.support[i]), n_samples, curves[i], bool(result.complete[i])
+        )
     if trimmed:
         logger.info("%d prefix(es) shortened to a token-exact, trimmed text boundary", trimmed)
     return choices

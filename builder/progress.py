@@ -57,8 +57,10 @@ def phase_progress(description: str, total: int, enabled: bool = True) -> Iterat
         yield count
         took = time.monotonic() - started
         rate = tokens / took if took > 0 else 0.0
-        out.write(f"{description}: {done}/{total} questions, {tokens:,} tokens in "
-                  f"{took:.1f} s ({rate:,.0f} tok/s)\n")
+        out.write(
+            f"{description}: {done}/{total} questions, {tokens:,} tokens in "
+            f"{took:.1f} s ({rate:,.0f} tok/s)\n"
+        )
         out.flush()
         return
     progress = Progress(

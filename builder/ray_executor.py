@@ -103,13 +103,18 @@ class EngineReplica:
             else:
                 # Resolved on this node: an embedded model converts into this node's cache.
                 model = resolve_model(s.model_id, s.model_revision)
-                self.sampler = make_sampler(s.backend, model.path, model.revision, s.settings,
-                                            s.options, s.chat_template)
+                self.sampler = make_sampler(
+                    s.backend, model.path, model.revision, s.settings, s.options, s.chat_template
+                )
             self.load_s = time.monotonic() - started
         import ray
 
-        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "load_s": self.load_s, "engine": self.sampler.engine_info()}
+        return {
+            "node": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "load_s": self.load_s,
+            "engine": self.sampler.engine_info(),
+        }
 
     def sample(self, request: ShardRequest, board: Any, attempt: int) -> list[list[Sample]]:
         """Sample one shard; partial progress goes to ``board`` every ``PROGRESS_EVERY_S``."""
@@ -132,8 +137,9 @@ class EngineReplica:
                 last = time.monotonic()
 
         # What is not reported here the driver settles from the shard's result.
-        return sampler.generate([list(p) for p in request.prompts], request.n,
-                                request.max_tokens, progress)
+        return sampler.generate(
+            [list(p) for p in request.prompts], request.n, request.max_tokens, progress
+        )
 
     def close(self) -> None:
         if self.sampler is not None:
@@ -188,11 +194,19 @@ class RayExecutor(Executor):
     (monitoring, and the fault-injection tests).
     """
 
-    def __init__(self, spec: ReplicaSpec, *, replicas: int = 1, address: str | None = None,
-                 cpus_per_replica: int = 1, gpus_per_replica: int | None = None,
-                 tensor_parallel_size: int = 1, max_shard_attempts: int = 3,
-                 max_replica_restarts: int = 2,
-                 on_submit: Callable[[int, ShardRequest], None] | None = None) -> None:
+    def __init__(
+        self,
+        spec: ReplicaSpec,
+        *,
+        replicas: int = 1,
+        address: str | None = None,
+        cpus_per_replica: int = 1,
+        gpus_per_replica: int | None = None,
+        tensor_parallel_size: int = 1,
+        max_shard_attempts: int = 3,
+        max_replica_restarts: int = 2,
+        on_submit: Callable[[int, ShardRequest], None] | None = None,
+    ) -> None:
         self._ray = require_ray()
         self.spec = spec
         self.replicas = replicas
@@ -213,17 +227,28 @@ class RayExecutor(Executor):
         self._gpus: int | None = None  # per replica, once resolved against the cluster
 
     @classmethod
-    def from_recipe(cls, recipe: Any, token_bound: int | None = None, **kwargs: Any
-                    ) -> RayExecutor:
+    def from_recipe(cls, recipe: Any, token_bound: int | None = None, **kwargs: Any) -> RayExecutor:
         """The executor a resolved recipe's ``executor`` and ``model`` sections describe."""
         m, e = recipe.model, recipe.executor
-        spec = ReplicaSpec(m.backend, m.id, m.revision, recipe.sampling.settings(),
-                           m.engine_options(token_bound), m.chat_template)
-        return cls(spec, replicas=e.replicas, address=e.address,
-                   cpus_per_replica=e.cpus_per_replica, gpus_per_replica=e.gpus_per_replica,
-                   tensor_parallel_size=m.tensor_parallel_size,
-                   max_shard_attempts=e.max_shard_attempts,
-                   max_replica_restarts=e.max_replica_restarts, **kwargs)
+        spec = ReplicaSpec(
+            m.backend,
+            m.id,
+            m.revision,
+            recipe.sampling.settings(),
+            m.engine_options(token_bound),
+            m.chat_template,
+        )
+        return cls(
+            spec,
+            replicas=e.replicas,
+            address=e.address,
+            cpus_per_replica=e.cpus_per_replica,
+            gpus_per_replica=e.gpus_per_replica,
+            tensor_parallel_size=m.tensor_parallel_size,
+            max_shard_attempts=e.max_shard_attempts,
+            max_replica_restarts=e.max_replica_restarts,
+            **kwargs,
+        )
 
     # --- starting -------------------------------------------------------------------------
 
@@ -274,9 +299,10 @@ class RayExecutor(Executor):
         one_node = len([n for n in self._ray.nodes() if n.get("Alive")]) == 1
         if gpus == 0 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
             cores = os.cpu_count() or 1
-            env.setdefault("VLLM_CPU_OMP_THREADS_BIND",
-                           cpu_binding(index, self.cpus_per_replica, cores) if one_node
-                           else "nobind")
+            env.setdefault(
+                "VLLM_CPU_OMP_THREADS_BIND",
+                cpu_binding(index, self.cpus_per_replica, cores) if one_node else "nobind",
+            )
         return tuple(env.items())
 
     def prepare(self) -> None:
@@ -293,12 +319,19 @@ class RayExecutor(Executor):
         for i in range(self.replicas):
             spec = dataclasses.replace(self.spec, env=self._replica_env(i, gpus))
             actor = replica_cls.options(
-                num_cpus=cpus, num_gpus=gpus, max_restarts=self.max_replica_restarts,
+                num_cpus=cpus,
+                num_gpus=gpus,
+                max_restarts=self.max_replica_restarts,
                 max_task_retries=0,  # a lost shard is resubmitted (and counted) by us
             ).remote(spec)
             self._slots.append(_Slot(i, actor, self.max_replica_restarts))
-        logger.info("starting %d %s replica(s) on Ray (%d CPU, %d GPU each)", self.replicas,
-                    self.spec.backend, cpus, gpus)
+        logger.info(
+            "starting %d %s replica(s) on Ray (%d CPU, %d GPU each)",
+            self.replicas,
+            self.spec.backend,
+            cpus,
+            gpus,
+        )
         for slot in self._slots:
             slot.ref = slot.actor.load.remote()
         for slot in self._slots:
@@ -306,8 +339,9 @@ class RayExecutor(Executor):
                 info = ray.get(slot.ref)
             except Exception as exc:
                 self._raise_user_error(exc)
-                raise ExecutorError(f"replica {slot.index} could not start its engine: "
-                                    f"{_short(exc)}") from None
+                raise ExecutorError(
+                    f"replica {slot.index} could not start its engine: {_short(exc)}"
+                ) from None
             self._loaded(slot, info)
         self.engine_load_s += time.monotonic() - started
 
@@ -327,8 +361,7 @@ class RayExecutor(Executor):
 
     # --- running --------------------------------------------------------------------------
 
-    def run(self, requests: Sequence[ShardRequest], done: ShardDone,
-            progress: ProgressFn) -> None:
+    def run(self, requests: Sequence[ShardRequest], done: ShardDone, progress: ProgressFn) -> None:
         self.prepare()
         ray = self._ray
         queue: collections.deque[ShardRequest] = collections.deque(requests)
@@ -384,9 +417,16 @@ class RayExecutor(Executor):
                 else:
                     self._probed(slot, ref)
 
-    def _finished(self, slot: _Slot, ref: Any, done: ShardDone, progress: ProgressFn,
-                  shown: dict[tuple[str, int, int], list[int]],
-                  queue: collections.deque[ShardRequest], attempts: dict[ShardKey, int]) -> None:
+    def _finished(
+        self,
+        slot: _Slot,
+        ref: Any,
+        done: ShardDone,
+        progress: ProgressFn,
+        shown: dict[tuple[str, int, int], list[int]],
+        queue: collections.deque[ShardRequest],
+        attempts: dict[ShardKey, int],
+    ) -> None:
         req = slot.request
         assert req is not None
         key = (req.phase, req.index, slot.attempt)
@@ -404,12 +444,24 @@ class RayExecutor(Executor):
         slot.state, slot.ref, slot.request = "idle", None, None
         done(req, results)
 
-    def _lost_shard(self, slot: _Slot, req: ShardRequest, exc: BaseException,
-                    queue: collections.deque[ShardRequest],
-                    attempts: dict[ShardKey, int]) -> None:
+    def _lost_shard(
+        self,
+        slot: _Slot,
+        req: ShardRequest,
+        exc: BaseException,
+        queue: collections.deque[ShardRequest],
+        attempts: dict[ShardKey, int],
+    ) -> None:
         tries = attempts[(req.phase, req.index)]
-        logger.warning("replica %d lost shard %s-%d (try %d of %d): %s", slot.index, req.phase,
-                       req.index, tries, self.max_shard_attempts, _short(exc))
+        logger.warning(
+            "replica %d lost shard %s-%d (try %d of %d): %s",
+            slot.index,
+            req.phase,
+            req.index,
+            tries,
+            self.max_shard_attempts,
+            _short(exc),
+        )
         if tries >= self.max_shard_attempts:
             raise ExecutorError(
                 f"shard {req.phase}-{req.index} failed {tries} times (executor."
@@ -437,8 +489,9 @@ class RayExecutor(Executor):
             return
         except Exception as exc:
             self._raise_user_error(exc)
-            logger.warning("replica %d is gone (%s); continuing with the others", slot.index,
-                           _short(exc))
+            logger.warning(
+                "replica %d is gone (%s); continuing with the others", slot.index, _short(exc)
+            )
             slot.state, slot.ref = "lost", None
             return
         logger.info("replica %d is back", slot.index)

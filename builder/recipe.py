@@ -93,7 +93,9 @@ class ModelConfig(_Strict):
         default=2, ge=1, description="vLLM KV cache on CPU machines (whole GiB)"
     )
     kv_block_size: int | None = Field(
-        default=None, ge=16, multiple_of=16,
+        default=None,
+        ge=16,
+        multiple_of=16,
         description="vLLM KV block size in tokens; empty: 32 on CPU, vLLM's default on GPU",
     )
     compile: Literal["auto", "compiled", "eager"] = Field(
@@ -104,9 +106,16 @@ class ModelConfig(_Strict):
 
     def engine_options(self, token_bound: int | None = None) -> EngineOptions:
         """What a sampler needs to construct its engine (``token_bound``: the planned budget)."""
-        return EngineOptions(self.dtype, self.max_model_len, self.tensor_parallel_size,
-                             self.gpu_memory_utilization, self.cpu_kvcache_gib,
-                             self.kv_block_size, self.compile, token_bound)
+        return EngineOptions(
+            self.dtype,
+            self.max_model_len,
+            self.tensor_parallel_size,
+            self.gpu_memory_utilization,
+            self.cpu_kvcache_gib,
+            self.kv_block_size,
+            self.compile,
+            token_bound,
+        )
 
 
 class SamplingConfig(_Strict):
@@ -124,8 +133,9 @@ class SamplingConfig(_Strict):
         """The engines' decoding settings; the recipe must be resolved (nothing left empty)."""
         if self.top_p is None or self.top_k is None or self.repetition_penalty is None:
             raise RecipeError("internal: sampling settings used before the recipe was resolved")
-        return SamplingSettings(self.temperature, self.top_p, self.top_k, self.seed,
-                                self.repetition_penalty)
+        return SamplingSettings(
+            self.temperature, self.top_p, self.top_k, self.seed, self.repetition_penalty
+        )
 
 
 class PrefixConfig(_Strict):
@@ -161,7 +171,9 @@ class MixtureConfig(_Strict):
     seed: int = 0
     full_trace_from: Literal["fresh", "prefix"] = "fresh"
     full_trace_tries: int = Field(
-        default=3, ge=1, le=16,
+        default=3,
+        ge=1,
+        le=16,
         description="samples drawn at most for a full trace that keeps hitting max_tokens; a "
         "question none of whose tries ends gets a prefix row instead",
     )
@@ -187,9 +199,7 @@ class OutputConfig(_Strict):
     """Where the version directory goes, and how sampling results are sharded for resume."""
 
     dir: str = "./out"
-    shard_size: int = Field(
-        default=64, ge=1, description="questions per persisted sampling shard"
-    )
+    shard_size: int = Field(default=64, ge=1, description="questions per persisted sampling shard")
 
 
 class ExecutorConfig(_Strict):
@@ -208,7 +218,8 @@ class ExecutorConfig(_Strict):
     replicas: int = Field(default=1, ge=1, description="engine replicas (data parallel)")
     cpus_per_replica: int = Field(default=1, ge=1, description="CPU cores each replica holds")
     gpus_per_replica: int | None = Field(
-        default=None, ge=0,
+        default=None,
+        ge=0,
         description="GPUs each replica holds; empty: model.tensor_parallel_size on a cluster "
         "with GPUs, 0 on one without",
     )

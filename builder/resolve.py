@@ -31,11 +31,15 @@ def generation_defaults(model: ResolvedModel) -> dict[str, Any]:
         try:
             from huggingface_hub import hf_hub_download
 
-            path = Path(hf_hub_download(model.path, "generation_config.json",
-                                        revision=model.revision))
+            path = Path(
+                hf_hub_download(model.path, "generation_config.json", revision=model.revision)
+            )
         except Exception:  # offline, gated or absent: fall back to neutral values
-            logger.warning("no generation_config.json for %s; decoding with neutral defaults "
-                           "(top_p=1.0, top_k disabled, no repetition penalty)", model.path)
+            logger.warning(
+                "no generation_config.json for %s; decoding with neutral defaults "
+                "(top_p=1.0, top_k disabled, no repetition penalty)",
+                model.path,
+            )
             return {}
     try:
         found = json.loads(path.read_text())

@@ -123,7 +123,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         for lineno, raw in enumerate(fh, start=1):
             start, offset = offset, offset + len(raw)
             if lineno == 1 and raw.startswith(_BOM):
-                raw, start = raw[len(_BOM):], start + len(_BOM)
+                raw, start = raw[len(_BOM) :], start + len(_BOM)
             line = _decode_line(raw, path, lineno, start)
             if not line.strip():
                 continue
@@ -186,8 +186,9 @@ def _iter_local(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         check_utf8(path)
     try:
         # CSV cells stay text: "0.10" must not become 0.1, nor an id "007" become 7.
-        frame = (pl.read_parquet(path) if suffix == ".parquet"
-                 else pl.read_csv(path, infer_schema=False))
+        frame = (
+            pl.read_parquet(path) if suffix == ".parquet" else pl.read_csv(path, infer_schema=False)
+        )
     except Exception as exc:  # polars raises many types for unreadable files
         raise SourceError(f"{path}: cannot read as {suffix[1:]}: {exc}") from None
     for i, row in enumerate(frame.iter_rows(named=True)):
@@ -216,8 +217,7 @@ def _open_local(cfg: SourceConfig, base_dir: Path | None) -> Path:
             empty = not fh.read(1)
     except OSError as exc:
         raise SourceError(
-            f"source.path {cfg.path!r}: cannot read {path} ({exc.strerror}); check its "
-            "permissions"
+            f"source.path {cfg.path!r}: cannot read {path} ({exc.strerror}); check its permissions"
         ) from None
     if empty:
         raise SourceError(f"source.path {cfg.path!r}: {path} is empty (0 bytes)")
@@ -243,8 +243,15 @@ def _load_hub(cfg: SourceConfig) -> tuple[Iterator[tuple[str, dict[str, Any]]], 
             f"revision={cfg.revision!r}) could not be loaded: {kind}: {exc}. Check the id, config, "
             "split and revision, and that you are online or the dataset is cached"
         ) from None
-    info = {"type": "hub", "id": cfg.hub, "path": None, "config": cfg.config, "split": cfg.split,
-            "revision": sha, "sha256": None}
+    info = {
+        "type": "hub",
+        "id": cfg.hub,
+        "path": None,
+        "config": cfg.config,
+        "split": cfg.split,
+        "revision": sha,
+        "sha256": None,
+    }
     rows = ((f"{cfg.hub} row {i}", row) for i, row in enumerate(ds))
     return rows, info
 
@@ -361,8 +368,15 @@ def load_questions(cfg: SourceConfig, base_dir: Path | None = None) -> LoadedSou
     if cfg.path is not None:
         path = _open_local(cfg, base_dir)
         rows: Iterator[tuple[str, dict[str, Any]]] = _iter_local(path)
-        info: dict[str, Any] = {"type": "file", "id": None, "path": cfg.path, "config": None,
-                                "split": None, "revision": None, "sha256": sha256_file(path)}
+        info: dict[str, Any] = {
+            "type": "file",
+            "id": None,
+            "path": cfg.path,
+            "config": None,
+            "split": None,
+            "revision": None,
+            "sha256": sha256_file(path),
+        }
     else:
         rows, info = _load_hub(cfg)
     info.update({"question": cfg.question, "answer_field": cfg.answer, "id_field": cfg.id})
@@ -420,6 +434,10 @@ def load_questions(cfg: SourceConfig, base_dir: Path | None = None) -> LoadedSou
         logger.warning("%d empty or white-space-only question(s) skipped", counts.empty)
     logger.info(
         "questions: read %d, empty %d, duplicate %d, over limit %d, kept %d",
-        counts.read, counts.empty, counts.duplicate, counts.limited, counts.kept,
+        counts.read,
+        counts.empty,
+        counts.duplicate,
+        counts.limited,
+        counts.kept,
     )
     return LoadedSource(questions, counts, info)

@@ -122,8 +122,12 @@ class BuildLock:
             os.close(fd)  # the holder removed the file as we locked it: lock the new one
         previous = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
         if previous and previous != str(os.getpid()):
-            logger.warning("taking over the lock of an earlier build that is no longer running "
-                           "(pid %s, lock %s)", previous, self.path)
+            logger.warning(
+                "taking over the lock of an earlier build that is no longer running "
+                "(pid %s, lock %s)",
+                previous,
+                self.path,
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
@@ -223,8 +227,7 @@ class ShardStore:
         if problem is None:
             self._verified.add(path)
             return True
-        logger.warning("discarding damaged shard %s (%s); it will be sampled again", path,
-                       problem)
+        logger.warning("discarding damaged shard %s (%s); it will be sampled again", path, problem)
         self.discarded.append(path.name)
         path.unlink(missing_ok=True)
         sidecar.unlink(missing_ok=True)
@@ -234,8 +237,12 @@ class ShardStore:
         import polars as pl
 
         rows: dict[str, list[Any]] = {
-            "question_id": [], "sample_index": [], "token_ids": [], "text": [],
-            "finish_reason": [], "cumulative_logprob": [],
+            "question_id": [],
+            "sample_index": [],
+            "token_ids": [],
+            "text": [],
+            "finish_reason": [],
+            "cumulative_logprob": [],
         }
         for qid, samples in zip(ids, results, strict=True):
             for j, s in enumerate(samples):
@@ -248,9 +255,12 @@ class ShardStore:
         frame = pl.DataFrame(
             rows,
             schema={
-                "question_id": pl.String, "sample_index": pl.Int32,
-                "token_ids": pl.List(pl.Int32), "text": pl.String,
-                "finish_reason": pl.String, "cumulative_logprob": pl.Float64,
+                "question_id": pl.String,
+                "sample_index": pl.Int32,
+                "token_ids": pl.List(pl.Int32),
+                "text": pl.String,
+                "finish_reason": pl.String,
+                "cumulative_logprob": pl.Float64,
             },
         )
         target = self._path(phase, index)
@@ -279,8 +289,12 @@ class ShardStore:
             named=True
         ):
             out.setdefault(row["question_id"], []).append(
-                Sample(list(row["token_ids"]), row["text"], row["finish_reason"],
-                       row["cumulative_logprob"])
+                Sample(
+                    list(row["token_ids"]),
+                    row["text"],
+                    row["finish_reason"],
+                    row["cumulative_logprob"],
+                )
             )
         return out
 

@@ -34,24 +34,45 @@ REQUIRED_FILES = ("README.md", "recipe.yaml", "manifest.json")
 
 _MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 SCHEMAS = {
-    "mixture": pa.schema([
-        ("question_id", pa.string()), ("kind", pa.string()),
-        ("prompt", pa.list_(_MESSAGE)), ("completion", pa.list_(_MESSAGE)),
-        ("num_tokens", pa.int32()), ("finish_reason", pa.string()),
-    ]),
-    "prefixes": pa.schema([
-        ("question_id", pa.string()), ("question", pa.string()), ("prefix", pa.string()),
-        ("prefix_tokens", pa.int32()), ("support", pa.int32()), ("agreement", pa.float64()),
-        ("n_samples", pa.int32()), ("method", pa.string()), ("complete", pa.bool_()),
-        ("agreement_curve", pa.list_(pa.float64())), ("gold_answer", pa.string()),
-    ]),
-    "traces": pa.schema([
-        ("question_id", pa.string()), ("phase", pa.string()), ("sample_index", pa.int32()),
-        ("text", pa.string()), ("token_ids", pa.list_(pa.int32())), ("num_tokens", pa.int32()),
-        ("finish_reason", pa.string()),
-        ("cumulative_logprob", pa.float64()), ("extracted_answer", pa.string()),
-        ("is_correct", pa.bool_()),
-    ]),
+    "mixture": pa.schema(
+        [
+            ("question_id", pa.string()),
+            ("kind", pa.string()),
+            ("prompt", pa.list_(_MESSAGE)),
+            ("completion", pa.list_(_MESSAGE)),
+            ("num_tokens", pa.int32()),
+            ("finish_reason", pa.string()),
+        ]
+    ),
+    "prefixes": pa.schema(
+        [
+            ("question_id", pa.string()),
+            ("question", pa.string()),
+            ("prefix", pa.string()),
+            ("prefix_tokens", pa.int32()),
+            ("support", pa.int32()),
+            ("agreement", pa.float64()),
+            ("n_samples", pa.int32()),
+            ("method", pa.string()),
+            ("complete", pa.bool_()),
+            ("agreement_curve", pa.list_(pa.float64())),
+            ("gold_answer", pa.string()),
+        ]
+    ),
+    "traces": pa.schema(
+        [
+            ("question_id", pa.string()),
+            ("phase", pa.string()),
+            ("sample_index", pa.int32()),
+            ("text", pa.string()),
+            ("token_ids", pa.list_(pa.int32())),
+            ("num_tokens", pa.int32()),
+            ("finish_reason", pa.string()),
+            ("cumulative_logprob", pa.float64()),
+            ("extracted_answer", pa.string()),
+            ("is_correct", pa.bool_()),
+        ]
+    ),
 }
 
 
@@ -99,15 +120,22 @@ def dataset_info(root: Path) -> list[dict[str, Any]]:
         splits = SplitDict()
         splits.add(SplitInfo(name="train", num_bytes=size, num_examples=rows))
         info = DatasetInfo(
-            features=Features.from_arrow_schema(SCHEMAS[config]), splits=splits,
-            download_size=sum(f.stat().st_size for f in files), dataset_size=size,
+            features=Features.from_arrow_schema(SCHEMAS[config]),
+            splits=splits,
+            download_size=sum(f.stat().st_size for f in files),
+            dataset_size=size,
         )
         infos.append({"config_name": config, **info._to_yaml_dict()})
     return infos
 
 
-def write_card(root: Path, manifest: Manifest, recipe_yaml: str,
-               curves: list[list[float]], agreements: list[float]) -> None:
+def write_card(
+    root: Path,
+    manifest: Manifest,
+    recipe_yaml: str,
+    curves: list[list[float]],
+    agreements: list[float],
+) -> None:
     """The dataset card and its plots (templates and plotting live in card.py / plots.py)."""
     from builder.card import render_card
     from builder.plots import write_agreement_plots
@@ -161,8 +189,15 @@ def stage_release(
     return release
 
 
-def finish_release(release: Path, final: Path, manifest: Any, recipe_yaml: str,
-                   curves: list[list[float]], agreements: list[float], replace: bool) -> None:
+def finish_release(
+    release: Path,
+    final: Path,
+    manifest: Any,
+    recipe_yaml: str,
+    curves: list[list[float]],
+    agreements: list[float],
+    replace: bool,
+) -> None:
     """Add the manifest and the card to a staged release, then move it into place."""
     with _disk_errors(release):
         write_json(release / "manifest.json", manifest)

@@ -19,8 +19,12 @@ from pydantic import BaseModel, ValidationError
 from builder.errors import UpftError
 
 
-def read_mapping(path: str | Path, error: type[UpftError], what: str, allow_empty: bool = True,
-                 ) -> tuple[dict[str, Any], yaml.Node | None]:
+def read_mapping(
+    path: str | Path,
+    error: type[UpftError],
+    what: str,
+    allow_empty: bool = True,
+) -> tuple[dict[str, Any], yaml.Node | None]:
     """The mapping in a YAML file and its node tree (for line numbers); ``error`` otherwise.
 
     An empty file is an empty mapping where ``allow_empty`` (everything may come from flags).
@@ -33,8 +37,10 @@ def read_mapping(path: str | Path, error: type[UpftError], what: str, allow_empt
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise error(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
-                    f"{exc.start}); save the {what} as UTF-8") from None
+        raise error(
+            f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start}); save the {what} as UTF-8"
+        ) from None
     try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -51,8 +57,9 @@ def read_mapping(path: str | Path, error: type[UpftError], what: str, allow_empt
     return data, root
 
 
-def reject_duplicate_keys(node: yaml.Node | None, where: str, error: type[UpftError],
-                          path: str = "") -> None:
+def reject_duplicate_keys(
+    node: yaml.Node | None, where: str, error: type[UpftError], path: str = ""
+) -> None:
     """PyYAML keeps the last of two equal keys silently; in a config that hides an edit."""
     if isinstance(node, yaml.MappingNode):
         first: dict[str, int] = {}
@@ -109,8 +116,9 @@ def closest_key(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
     return found[0] if found else None
 
 
-def format_errors(exc: ValidationError, where: str, root: yaml.Node | None,
-                  model: type[BaseModel], what: str) -> str:
+def format_errors(
+    exc: ValidationError, where: str, root: yaml.Node | None, model: type[BaseModel], what: str
+) -> str:
     """One line per validation problem: field path, ``file:line`` and what to do."""
     lines = [f"{where}: invalid {what} ({exc.error_count()} problem(s)):"]
     for err in exc.errors():

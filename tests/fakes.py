@@ -32,8 +32,9 @@ class CharTokenizer:
     pad_token_id = 1
     chat_template = "chatml"
 
-    def apply_chat_template(self, msgs: list[dict[str, str]], add_generation_prompt: bool = True,
-                            tokenize: bool = False) -> str:
+    def apply_chat_template(
+        self, msgs: list[dict[str, str]], add_generation_prompt: bool = True, tokenize: bool = False
+    ) -> str:
         text = "".join(f"<|im_start|>{m['role']}\n{m['content']}{EOT}\n" for m in msgs)
         return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
@@ -48,8 +49,11 @@ class CharTokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return "".join(chr(i - OFFSET) for i in ids if i >= OFFSET)
 
-    def batch_decode(self, batch: Sequence[Sequence[int]], skip_special_tokens: bool = False,
-                     ) -> list[str]:
+    def batch_decode(
+        self,
+        batch: Sequence[Sequence[int]],
+        skip_special_tokens: bool = False,
+    ) -> list[str]:
         return [self.decode(ids) for ids in batch]
 
     def convert_tokens_to_ids(self, token: str) -> int:
@@ -74,10 +78,21 @@ class FakeSampler(Sampler):
     def tokenizer(self) -> Any:
         return self._tok
 
-    def generate(self, prompts: Sequence[list[int]], n: int, max_tokens: int,
-                 progress: ProgressFn | None = None) -> list[list[Sample]]:
-        self.calls.append({"prompts": [self._tok.decode(p) for p in prompts], "n": n,
-                           "max_tokens": max_tokens, "seed": self.settings.seed})
+    def generate(
+        self,
+        prompts: Sequence[list[int]],
+        n: int,
+        max_tokens: int,
+        progress: ProgressFn | None = None,
+    ) -> list[list[Sample]]:
+        self.calls.append(
+            {
+                "prompts": [self._tok.decode(p) for p in prompts],
+                "n": n,
+                "max_tokens": max_tokens,
+                "seed": self.settings.seed,
+            }
+        )
         out = []
         for p in prompts:
             text = self._tok.decode(p)

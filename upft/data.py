@@ -116,8 +116,11 @@ def _parse_extras(
             header = ManifestHeader.from_dict(data, name)
             full = Manifest.from_dict(data, name)
         except ManifestError as exc:
-            logger.warning("%s -- training goes on, reading only the manifest's name, version, "
-                           "fingerprint and model", exc)
+            logger.warning(
+                "%s -- training goes on, reading only the manifest's name, version, "
+                "fingerprint and model",
+                exc,
+            )
     try:
         rec = yaml.safe_load(recipe) if recipe else {}
     except yaml.YAMLError:
@@ -213,9 +216,11 @@ def open_dataset(
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
-        sha = with_retries(f"reading dataset repo {spec}",
-                           lambda: HfApi().dataset_info(spec, revision=revision).sha,
-                           rerun="upft-train")
+        sha = with_retries(
+            f"reading dataset repo {spec}",
+            lambda: HfApi().dataset_info(spec, revision=revision).sha,
+            rerun="upft-train",
+        )
     except hub_errors() as exc:
         raise _hub_error(exc, spec, revision) from None
     logger.info("dataset %s at %s resolves to commit %s", spec, revision or "main", sha)

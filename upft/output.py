@@ -222,15 +222,22 @@ def push_folder(folder: Path, repo_id: str, private: bool) -> dict[str, str]:
     api = HfApi()
     endpoint = constants.ENDPOINT
     try:
-        with_retries(f"creating model repo {repo_id}", lambda: api.create_repo(
-            repo_id, repo_type="model", private=private, exist_ok=True), rerun="the upload")
-        info = with_retries(f"uploading {folder} to {repo_id}", lambda: api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(folder),
-            repo_type="model",
-            commit_message=f"upft-train: {folder.name}",
-            ignore_patterns=["trainer/**"],
-        ), rerun="the upload")
+        with_retries(
+            f"creating model repo {repo_id}",
+            lambda: api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True),
+            rerun="the upload",
+        )
+        info = with_retries(
+            f"uploading {folder} to {repo_id}",
+            lambda: api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(folder),
+                repo_type="model",
+                commit_message=f"upft-train: {folder.name}",
+                ignore_patterns=["trainer/**"],
+            ),
+            rerun="the upload",
+        )
     except HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):

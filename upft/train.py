@@ -279,7 +279,12 @@ def base_dtype(model: ResolvedModel) -> Any:
 
 
 def save_model(
-    trainer: Any, tokenizer: Any, folder: Path, config: TrainConfig, eot: Any, save_dtype: Any,
+    trainer: Any,
+    tokenizer: Any,
+    folder: Path,
+    config: TrainConfig,
+    eot: Any,
+    save_dtype: Any,
     state: dict[str, Any] | None = None,
 ) -> None:
     """Write a plain model folder (LoRA merged) that transformers and vLLM load directly.
@@ -291,11 +296,12 @@ def save_model(
     net = trainer.accelerator.unwrap_model(trainer.model)
     if state is not None:
         if config.lora:
-            raise TrainError("LoRA under FSDP / ZeRO-3 is not supported; train LoRA with "
-                             "torchrun (data parallel) or on one GPU")
+            raise TrainError(
+                "LoRA under FSDP / ZeRO-3 is not supported; train LoRA with "
+                "torchrun (data parallel) or on one GPU"
+            )
         if save_dtype is not None:
-            state = {k: v.to(save_dtype) if v.is_floating_point() else v
-                     for k, v in state.items()}
+            state = {k: v.to(save_dtype) if v.is_floating_point() else v for k, v in state.items()}
     if config.lora:
         net.save_pretrained(str(folder / "adapter"))
         net = net.merge_and_unload()

@@ -73,7 +73,6 @@ def seed_for(seed: int, prompts: Sequence[Sequence[int]]) -> int:
 class Sampler(ABC):
     """A loaded engine that samples continuations for templated prompts."""
 
-
     def __init__(self, settings: SamplingSettings) -> None:
         self.settings = settings
 

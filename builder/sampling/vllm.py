@@ -106,7 +106,8 @@ class VLLMSampler(Sampler):
             logger.warning(
                 "VLLM_ENABLE_V1_MULTIPROCESSING=%s: the engine core runs in another process, "
                 "so per-shard seeds do not reach it; a resumed build will differ from an "
-                "uninterrupted one", os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"],
+                "uninterrupted one",
+                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"],
             )
         # Workers may still run in their own processes, out of reach of our logging setup;
         # their INFO stream would drown the progress bars. A user's VLLM_LOGGING_LEVEL wins.
@@ -139,7 +140,8 @@ class VLLMSampler(Sampler):
             kwargs["enforce_eager"] = True
         logger.info(
             "vLLM engine: %s (model.compile=%s, planned tokens %s)",
-            self.compile, engine.compile,
+            self.compile,
+            engine.compile,
             "unknown" if engine.token_bound is None else f"{engine.token_bound:,}",
         )
         try:

@@ -34,8 +34,10 @@ configure_process_env()  # before anything imports huggingface_hub (see tests/hu
 
 from builder.cli import build_main, push_main  # noqa: E402
 
-GOOD_ROWS = [{"question": "What is 2 + 3?", "answer": "5"},
-             {"question": "Half of 18?", "answer": 9}]
+GOOD_ROWS = [
+    {"question": "What is 2 + 3?", "answer": "5"},
+    {"question": "Half of 18?", "answer": 9},
+]
 BASE: dict[str, Any] = {
     "name": "bad",
     "version": "1.0.0",
@@ -105,6 +107,7 @@ def _make_file(path: str) -> Callable[[Path], None]:
     def setup(tmp: Path) -> None:
         (tmp / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp / path).write_text("not a folder\n")
+
     return setup
 
 
@@ -130,8 +133,9 @@ def _published_then_changed(tmp: Path) -> None:
 
     root = make_version(tmp / "v", "1.0.0")
     push_version(root, token=ALICE)
-    table = pa.table({"question_id": ["changed"], "text": ["x"],
-                      "num_tokens": pa.array([1], pa.int32())})
+    table = pa.table(
+        {"question_id": ["changed"], "text": ["x"], "num_tokens": pa.array([1], pa.int32())}
+    )
     pq.write_table(table, root / "data" / "traces" / "train-00000-of-00001.parquet")
 
 
@@ -139,165 +143,377 @@ VERSION = str(Path("v") / "demo-upft" / "1.0.0")
 
 CASES = [
     # --- the recipe file ---------------------------------------------------------------------
-    Case("yaml-syntax-error", ("r.yaml:6: not valid YAML: expected ',' or ']'",),
-         recipe="name: bad\nversion: 1.0.0\nsource:\n  path: q.jsonl\n  question: [unclosed\n"
-                "model: {}\n"),
-    Case("yaml-duplicate-key", ("r.yaml:3: key version appears twice (first at line 2)",),
-         recipe="name: bad\nversion: 1.0.0\nversion: 2.0.0\nsource: {path: q.jsonl}\n"),
-    Case("recipe-not-a-mapping", ("a recipe must be a YAML mapping, got list",),
-         recipe="- name: bad\n- version: 1.0.0\n"),
+    Case(
+        "yaml-syntax-error",
+        ("r.yaml:6: not valid YAML: expected ',' or ']'",),
+        recipe="name: bad\nversion: 1.0.0\nsource:\n  path: q.jsonl\n  question: [unclosed\n"
+        "model: {}\n",
+    ),
+    Case(
+        "yaml-duplicate-key",
+        ("r.yaml:3: key version appears twice (first at line 2)",),
+        recipe="name: bad\nversion: 1.0.0\nversion: 2.0.0\nsource: {path: q.jsonl}\n",
+    ),
+    Case(
+        "recipe-not-a-mapping",
+        ("a recipe must be a YAML mapping, got list",),
+        recipe="- name: bad\n- version: 1.0.0\n",
+    ),
     Case("recipe-empty", ("a recipe must be a YAML mapping, got NoneType",), recipe=""),
-    Case("recipe-not-utf8", ("r.yaml:2: byte 0xe9 at byte offset 20 (column 11 of the line) "
-                             "is not valid UTF-8",),
-         setup=lambda tmp: (tmp / "r.yaml").write_bytes(
-             b"name: bad\nname2: caf\xe9\n")),
+    Case(
+        "recipe-not-utf8",
+        ("r.yaml:2: byte 0xe9 at byte offset 20 (column 11 of the line) is not valid UTF-8",),
+        setup=lambda tmp: (tmp / "r.yaml").write_bytes(b"name: bad\nname2: caf\xe9\n"),
+    ),
     Case("recipe-missing", ("recipe file 'gone.yaml' not found",), args=("gone.yaml",)),
-    Case("recipe-is-a-directory", ("is a directory",), args=("adir",),
-         setup=_make_dir("adir")),
-    Case("unknown-key-suggests-closest", ("prefix.lenght (r.yaml:", "did you mean 'length'?"),
-         recipe=recipe(**{"prefix.lenght": 8})),
-    Case("unknown-top-level-key-suggests", ("sampling_seed (r.yaml:", "did you mean 'sampling'?"),
-         recipe=recipe(sampling_seed=3)),
-    Case("unknown-key-no-suggestion", ("colour (r.yaml:", "unknown field; remove it"),
-         recipe=recipe(colour="red")),
-    Case("wrong-type-integer", ("prefix.samples (r.yaml:", "valid integer"),
-         recipe=recipe(**{"prefix.samples": "eight"})),
-    Case("wrong-type-number", ("sampling.temperature (r.yaml:", "valid number"),
-         recipe=recipe(**{"sampling.temperature": [0.6]})),
+    Case("recipe-is-a-directory", ("is a directory",), args=("adir",), setup=_make_dir("adir")),
+    Case(
+        "unknown-key-suggests-closest",
+        ("prefix.lenght (r.yaml:", "did you mean 'length'?"),
+        recipe=recipe(**{"prefix.lenght": 8}),
+    ),
+    Case(
+        "unknown-top-level-key-suggests",
+        ("sampling_seed (r.yaml:", "did you mean 'sampling'?"),
+        recipe=recipe(sampling_seed=3),
+    ),
+    Case(
+        "unknown-key-no-suggestion",
+        ("colour (r.yaml:", "unknown field; remove it"),
+        recipe=recipe(colour="red"),
+    ),
+    Case(
+        "wrong-type-integer",
+        ("prefix.samples (r.yaml:", "valid integer"),
+        recipe=recipe(**{"prefix.samples": "eight"}),
+    ),
+    Case(
+        "wrong-type-number",
+        ("sampling.temperature (r.yaml:", "valid number"),
+        recipe=recipe(**{"sampling.temperature": [0.6]}),
+    ),
     Case("wrong-type-section", ("source (r.yaml:",), recipe=recipe(source="q.jsonl")),
-    Case("missing-required-version", ("version (r.yaml", "required field is missing"),
-         recipe=recipe(version=DROP)),
-    Case("samples-zero", ("prefix.samples (r.yaml:", "greater than or equal to 1"),
-         recipe=recipe(**{"prefix.samples": 0})),
-    Case("samples-negative", ("prefix.samples (r.yaml:", "greater than or equal to 1"),
-         recipe=recipe(**{"prefix.samples": -3})),
-    Case("length-zero", ("prefix.length (r.yaml:", "greater than or equal to 1"),
-         recipe=recipe(**{"prefix.length": 0})),
-    Case("length-negative", ("prefix.length (r.yaml:", "greater than or equal to 1"),
-         recipe=recipe(**{"prefix.length": -8})),
-    Case("ratio-above-one", ("mixture.full_trace_ratio (r.yaml:", "less than or equal to 1"),
-         recipe=recipe(**{"mixture.full_trace_ratio": 1.5})),
-    Case("ratio-negative", ("mixture.full_trace_ratio (r.yaml:", "greater than or equal to 0"),
-         recipe=recipe(**{"mixture.full_trace_ratio": -0.1})),
-    Case("majority-with-one-sample", ("vote 'majority' needs samples >= 2",),
-         recipe=recipe(**{"prefix.samples": 1})),
-    Case("min-agreement-above-one", ("prefix.min_agreement (r.yaml:", "less than or equal to 1"),
-         recipe=recipe(**{"prefix.min_agreement": 1.5})),
-    Case("min-agreement-negative", ("prefix.min_agreement", "greater than or equal to 0"),
-         recipe=recipe(**{"prefix.min_agreement": -0.2})),
-    Case("version-not-semver", ("version '1.0' is not a semantic version like 1.0.0",),
-         recipe=recipe(version="1.0")),
-    Case("version-with-v", ("version 'v1.0.0' is not a semantic version",),
-         recipe=recipe(version="v1.0.0")),
-    Case("unknown-backend", ("model.backend (r.yaml:", "'vllm' or 'transformers'"),
-         recipe=recipe(**{"model.backend": "tensorrt"})),
-    Case("unknown-backend-flag", ("Invalid value for '--backend'",),
-         args=("--dry-run", "--backend", "tensorrt")),
-    Case("label-filter-without-answer", ("label_filter.enabled needs gold answers",),
-         recipe=recipe(**{"source.answer": DROP, "label_filter.enabled": True,
-                          "prefix.vote": "first", "prefix.samples": 1})),
-    Case("hub-and-path", ("set exactly one of 'hub'",),
-         recipe=recipe(**{"source.hub": "openai/gsm8k"})),
-    Case("source-suffix", ("has suffix '.txt'; use .jsonl, .json, .parquet or .csv",),
-         recipe=recipe(**{"source.path": "q.txt"})),
+    Case(
+        "missing-required-version",
+        ("version (r.yaml", "required field is missing"),
+        recipe=recipe(version=DROP),
+    ),
+    Case(
+        "samples-zero",
+        ("prefix.samples (r.yaml:", "greater than or equal to 1"),
+        recipe=recipe(**{"prefix.samples": 0}),
+    ),
+    Case(
+        "samples-negative",
+        ("prefix.samples (r.yaml:", "greater than or equal to 1"),
+        recipe=recipe(**{"prefix.samples": -3}),
+    ),
+    Case(
+        "length-zero",
+        ("prefix.length (r.yaml:", "greater than or equal to 1"),
+        recipe=recipe(**{"prefix.length": 0}),
+    ),
+    Case(
+        "length-negative",
+        ("prefix.length (r.yaml:", "greater than or equal to 1"),
+        recipe=recipe(**{"prefix.length": -8}),
+    ),
+    Case(
+        "ratio-above-one",
+        ("mixture.full_trace_ratio (r.yaml:", "less than or equal to 1"),
+        recipe=recipe(**{"mixture.full_trace_ratio": 1.5}),
+    ),
+    Case(
+        "ratio-negative",
+        ("mixture.full_trace_ratio (r.yaml:", "greater than or equal to 0"),
+        recipe=recipe(**{"mixture.full_trace_ratio": -0.1}),
+    ),
+    Case(
+        "majority-with-one-sample",
+        ("vote 'majority' needs samples >= 2",),
+        recipe=recipe(**{"prefix.samples": 1}),
+    ),
+    Case(
+        "min-agreement-above-one",
+        ("prefix.min_agreement (r.yaml:", "less than or equal to 1"),
+        recipe=recipe(**{"prefix.min_agreement": 1.5}),
+    ),
+    Case(
+        "min-agreement-negative",
+        ("prefix.min_agreement", "greater than or equal to 0"),
+        recipe=recipe(**{"prefix.min_agreement": -0.2}),
+    ),
+    Case(
+        "version-not-semver",
+        ("version '1.0' is not a semantic version like 1.0.0",),
+        recipe=recipe(version="1.0"),
+    ),
+    Case(
+        "version-with-v",
+        ("version 'v1.0.0' is not a semantic version",),
+        recipe=recipe(version="v1.0.0"),
+    ),
+    Case(
+        "unknown-backend",
+        ("model.backend (r.yaml:", "'vllm' or 'transformers'"),
+        recipe=recipe(**{"model.backend": "tensorrt"}),
+    ),
+    Case(
+        "unknown-backend-flag",
+        ("Invalid value for '--backend'",),
+        args=("--dry-run", "--backend", "tensorrt"),
+    ),
+    Case(
+        "label-filter-without-answer",
+        ("label_filter.enabled needs gold answers",),
+        recipe=recipe(
+            **{
+                "source.answer": DROP,
+                "label_filter.enabled": True,
+                "prefix.vote": "first",
+                "prefix.samples": 1,
+            }
+        ),
+    ),
+    Case(
+        "hub-and-path",
+        ("set exactly one of 'hub'",),
+        recipe=recipe(**{"source.hub": "openai/gsm8k"}),
+    ),
+    Case(
+        "source-suffix",
+        ("has suffix '.txt'; use .jsonl, .json, .parquet or .csv",),
+        recipe=recipe(**{"source.path": "q.txt"}),
+    ),
     # --- the source file ---------------------------------------------------------------------
-    Case("source-missing", ("source.path 'q.jsonl' not found (looked at {tmp}/q.jsonl)",),
-         files={}),
-    Case("source-is-a-directory", ("source.path 'q.jsonl' is a directory",), files={},
-         setup=_make_dir("q.jsonl")),
-    Case("source-empty", ("source.path 'q.jsonl': {tmp}/q.jsonl is empty (0 bytes)",),
-         files={"q.jsonl": b""}),
-    Case("source-non-utf8", ("{tmp}/q.jsonl:2: byte 0xff at byte offset 61 (column 16 of the "
-                             "line) is not valid UTF-8",),
-         files={"q.jsonl": jsonl(GOOD_ROWS[:1]) + b'{"question": "T\xffo?"}\n'}),
-    Case("source-csv-non-utf8", ("{tmp}/q.csv:3: byte 0xe9 at byte offset",),
-         recipe=recipe(**{"source.path": "q.csv"}),
-         files={"q.csv": b"question,answer\nOne?,1\nCaf\xe9?,2\n"}),
-    Case("jsonl-line-not-json", ("{tmp}/q.jsonl:2: not valid JSON (",),
-         files={"q.jsonl": jsonl(GOOD_ROWS[:1]) + b'{"question": "Two?",}\n'}),
-    Case("jsonl-line-not-an-object", ("{tmp}/q.jsonl:2: expected a JSON object, got ['Two?']",),
-         files={"q.jsonl": jsonl([GOOD_ROWS[0], ["Two?"]])}),
-    Case("json-not-a-list", ("expected a JSON list of objects",),
-         recipe=recipe(**{"source.path": "q.json"}), files={"q.json": b'{"rows": []}'}),
-    Case("parquet-garbage", ("q.parquet: cannot read as parquet",),
-         recipe=recipe(**{"source.path": "q.parquet"}), files={"q.parquet": b"garbage"}),
-    Case("question-field-missing", ("{tmp}/q.jsonl:1: field(s) ['question'] named by "
-                                    "source.question 'question' are missing (row has: answer, "
-                                    "prompt)",),
-         files={"q.jsonl": jsonl([{"prompt": "One?", "answer": 1}])}),
-    Case("question-null-everywhere", ("source yielded no questions (read 2, empty 2",),
-         files={"q.jsonl": jsonl([{"question": None, "answer": 1},
-                                  {"question": None, "answer": 2}])}),
-    Case("question-a-list", ("{tmp}/q.jsonl:2: field 'question' holds a list (['a', 'b']), "
-                             "not text",),
-         files={"q.jsonl": jsonl([GOOD_ROWS[0], {"question": ["a", "b"], "answer": 1}])}),
-    Case("question-a-number", ("{tmp}/q.jsonl:1: field 'question' holds a number (42)",),
-         files={"q.jsonl": jsonl([{"question": 42, "answer": 1}])}),
-    Case("question-a-dict", ("field 'question' holds an object ({'text': 'One?'})",),
-         files={"q.jsonl": jsonl([{"question": {"text": "One?"}, "answer": 1}])}),
-    Case("template-missing-field", ("field(s) ['Question'] named by source.question '{Body} "
-                                    "{Question}' are missing (row has: Body, answer)",),
-         recipe=recipe(**{"source.question": "{Body} {Question}"}),
-         files={"q.jsonl": jsonl([{"Body": "Tom has 3.", "answer": 3}])}),
-    Case("only-whitespace-questions", ("source yielded no questions (read 3, empty 3",),
-         files={"q.jsonl": jsonl([{"question": q, "answer": 1} for q in ("", "  \t", "\n")])}),
-    Case("duplicate-ids-different-questions", ("id 'a' (field 'id') was already used by "
-                                               "{tmp}/q.jsonl:1; ids must be unique",),
-         recipe=recipe(**{"source.id": "id"}),
-         files={"q.jsonl": jsonl([{"question": "One?", "answer": 1, "id": "a"},
-                                  {"question": "Two?", "answer": 2, "id": "a"}])}),
-    Case("answer-field-missing", ("answer field 'solution' is missing (row has: answer, "
-                                  "question)",),
-         recipe=recipe(**{"source.answer": "solution"})),
-    Case("answer-an-object", ("answer field 'answer' holds an object ({'value': 5})",),
-         files={"q.jsonl": jsonl([{"question": "One?", "answer": {"value": 5}}])}),
-    Case("answer-a-boolean", ("answer field 'answer' holds a boolean (True)",),
-         files={"q.jsonl": jsonl([{"question": "One?", "answer": True}])}),
+    Case(
+        "source-missing", ("source.path 'q.jsonl' not found (looked at {tmp}/q.jsonl)",), files={}
+    ),
+    Case(
+        "source-is-a-directory",
+        ("source.path 'q.jsonl' is a directory",),
+        files={},
+        setup=_make_dir("q.jsonl"),
+    ),
+    Case(
+        "source-empty",
+        ("source.path 'q.jsonl': {tmp}/q.jsonl is empty (0 bytes)",),
+        files={"q.jsonl": b""},
+    ),
+    Case(
+        "source-non-utf8",
+        (
+            "{tmp}/q.jsonl:2: byte 0xff at byte offset 61 (column 16 of the "
+            "line) is not valid UTF-8",
+        ),
+        files={"q.jsonl": jsonl(GOOD_ROWS[:1]) + b'{"question": "T\xffo?"}\n'},
+    ),
+    Case(
+        "source-csv-non-utf8",
+        ("{tmp}/q.csv:3: byte 0xe9 at byte offset",),
+        recipe=recipe(**{"source.path": "q.csv"}),
+        files={"q.csv": b"question,answer\nOne?,1\nCaf\xe9?,2\n"},
+    ),
+    Case(
+        "jsonl-line-not-json",
+        ("{tmp}/q.jsonl:2: not valid JSON (",),
+        files={"q.jsonl": jsonl(GOOD_ROWS[:1]) + b'{"question": "Two?",}\n'},
+    ),
+    Case(
+        "jsonl-line-not-an-object",
+        ("{tmp}/q.jsonl:2: expected a JSON object, got ['Two?']",),
+        files={"q.jsonl": jsonl([GOOD_ROWS[0], ["Two?"]])},
+    ),
+    Case(
+        "json-not-a-list",
+        ("expected a JSON list of objects",),
+        recipe=recipe(**{"source.path": "q.json"}),
+        files={"q.json": b'{"rows": []}'},
+    ),
+    Case(
+        "parquet-garbage",
+        ("q.parquet: cannot read as parquet",),
+        recipe=recipe(**{"source.path": "q.parquet"}),
+        files={"q.parquet": b"garbage"},
+    ),
+    Case(
+        "question-field-missing",
+        (
+            "{tmp}/q.jsonl:1: field(s) ['question'] named by "
+            "source.question 'question' are missing (row has: answer, "
+            "prompt)",
+        ),
+        files={"q.jsonl": jsonl([{"prompt": "One?", "answer": 1}])},
+    ),
+    Case(
+        "question-null-everywhere",
+        ("source yielded no questions (read 2, empty 2",),
+        files={
+            "q.jsonl": jsonl([{"question": None, "answer": 1}, {"question": None, "answer": 2}])
+        },
+    ),
+    Case(
+        "question-a-list",
+        ("{tmp}/q.jsonl:2: field 'question' holds a list (['a', 'b']), not text",),
+        files={"q.jsonl": jsonl([GOOD_ROWS[0], {"question": ["a", "b"], "answer": 1}])},
+    ),
+    Case(
+        "question-a-number",
+        ("{tmp}/q.jsonl:1: field 'question' holds a number (42)",),
+        files={"q.jsonl": jsonl([{"question": 42, "answer": 1}])},
+    ),
+    Case(
+        "question-a-dict",
+        ("field 'question' holds an object ({'text': 'One?'})",),
+        files={"q.jsonl": jsonl([{"question": {"text": "One?"}, "answer": 1}])},
+    ),
+    Case(
+        "template-missing-field",
+        (
+            "field(s) ['Question'] named by source.question '{Body} "
+            "{Question}' are missing (row has: Body, answer)",
+        ),
+        recipe=recipe(**{"source.question": "{Body} {Question}"}),
+        files={"q.jsonl": jsonl([{"Body": "Tom has 3.", "answer": 3}])},
+    ),
+    Case(
+        "only-whitespace-questions",
+        ("source yielded no questions (read 3, empty 3",),
+        files={"q.jsonl": jsonl([{"question": q, "answer": 1} for q in ("", "  \t", "\n")])},
+    ),
+    Case(
+        "duplicate-ids-different-questions",
+        ("id 'a' (field 'id') was already used by {tmp}/q.jsonl:1; ids must be unique",),
+        recipe=recipe(**{"source.id": "id"}),
+        files={
+            "q.jsonl": jsonl(
+                [
+                    {"question": "One?", "answer": 1, "id": "a"},
+                    {"question": "Two?", "answer": 2, "id": "a"},
+                ]
+            )
+        },
+    ),
+    Case(
+        "answer-field-missing",
+        ("answer field 'solution' is missing (row has: answer, question)",),
+        recipe=recipe(**{"source.answer": "solution"}),
+    ),
+    Case(
+        "answer-an-object",
+        ("answer field 'answer' holds an object ({'value': 5})",),
+        files={"q.jsonl": jsonl([{"question": "One?", "answer": {"value": 5}}])},
+    ),
+    Case(
+        "answer-a-boolean",
+        ("answer field 'answer' holds a boolean (True)",),
+        files={"q.jsonl": jsonl([{"question": "One?", "answer": True}])},
+    ),
     # --- accepted on purpose: the plan line shows how the file was read ----------------------
-    Case("bom-accepted", ("read 2, empty 0, duplicate 0, over limit 0, kept 2",), exit_code=0,
-         files={"q.jsonl": b"\xef\xbb\xbf" + jsonl(GOOD_ROWS)}),
-    Case("crlf-accepted", ("read 2, empty 0, duplicate 0, over limit 0, kept 2",), exit_code=0,
-         files={"q.jsonl": jsonl(GOOD_ROWS).replace(b"\n", b"\r\n")}),
-    Case("some-whitespace-questions-skipped", ("read 4, empty 2, duplicate 0, over limit 0, "
-                                               "kept 2",), exit_code=0,
-         files={"q.jsonl": jsonl([GOOD_ROWS[0], {"question": "  "}, GOOD_ROWS[1],
-                                  {"question": None}])}),
+    Case(
+        "bom-accepted",
+        ("read 2, empty 0, duplicate 0, over limit 0, kept 2",),
+        exit_code=0,
+        files={"q.jsonl": b"\xef\xbb\xbf" + jsonl(GOOD_ROWS)},
+    ),
+    Case(
+        "crlf-accepted",
+        ("read 2, empty 0, duplicate 0, over limit 0, kept 2",),
+        exit_code=0,
+        files={"q.jsonl": jsonl(GOOD_ROWS).replace(b"\n", b"\r\n")},
+    ),
+    Case(
+        "some-whitespace-questions-skipped",
+        ("read 4, empty 2, duplicate 0, over limit 0, kept 2",),
+        exit_code=0,
+        files={
+            "q.jsonl": jsonl([GOOD_ROWS[0], {"question": "  "}, GOOD_ROWS[1], {"question": None}])
+        },
+    ),
     # --- the model ---------------------------------------------------------------------------
-    Case("model-path-missing", ("model './models/none' is neither a local folder",),
-         recipe=recipe(**{"model.id": "./models/none"})),
-    Case("model-folder-without-config", ("exists but has no config.json",),
-         recipe=recipe(**{"model.id": "./model"}),
-         setup=lambda tmp: _model_folder(tmp, config=False)),
-    Case("model-without-chat-template", ("model './model' has no chat template",
-                                         "set model.chat_template"),
-         recipe=recipe(**{"model.id": "./model"}),
-         setup=lambda tmp: _model_folder(tmp, template=False)),
+    Case(
+        "model-path-missing",
+        ("model './models/none' is neither a local folder",),
+        recipe=recipe(**{"model.id": "./models/none"}),
+    ),
+    Case(
+        "model-folder-without-config",
+        ("exists but has no config.json",),
+        recipe=recipe(**{"model.id": "./model"}),
+        setup=lambda tmp: _model_folder(tmp, config=False),
+    ),
+    Case(
+        "model-without-chat-template",
+        ("model './model' has no chat template", "set model.chat_template"),
+        recipe=recipe(**{"model.id": "./model"}),
+        setup=lambda tmp: _model_folder(tmp, template=False),
+    ),
     # --- the output location -----------------------------------------------------------------
-    Case("out-flag-is-a-file", ("Invalid value for '--out': Directory 'taken' is a file",),
-         args=("--dry-run", "--out", "taken"), setup=_make_file("taken")),
-    Case("output-dir-is-a-file", ("output path out is a file, not a directory",),
-         setup=_make_file("out")),
-    Case("output-name-is-a-file", ("output path out/bad is a file, not a directory",),
-         setup=_make_file("out/bad")),
-    Case("existing-version-other-fingerprint", ("already exists and was built from a different "
-                                                "recipe", "pass --force to replace it"),
-         recipe=recipe(**{"model.id": "./model"}), args=(), setup=_existing_version),
+    Case(
+        "out-flag-is-a-file",
+        ("Invalid value for '--out': Directory 'taken' is a file",),
+        args=("--dry-run", "--out", "taken"),
+        setup=_make_file("taken"),
+    ),
+    Case(
+        "output-dir-is-a-file",
+        ("output path out is a file, not a directory",),
+        setup=_make_file("out"),
+    ),
+    Case(
+        "output-name-is-a-file",
+        ("output path out/bad is a file, not a directory",),
+        setup=_make_file("out/bad"),
+    ),
+    Case(
+        "existing-version-other-fingerprint",
+        ("already exists and was built from a different recipe", "pass --force to replace it"),
+        recipe=recipe(**{"model.id": "./model"}),
+        args=(),
+        setup=_existing_version,
+    ),
     # --- publishing --------------------------------------------------------------------------
-    Case("push-incomplete-directory", ("is not a complete version directory: missing "
-                                       "manifest.json",),
-         command="push", args=(VERSION, "--token", ALICE), setup=_incomplete_version),
-    Case("push-missing-directory", ("version directory 'nowhere' does not exist",),
-         command="push", args=("nowhere", "--token", ALICE)),
-    Case("push-without-token", ("no Hugging Face token found",),
-         command="push", args=(VERSION,), setup=_version),
-    Case("push-rejected-token", ("the Hub rejected the token (HTTP 401)",),
-         command="push", args=(VERSION, "--token", "hf_wrong"), setup=_version),
-    Case("push-bad-repo-id", ("repo id 'no-slash' must look like ORG/NAME",),
-         command="push", args=(VERSION, "--repo-id", "no-slash", "--token", ALICE),
-         setup=_version),
-    Case("push-other-content-under-tag", ("tag v1.0.0 already exists on alice/demo-upft with "
-                                          "different content",),
-         command="push", args=(VERSION, "--token", ALICE), setup=_published_then_changed),
+    Case(
+        "push-incomplete-directory",
+        ("is not a complete version directory: missing manifest.json",),
+        command="push",
+        args=(VERSION, "--token", ALICE),
+        setup=_incomplete_version,
+    ),
+    Case(
+        "push-missing-directory",
+        ("version directory 'nowhere' does not exist",),
+        command="push",
+        args=("nowhere", "--token", ALICE),
+    ),
+    Case(
+        "push-without-token",
+        ("no Hugging Face token found",),
+        command="push",
+        args=(VERSION,),
+        setup=_version,
+    ),
+    Case(
+        "push-rejected-token",
+        ("the Hub rejected the token (HTTP 401)",),
+        command="push",
+        args=(VERSION, "--token", "hf_wrong"),
+        setup=_version,
+    ),
+    Case(
+        "push-bad-repo-id",
+        ("repo id 'no-slash' must look like ORG/NAME",),
+        command="push",
+        args=(VERSION, "--repo-id", "no-slash", "--token", ALICE),
+        setup=_version,
+    ),
+    Case(
+        "push-other-content-under-tag",
+        ("tag v1.0.0 already exists on alice/demo-upft with different content",),
+        command="push",
+        args=(VERSION, "--token", ALICE),
+        setup=_published_then_changed,
+    ),
 ]
 
 
@@ -313,8 +529,9 @@ def _restore_root_logger() -> Iterator[None]:
 def _tree(path: Path) -> list[tuple[str, bytes]]:
     if not path.exists():
         return []
-    return sorted((str(p.relative_to(path)), p.read_bytes() if p.is_file() else b"")
-                  for p in path.rglob("*"))
+    return sorted(
+        (str(p.relative_to(path)), p.read_bytes() if p.is_file() else b"") for p in path.rglob("*")
+    )
 
 
 def test_the_catalogue_has_at_least_forty_error_cases() -> None:
@@ -323,14 +540,16 @@ def test_the_catalogue_has_at_least_forty_error_cases() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                   hub: HubServer) -> None:
+def test_bad_input(
+    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub: HubServer
+) -> None:
     monkeypatch.chdir(tmp_path)
     files = {"q.jsonl": jsonl(GOOD_ROWS)} if case.files is None else case.files
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    (tmp_path / "r.yaml").write_text(recipe() if case.recipe is None else case.recipe,
-                                     encoding="utf-8")
+    (tmp_path / "r.yaml").write_text(
+        recipe() if case.recipe is None else case.recipe, encoding="utf-8"
+    )
     if case.setup is not None:  # last: it may replace what was written above
         case.setup(tmp_path)
     before = _tree(tmp_path / FINAL)
@@ -349,8 +568,12 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         assert fragment.replace("{tmp}", str(tmp_path)) in out, out
     assert "Traceback" not in out
     assert result.exception is None or isinstance(result.exception, SystemExit), out
-    if case.exit_code == 2 and case.command == "build" and "Invalid value" not in out \
-            and "is a directory" not in out.splitlines()[-1]:
+    if (
+        case.exit_code == 2
+        and case.command == "build"
+        and "Invalid value" not in out
+        and "is a directory" not in out.splitlines()[-1]
+    ):
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1, out
     # Nothing half-written: the version directory is absent, or exactly as it was.
@@ -363,19 +586,31 @@ def test_unreadable_source(tmp_path: Path) -> None:
     (tmp_path / "q.jsonl").write_bytes(jsonl(GOOD_ROWS))
     (tmp_path / "q.jsonl").chmod(0o000)
     (tmp_path / "r.yaml").write_text(recipe(), encoding="utf-8")
-    command = [sys.executable, "-c", "import sys; from builder.cli import build_main; "
-               "sys.exit(build_main(['r.yaml', '--dry-run', '-q']))"]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from builder.cli import build_main; "
+        "sys.exit(build_main(['r.yaml', '--dry-run', '-q']))",
+    ]
     if os.geteuid() == 0:
         capsh = shutil.which("capsh")
         if capsh is None:
             pytest.skip("running as root without capsh: root bypasses file permissions")
-        command = [capsh, "--drop=cap_dac_override,cap_dac_read_search", "--", "-c",
-                   shlex.join(command)]
+        command = [
+            capsh,
+            "--drop=cap_dac_override,cap_dac_read_search",
+            "--",
+            "-c",
+            shlex.join(command),
+        ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2, done.stderr
-    assert (f"error: source.path 'q.jsonl': cannot read {tmp_path / 'q.jsonl'} (Permission "
-            "denied); check its permissions") in done.stderr
+    assert (
+        f"error: source.path 'q.jsonl': cannot read {tmp_path / 'q.jsonl'} (Permission "
+        "denied); check its permissions"
+    ) in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()

@@ -51,7 +51,8 @@ def test_help_shows_an_example() -> None:
 
 def test_bad_recipe_exits_2_with_the_field_path(tmp_path: Path) -> None:
     recipe = tmp_path / "bad.yaml"
-    recipe.write_text(textwrap.dedent("""\
+    recipe.write_text(
+        textwrap.dedent("""\
         name: demo
         version: 1.0.0
         source:
@@ -59,7 +60,9 @@ def test_bad_recipe_exits_2_with_the_field_path(tmp_path: Path) -> None:
           question: question
         prefix:
           lenght: 8
-        """), encoding="utf-8")
+        """),
+        encoding="utf-8",
+    )
     result = _run(recipe, "--dry-run")
     assert result.exit_code == 2
     assert result.stdout == ""
@@ -82,8 +85,7 @@ def test_missing_recipe_file_exits_2(in_tmp: Path) -> None:
 
 def test_missing_source_file_exits_2_on_dry_run(tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: demo\nversion: 1.0.0\nsource:\n  path: gone.jsonl\n",
-                      encoding="utf-8")
+    recipe.write_text("name: demo\nversion: 1.0.0\nsource:\n  path: gone.jsonl\n", encoding="utf-8")
     result = _run(recipe, "--dry-run", "-q")
     assert result.exit_code == 2
     assert result.stderr.startswith("error: source.path 'gone.jsonl' not found (looked at ")
@@ -121,8 +123,7 @@ def test_dry_run_with_limit_and_out(in_tmp: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines == [
         "source: data/demo-questions.jsonl  read 48, empty 0, duplicate 1, over limit 42, kept 5",
-        "phase 1 (prefixes): 5 prompts, plain prompt, 40 samples x <= 32 tokens = <= 1,280 "
-        "tokens",
+        "phase 1 (prefixes): 5 prompts, plain prompt, 40 samples x <= 32 tokens = <= 1,280 tokens",
         "phase 2 (full traces): 1 prompts, 1 samples x <= 384 tokens, up to 3 tries each = "
         "<= 1,152 tokens",
         "token budget (upper bound): 2,432; RFT (16 full traces/question) upper bound: "

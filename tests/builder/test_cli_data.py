@@ -25,8 +25,9 @@ def _expected_counts(path: Path, fields: tuple[str, ...]) -> tuple[int, int]:
     seen: set[str] = set()
     duplicates = 0
     for row in rows:
-        text = " ".join(unicodedata.normalize("NFKC", " ".join(str(row[f]) for f in fields))
-                        .split())
+        text = " ".join(
+            unicodedata.normalize("NFKC", " ".join(str(row[f]) for f in fields)).split()
+        )
         duplicates += text in seen
         seen.add(text)
     return len(rows), duplicates

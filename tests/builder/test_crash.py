@@ -42,13 +42,17 @@ NAME, VERSION = "demo-upft", "0.1.0"
 
 
 def write_recipe(folder: Path) -> Path:
-    recipe = demo_recipe(folder / "out", limit=LIMIT, backend="transformers",
-                         output={"dir": str(folder / "out"), "shard_size": SHARD},
-                         prefix={"samples": N, "length": L},
-                         sampling={"max_tokens": 48},
-                         mixture={"full_trace_ratio": 0.5, "full_trace_tries": 1},
-                         # The session engine (tests/conftest.py) runs in the model's own dtype.
-                         model={"dtype": "auto"})
+    recipe = demo_recipe(
+        folder / "out",
+        limit=LIMIT,
+        backend="transformers",
+        output={"dir": str(folder / "out"), "shard_size": SHARD},
+        prefix={"samples": N, "length": L},
+        sampling={"max_tokens": 48},
+        mixture={"full_trace_ratio": 0.5, "full_trace_tries": 1},
+        # The session engine (tests/conftest.py) runs in the model's own dtype.
+        model={"dtype": "auto"},
+    )
     path = folder / "recipe.yaml"
     path.write_text(recipe.to_yaml())
     return path
@@ -64,25 +68,35 @@ def reference(hf_sampler, tmp_path_factory) -> Path:
 
 
 def data_files(version_dir: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(version_dir)): p.read_bytes()
-            for p in sorted((version_dir / "data").rglob("*.parquet"))}
+    return {
+        str(p.relative_to(version_dir)): p.read_bytes()
+        for p in sorted((version_dir / "data").rglob("*.parquet"))
+    }
 
 
 def start(recipe: Path, *flags: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "builder", str(recipe), "--quiet", *flags],
-                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "builder", str(recipe), "--quiet", *flags],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
-def wait_for(proc: subprocess.Popen[bytes], ready: Callable[[], bool],
-             timeout: float = 600) -> None:
+def wait_for(
+    proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float = 600
+) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None:
             _, err = proc.communicate()
-            raise AssertionError(f"the build ended (rc {proc.returncode}) before the point to "
-                                 f"interrupt it: {err.decode()[-3000:]}")
+            raise AssertionError(
+                f"the build ended (rc {proc.returncode}) before the point to "
+                f"interrupt it: {err.decode()[-3000:]}"
+            )
         assert time.monotonic() < deadline, "timed out waiting for the build"
         time.sleep(0.01)
 
@@ -112,7 +126,10 @@ def check_complete(version_dir: Path, reference: Path) -> dict[str, Any]:
     assert sorted(r["question_id"] for r in mixture) == sorted(ids)
     counts = manifest["counts"]
     assert (counts["questions"], counts["mixture_rows"], counts["trace_rows"]) == (
-        len(prefixes), len(mixture), len(traces))
+        len(prefixes),
+        len(mixture),
+        len(traces),
+    )
     assert counts["full_rows"] == sum(1 for r in mixture if r["kind"] == "full")
     assert data_files(version_dir) == data_files(reference)  # byte for byte
     return manifest
@@ -133,8 +150,9 @@ POINTS = {
 
 
 @pytest.mark.parametrize("point", list(POINTS))
-def test_kill_9_then_rerun_equals_an_uninterrupted_build(point: str, tmp_path: Path, hf_sampler,
-                                                         reference: Path) -> None:
+def test_kill_9_then_rerun_equals_an_uninterrupted_build(
+    point: str, tmp_path: Path, hf_sampler, reference: Path
+) -> None:
     recipe_path = write_recipe(tmp_path)
     root = tmp_path / "out" / NAME
     staging, final = root / f".{VERSION}.partial", root / VERSION
@@ -173,20 +191,28 @@ def test_a_second_build_of_the_same_recipe_exits_2_naming_the_first(tmp_path: Pa
     first = start(recipe_path)
     try:
         wait_for(first, lambda: (staging / "fingerprint").is_file())
-        second = subprocess.run([sys.executable, "-m", "builder", str(recipe_path), "--quiet"],
-                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        second = subprocess.run(
+            [sys.executable, "-m", "builder", str(recipe_path), "--quiet"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert first.poll() is None, "the first build ended before the second one started"
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
     assert second.returncode == 2, second.stderr
-    assert (f"error: another upft-build (pid {first.pid}) is building this version right now: "
-            f"lock {tmp_path / 'out' / NAME / f'.{VERSION}.lock'}") in second.stderr
+    assert (
+        f"error: another upft-build (pid {first.pid}) is building this version right now: "
+        f"lock {tmp_path / 'out' / NAME / f'.{VERSION}.lock'}"
+    ) in second.stderr
     assert "Traceback" not in second.stderr
 
 
-def test_ctrl_c_exits_130_keeps_shards_and_says_how_to_resume(tmp_path: Path, hf_sampler,
-                                                             reference: Path) -> None:
+def test_ctrl_c_exits_130_keeps_shards_and_says_how_to_resume(
+    tmp_path: Path, hf_sampler, reference: Path
+) -> None:
     recipe_path = write_recipe(tmp_path)
     root = tmp_path / "out" / NAME
     staging = root / f".{VERSION}.partial"
@@ -202,8 +228,8 @@ def test_ctrl_c_exits_130_keeps_shards_and_says_how_to_resume(tmp_path: Path, hf
     stderr = err.decode()
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == (
-        f"interrupted: sampled shards are kept in {staging}; resume with: upft-build "
-        f"{recipe_path}")
+        f"interrupted: sampled shards are kept in {staging}; resume with: upft-build {recipe_path}"
+    )
     assert "Traceback" not in stderr
     kept = shards(staging, "prefix")
     assert kept and all((staging / "shards" / f"{s}.sha256").is_file() for s in kept)

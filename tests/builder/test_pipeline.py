@@ -71,10 +71,14 @@ def test_layout_and_row_counts(built):
     assert {r["finish_reason"] for r in mixture if r["kind"] == "full"} <= {"stop"}
 
     assert manifest["counts"] == {
-        "questions": BUILD_LIMIT, "prefix_rows": BUILD_LIMIT - n_full + fallback,
-        "full_rows": n_full - fallback, "mixture_rows": BUILD_LIMIT, "trace_rows": len(traces),
+        "questions": BUILD_LIMIT,
+        "prefix_rows": BUILD_LIMIT - n_full + fallback,
+        "full_rows": n_full - fallback,
+        "mixture_rows": BUILD_LIMIT,
+        "trace_rows": len(traces),
         "full_trace_resampled": sum(1 for r in per_q.values() if len(r) > 1),
-        "full_trace_fallback": fallback, "label_filter_dropped": 0,
+        "full_trace_fallback": fallback,
+        "label_filter_dropped": 0,
         "label_filter_unfiltered": 0,
     }
     assert manifest["source"]["counts"]["kept"] == BUILD_LIMIT
@@ -82,8 +86,11 @@ def test_layout_and_row_counts(built):
     if result.manifest.backend == "vllm":
         # No kv_block_size in the recipe: on CPU the sampler asks for 32 so that the N
         # samples of a prompt share its prefill (vLLM-CPU's own default is 128).
-        assert manifest["model"]["engine"] == {"kv_block_size": 32, "prefix_caching": True,
-                                               "deterministic_scheduling": True}
+        assert manifest["model"]["engine"] == {
+            "kv_block_size": 32,
+            "prefix_caching": True,
+            "deterministic_scheduling": True,
+        }
         if not KVCACHE_SET_BY_USER:  # the recipe's whole GiB, as vLLM parses it with int()
             assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "2"
     else:  # transformers reports no engine settings
@@ -117,8 +124,9 @@ def test_prefix_completions_decode_from_voted_ids(built):
         by_q.setdefault(r["question_id"], []).append(r["token_ids"])
         lps.setdefault(r["question_id"], []).append(r["cumulative_logprob"])
     qids = list(prefixes)
-    vote = voting.vote(voting.pack([by_q[q] for q in qids], L),
-                       np.array([lps[q] for q in qids]), "majority")
+    vote = voting.vote(
+        voting.pack([by_q[q] for q in qids], L), np.array([lps[q] for q in qids]), "majority"
+    )
     for i, q in enumerate(qids):
         ids, text = stable_prefix(tok, vote.prefix_ids(i))
         assert prefixes[q]["prefix"] == text
@@ -145,8 +153,12 @@ def test_prefixes_are_sampled_with_the_plain_question_and_echo_no_more(built):
 def test_sampling_under_the_instruction_makes_samples_echo_it(hf_build, hf_sampler, tmp_path):
     """The measured reason for the plain prompt: under the instruction, SmolLM2's samples
     repeat its wording far more often than under the plain question (same seed, engine)."""
-    recipe = demo_recipe(tmp_path, backend="transformers", prefix={"sample_prompt": "instruction"},
-                         mixture={"full_trace_ratio": 0.0})
+    recipe = demo_recipe(
+        tmp_path,
+        backend="transformers",
+        prefix={"sample_prompt": "instruction"},
+        mixture={"full_trace_ratio": 0.0},
+    )
     under = build(recipe, None, quiet=True, sampler=hf_sampler).manifest.instruction_echo
     plain = hf_build.manifest.instruction_echo
     assert under is not None and plain is not None and under.sample_prompt == "instruction"
@@ -167,8 +179,7 @@ def test_token_accounting_matches_traces(built):
     mean_full = spent["full"] / len(full)
     assert t.mean_full_trace_tokens == pytest.approx(mean_full, abs=0.01)
     assert t.rft_estimate == round(16 * BUILD_LIMIT * mean_full)
-    assert t.reduction_pct == pytest.approx(100 * (1 - t.total_sampled / t.rft_estimate),
-                                            abs=0.01)
+    assert t.reduction_pct == pytest.approx(100 * (1 - t.total_sampled / t.rft_estimate), abs=0.01)
     assert all(r["num_tokens"] <= L for r in traces if r["phase"] == "prefix")
 
 
@@ -178,12 +189,15 @@ def test_rerun_is_a_no_op_and_changed_recipe_is_refused(hf_build, hf_sampler):
     assert again.status == "unchanged" and again.engine_calls == 0
     assert again.path == hf_build.path
 
-    changed = demo_recipe(hf_build.path.parent.parent, backend="transformers",
-                          mixture={"full_trace_ratio": 0.5})
+    changed = demo_recipe(
+        hf_build.path.parent.parent, backend="transformers", mixture={"full_trace_ratio": 0.5}
+    )
     with pytest.raises(OutputError, match="bump `version`"):
         build(changed, None, quiet=True, sampler=hf_sampler)
-    assert json.loads((hf_build.path / "manifest.json").read_text())["fingerprint"] == \
-        hf_build.manifest.fingerprint
+    assert (
+        json.loads((hf_build.path / "manifest.json").read_text())["fingerprint"]
+        == hf_build.manifest.fingerprint
+    )
 
 
 def test_transformers_backend_is_deterministic(hf_build, hf_sampler, tmp_path):
@@ -209,7 +223,10 @@ def test_vllm_backend_is_reproducible_across_fresh_engines(tmp_path):
         out = tmp_path / run
         proc = subprocess.run(
             [sys.executable, "-m", "builder", str(recipe_path), "--out", str(out), "--quiet"],
-            env=env, capture_output=True, text=True, timeout=900,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         roots.append(Path(proc.stdout.strip().splitlines()[-1]))
@@ -222,11 +239,16 @@ def test_vllm_backend_is_reproducible_across_fresh_engines(tmp_path):
 
 
 def test_force_rebuild_replaces_version(hf_sampler, tmp_path):
-    recipe = demo_recipe(tmp_path, limit=2, backend="transformers",
-                         mixture={"full_trace_ratio": 0.5, "full_trace_from": "prefix"})
+    recipe = demo_recipe(
+        tmp_path,
+        limit=2,
+        backend="transformers",
+        mixture={"full_trace_ratio": 0.5, "full_trace_from": "prefix"},
+    )
     first = build(recipe, None, quiet=True, sampler=hf_sampler)
-    changed = demo_recipe(tmp_path, limit=2, backend="transformers",
-                          mixture={"full_trace_ratio": 0.0})
+    changed = demo_recipe(
+        tmp_path, limit=2, backend="transformers", mixture={"full_trace_ratio": 0.0}
+    )
     forced = build(changed, None, quiet=True, sampler=hf_sampler, force=True)
     assert forced.path == first.path and forced.status == "built"
     assert forced.manifest.counts.full_rows == 0
@@ -235,8 +257,12 @@ def test_force_rebuild_replaces_version(hf_sampler, tmp_path):
 
 
 def test_full_trace_from_prefix_starts_with_prefix(hf_sampler, tmp_path):
-    recipe = demo_recipe(tmp_path, limit=2, backend="transformers",
-                         mixture={"full_trace_ratio": 1.0, "full_trace_from": "prefix"})
+    recipe = demo_recipe(
+        tmp_path,
+        limit=2,
+        backend="transformers",
+        mixture={"full_trace_ratio": 1.0, "full_trace_from": "prefix"},
+    )
     result = build(recipe, None, quiet=True, sampler=hf_sampler)
     prefixes = {r["question_id"]: r for r in _load(result.path, "prefixes")}
     full = [r for r in _load(result.path, "traces") if r["phase"] == "full"]
@@ -250,11 +276,14 @@ def test_full_trace_from_prefix_starts_with_prefix(hf_sampler, tmp_path):
 def test_paper_label_filter_cuts_the_prefix_from_a_checked_complete_answer(hf_sampler, tmp_path):
     # SmolLM2 almost never reaches the gold answer, so keep unverified questions (sample 0)
     # and check the choice against the verdicts the build recorded.
-    recipe = demo_recipe(tmp_path, limit=3, backend="transformers",
-                         prefix={"vote": "first", "samples": 1},
-                         label_filter={"enabled": True, "samples": 2,
-                                       "on_no_correct": "unfiltered"},
-                         mixture={"full_trace_ratio": 0.0})
+    recipe = demo_recipe(
+        tmp_path,
+        limit=3,
+        backend="transformers",
+        prefix={"vote": "first", "samples": 1},
+        label_filter={"enabled": True, "samples": 2, "on_no_correct": "unfiltered"},
+        mixture={"full_trace_ratio": 0.0},
+    )
     result = build(recipe, None, quiet=True, sampler=hf_sampler)
     traces = _load(result.path, "traces")
     assert set(traces["phase"]) == {"prefix"} and len(traces) == 3 * 2
@@ -265,9 +294,13 @@ def test_paper_label_filter_cuts_the_prefix_from_a_checked_complete_answer(hf_sa
         answers = [t for t in traces if t["question_id"] == qid]
         pick = next((t for t in answers if t["is_correct"]), answers[0])
         ids, text = stable_prefix(tok, pick["token_ids"][:L])
-        assert (row["prefix"], row["prefix_tokens"], row["method"]) == (text, len(ids),
-                                                                        "label_filter")
-    unverified = sum(1 for q in prefixes if not any(
-        t["is_correct"] for t in traces if t["question_id"] == q))
+        assert (row["prefix"], row["prefix_tokens"], row["method"]) == (
+            text,
+            len(ids),
+            "label_filter",
+        )
+    unverified = sum(
+        1 for q in prefixes if not any(t["is_correct"] for t in traces if t["question_id"] == q)
+    )
     assert result.manifest.counts.label_filter_unfiltered == unverified
     assert result.manifest.accuracy is not None and result.manifest.accuracy.checked == 6

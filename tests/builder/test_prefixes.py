@@ -35,15 +35,15 @@ def test_majority_follows_the_samples_that_agree():
 
 
 def test_a_short_answer_is_a_complete_prefix():
-    got = choose_prefixes(TOK, [Question("a", "q")], {"a": [s("ab")]},
-                          PrefixConfig(length=4))["a"]
+    got = choose_prefixes(TOK, [Question("a", "q")], {"a": [s("ab")]}, PrefixConfig(length=4))["a"]
     assert (got.text, got.complete) == ("ab", True)
 
 
 def test_trailing_whitespace_is_settled_away():
     # The trainer re-tokenises the text and templates may trim: "ab " would not round-trip.
-    got = choose_prefixes(TOK, [Question("a", "q")], {"a": [s("ab cd")]},
-                          PrefixConfig(length=3))["a"]
+    got = choose_prefixes(TOK, [Question("a", "q")], {"a": [s("ab cd")]}, PrefixConfig(length=3))[
+        "a"
+    ]
     assert (got.text, len(got.ids)) == ("ab", 2)
 
 

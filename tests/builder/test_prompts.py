@@ -23,7 +23,12 @@ def test_encode_prompt_ends_with_the_assistant_turn():
 
 def test_markers_are_content_bigrams_within_a_clause():
     assert instruction_markers(DEFAULT_INSTRUCTION) == [
-        "whole problem", "opening step", "first thing", "work out", "final answer"]
+        "whole problem",
+        "opening step",
+        "first thing",
+        "work out",
+        "final answer",
+    ]
     # No bigram across a full stop, none made of function words only.
     assert instruction_markers("Solve it. Then stop here; of the") == ["then stop", "stop here"]
 

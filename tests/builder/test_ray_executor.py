@@ -37,8 +37,13 @@ CONFIGS = ("mixture", "prefixes", "traces")
 def test_executor_section_defaults_to_local_and_parses_ray(tmp_path: Path) -> None:
     assert demo_recipe(tmp_path).executor.kind == "local"
     e = demo_recipe(tmp_path, executor={"kind": "ray", "address": "auto", "replicas": 8}).executor
-    assert (e.kind, e.address, e.replicas, e.cpus_per_replica, e.gpus_per_replica) == \
-        ("ray", "auto", 8, 1, None)
+    assert (e.kind, e.address, e.replicas, e.cpus_per_replica, e.gpus_per_replica) == (
+        "ray",
+        "auto",
+        8,
+        1,
+        None,
+    )
     assert (e.max_shard_attempts, e.max_replica_restarts) == (3, 2)
 
 
@@ -68,8 +73,9 @@ def test_without_ray_the_build_exits_2_with_the_install_command(
 ) -> None:
     from builder.cli import build_main
 
-    recipe = demo_recipe(tmp_path / "out", limit=2, backend="transformers",
-                         executor={"kind": "ray"})
+    recipe = demo_recipe(
+        tmp_path / "out", limit=2, backend="transformers", executor={"kind": "ray"}
+    )
     path = tmp_path / "recipe.yaml"
     path.write_text(recipe.to_yaml())
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
@@ -81,8 +87,10 @@ def test_without_ray_the_build_exits_2_with_the_install_command(
         root.handlers[:] = handlers
         root.setLevel(level)
     assert result.exit_code == 2, result.output
-    assert "executor.kind: ray needs Ray, which is not installed; pip install 'upft[ray]'" \
+    assert (
+        "executor.kind: ray needs Ray, which is not installed; pip install 'upft[ray]'"
         in result.output
+    )
     assert "Traceback" not in result.output
     assert not (tmp_path / "out" / "demo-upft" / "0.1.0").exists()
 
@@ -135,16 +143,28 @@ def bad_input() -> FakeSampler:
 
 
 def _spec(factory: Any) -> ReplicaSpec:
-    return ReplicaSpec("fake", "fake", None, SamplingSettings(0.6, 1.0, 0, 0, 1.0),
-                       EngineOptions(), factory=factory)
+    return ReplicaSpec(
+        "fake",
+        "fake",
+        None,
+        SamplingSettings(0.6, 1.0, 0, 0, 1.0),
+        EngineOptions(),
+        factory=factory,
+    )
 
 
 def _requests(shards: int = 8, per_shard: int = 2) -> list[ShardRequest]:
     tok = scripted().tokenizer
     return [
-        ShardRequest("prefix", i, tuple(f"q{i}-{k}" for k in range(per_shard)),
-                     tuple(tuple(tok.encode(f"question {i}-{k}")) for k in range(per_shard)),
-                     3, 50, 7)
+        ShardRequest(
+            "prefix",
+            i,
+            tuple(f"q{i}-{k}" for k in range(per_shard)),
+            tuple(tuple(tok.encode(f"question {i}-{k}")) for k in range(per_shard)),
+            3,
+            50,
+            7,
+        )
         for i in range(shards)
     ]
 
@@ -175,8 +195,9 @@ def _local(requests: list[ShardRequest]) -> dict[int, list[list[Sample]]]:
 def test_shards_spread_over_replicas_and_match_a_local_run(ray_cluster: Any) -> None:
     requests = _requests()
     placed: dict[int, list[int]] = {0: [], 1: []}
-    ex = RayExecutor(_spec(scripted), replicas=2,
-                     on_submit=lambda i, req: placed[i].append(req.index))
+    ex = RayExecutor(
+        _spec(scripted), replicas=2, on_submit=lambda i, req: placed[i].append(req.index)
+    )
     rec = _Recorder()
     try:
         ex.run(requests, rec.on_done, rec.on_progress)
@@ -188,9 +209,16 @@ def test_shards_spread_over_replicas_and_match_a_local_run(ray_cluster: Any) -> 
     tokens = sum(len(s.token_ids) for _, res in rec.done for row in res for s in row)
     assert (rec.questions, rec.tokens) == (16, tokens)
     assert ex.engine_calls == 8
-    assert ex.describe() == {"kind": "ray", "address": None, "replicas": 2,
-                             "cpus_per_replica": 1, "gpus_per_replica": 0, "nodes": 1,
-                             "resubmitted_shards": 0, "lost_replicas": 0}
+    assert ex.describe() == {
+        "kind": "ray",
+        "address": None,
+        "replicas": 2,
+        "cpus_per_replica": 1,
+        "gpus_per_replica": 0,
+        "nodes": 1,
+        "resubmitted_shards": 0,
+        "lost_replicas": 0,
+    }
 
 
 def test_a_killed_replica_costs_only_its_shard(ray_cluster: Any) -> None:
@@ -278,16 +306,21 @@ def test_more_replicas_than_the_cluster_holds_is_refused(ray_cluster: Any) -> No
             ex.prepare()
     finally:
         ex.close()
-    assert "executor.replicas=3 needs 3 CPUs in all (1 per replica); the Ray cluster has 2" \
-        in str(err.value)
+    assert "executor.replicas=3 needs 3 CPUs in all (1 per replica); the Ray cluster has 2" in str(
+        err.value
+    )
 
 
 # --- real builds on SmolLM2 ---------------------------------------------------------------------
 
 # 8 questions in shards of 2: 4 prefix shards, so replicas share them and a kill lands mid-phase.
 # Short full traces, one try: what is compared is where shards run, not how answers end.
-REAL = {"output": {"shard_size": 2}, "model": {"dtype": "float32", "cpu_kvcache_gib": 1},
-        "sampling": {"max_tokens": 64}, "mixture": {"full_trace_tries": 1}}
+REAL = {
+    "output": {"shard_size": 2},
+    "model": {"dtype": "float32", "cpu_kvcache_gib": 1},
+    "sampling": {"max_tokens": 64},
+    "mixture": {"full_trace_tries": 1},
+}
 
 
 def _recipe(out: Path, backend: str, ray: bool = False) -> Any:
@@ -408,8 +441,12 @@ def test_a_ray_build_interrupted_then_finished_locally_equals_one_build(
             raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        build(recipe, None, quiet=True, executor=_executor(recipe,
-                                                           on_submit=interrupt_at_fourth_shard))
+        build(
+            recipe,
+            None,
+            quiet=True,
+            executor=_executor(recipe, on_submit=interrupt_at_fourth_shard),
+        )
     shards = tmp_path / "demo-upft" / ".0.1.0.partial" / "shards"
     kept = sorted(p.name for p in shards.glob("prefix-*.parquet"))
     assert 1 <= len(kept) <= 3, kept

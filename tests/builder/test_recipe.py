@@ -48,8 +48,11 @@ def _error(tmp_path: Path, text: str) -> str:
 BAD_RECIPES = [
     pytest.param(
         GOOD + "prefix:\n  lenght: 8\n",
-        ["recipe.yaml: invalid recipe (1 problem(s)):",
-         "  - prefix.lenght (recipe.yaml:7): unknown field; did you mean 'length'? (or remove it)"],
+        [
+            "recipe.yaml: invalid recipe (1 problem(s)):",
+            "  - prefix.lenght (recipe.yaml:7): unknown field; did you mean 'length'? "
+            "(or remove it)",
+        ],
         id="unknown-nested-key",
     ),
     pytest.param(
@@ -99,8 +102,10 @@ BAD_RECIPES = [
     ),
     pytest.param(
         GOOD + "  hub: openai/gsm8k\n",
-        ["  - source (recipe.yaml:3): set exactly one of 'hub' (a Hub dataset id) or 'path' "
-         "(a local file)"],
+        [
+            "  - source (recipe.yaml:3): set exactly one of 'hub' (a Hub dataset id) or 'path' "
+            "(a local file)"
+        ],
         id="both-hub-and-path",
     ),
     pytest.param(
@@ -110,8 +115,10 @@ BAD_RECIPES = [
     ),
     pytest.param(
         GOOD.replace("q.jsonl", "questions.txt"),
-        ["  - source (recipe.yaml:3): path 'questions.txt' has suffix '.txt'; use .jsonl, "
-         ".json, .parquet or .csv"],
+        [
+            "  - source (recipe.yaml:3): path 'questions.txt' has suffix '.txt'; use .jsonl, "
+            ".json, .parquet or .csv"
+        ],
         id="bad-suffix",
     ),
     pytest.param(
@@ -126,14 +133,18 @@ BAD_RECIPES = [
     ),
     pytest.param(
         GOOD + "prefix:\n  vote: majority\n  samples: 1\n",
-        ["  - prefix (recipe.yaml:6): vote 'majority' needs samples >= 2 (use vote 'first' "
-         "for one sample)"],
+        [
+            "  - prefix (recipe.yaml:6): vote 'majority' needs samples >= 2 (use vote 'first' "
+            "for one sample)"
+        ],
         id="majority-with-one-sample",
     ),
     pytest.param(
         GOOD + "prefix:\n  vote: first\n  min_agreement: 0.5\n",
-        ["  - prefix (recipe.yaml:6): min_agreement only applies to vote 'majority'; remove it "
-         "or set 0"],
+        [
+            "  - prefix (recipe.yaml:6): min_agreement only applies to vote 'majority'; remove it "
+            "or set 0"
+        ],
         id="min-agreement-with-first",
     ),
     pytest.param(
@@ -174,8 +185,10 @@ BAD_RECIPES = [
     ),
     pytest.param(
         GOOD + "model:\n  cpu_kvcache_gib: 2.5\n",
-        ["  - model.cpu_kvcache_gib (recipe.yaml:7): Input should be a valid integer, "
-         "got a number with a fractional part"],
+        [
+            "  - model.cpu_kvcache_gib (recipe.yaml:7): Input should be a valid integer, "
+            "got a number with a fractional part"
+        ],
         id="kv-cache-not-whole-gib",
     ),
     pytest.param(
@@ -263,8 +276,14 @@ def test_a_folder_is_not_a_recipe(tmp_path: Path) -> None:
 
 def test_parse_recipe_without_a_file_names_fields_only() -> None:
     with pytest.raises(RecipeError) as info:
-        parse_recipe({"name": "demo", "version": "1.0.0", "source": {"path": "q.csv"},
-                      "sampling": {"temperature": -1}})
+        parse_recipe(
+            {
+                "name": "demo",
+                "version": "1.0.0",
+                "source": {"path": "q.csv"},
+                "sampling": {"temperature": -1},
+            }
+        )
     assert str(info.value) == (
         "<recipe>: invalid recipe (1 problem(s)):\n"
         "  - sampling.temperature (<recipe>): Input should be greater than or equal to 0"
@@ -389,23 +408,53 @@ def test_demo_recipe_round_trips_through_resolved_yaml(tmp_path: Path) -> None:
 
 
 def test_non_default_recipe_round_trips(tmp_path: Path) -> None:
-    recipe = parse_recipe({
-        "name": "hub-build", "version": "0.3.1", "description": "d", "license": "mit",
-        "language": ["en", "fr"],
-        "source": {"hub": "openai/gsm8k", "config": "main", "split": "test", "revision": "abc",
-                   "question": "{q} {extra}", "answer": "answer", "id": "id", "limit": 7,
-                   "shuffle": True, "seed": 3},
-        "model": {"id": "some/model", "backend": "transformers", "dtype": "float32",
-                  "max_model_len": 512, "system_prompt": "Be brief."},
-        "sampling": {"temperature": 0.0, "top_p": 0.95, "top_k": 20, "repetition_penalty": 1.1,
-                     "seed": 9, "max_tokens": 64},
-        "prefix": {"length": 8, "vote": "first", "samples": 1, "instruction": "Only the first step.",
-                   "sample_prompt": "instruction"},
-        "mixture": {"full_trace_ratio": 0.3, "seed": 1, "full_trace_tries": 5},
-        "label_filter": {"enabled": True, "samples": 12, "on_no_correct": "unfiltered"},
-        "output": {"dir": "/tmp/elsewhere", "shard_size": 5},
-        "publish": {"repo_id": "org/name", "private": True},
-    })
+    recipe = parse_recipe(
+        {
+            "name": "hub-build",
+            "version": "0.3.1",
+            "description": "d",
+            "license": "mit",
+            "language": ["en", "fr"],
+            "source": {
+                "hub": "openai/gsm8k",
+                "config": "main",
+                "split": "test",
+                "revision": "abc",
+                "question": "{q} {extra}",
+                "answer": "answer",
+                "id": "id",
+                "limit": 7,
+                "shuffle": True,
+                "seed": 3,
+            },
+            "model": {
+                "id": "some/model",
+                "backend": "transformers",
+                "dtype": "float32",
+                "max_model_len": 512,
+                "system_prompt": "Be brief.",
+            },
+            "sampling": {
+                "temperature": 0.0,
+                "top_p": 0.95,
+                "top_k": 20,
+                "repetition_penalty": 1.1,
+                "seed": 9,
+                "max_tokens": 64,
+            },
+            "prefix": {
+                "length": 8,
+                "vote": "first",
+                "samples": 1,
+                "instruction": "Only the first step.",
+                "sample_prompt": "instruction",
+            },
+            "mixture": {"full_trace_ratio": 0.3, "seed": 1, "full_trace_tries": 5},
+            "label_filter": {"enabled": True, "samples": 12, "on_no_correct": "unfiltered"},
+            "output": {"dir": "/tmp/elsewhere", "shard_size": 5},
+            "publish": {"repo_id": "org/name", "private": True},
+        }
+    )
     assert parse_recipe(yaml.safe_load(recipe.to_yaml())) == recipe
     path = _write(tmp_path, recipe.to_yaml())
     assert load_recipe(path)[0] == recipe

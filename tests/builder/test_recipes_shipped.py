@@ -13,8 +13,13 @@ RECIPES = sorted(p for p in (REPO_ROOT / "recipes").glob("*.yaml") if ".train." 
 PAPER_HEADER = "PAPER SETTING (vote first, N=1)"
 VARIANT_HEADER = "OUR VOTED VARIANT"
 # The paper's evaluation sets: sampling training data from them would leak the test.
-EVAL_SETS = ("HuggingFaceH4/MATH-500", "math-ai/aime24", "Maxwell-Jia/AIME_2024", "ChilleD/SVAMP",
-             "Idavidrein/gpqa")
+EVAL_SETS = (
+    "HuggingFaceH4/MATH-500",
+    "math-ai/aime24",
+    "Maxwell-Jia/AIME_2024",
+    "ChilleD/SVAMP",
+    "Idavidrein/gpqa",
+)
 
 
 def _header(path) -> str:
@@ -59,7 +64,10 @@ def test_no_shipped_recipe_samples_an_evaluation_set(path):
 def test_paper_numbers(name, model, length, ratio):
     recipe, _ = load_recipe(REPO_ROOT / "recipes" / name)
     assert (recipe.model.id, recipe.prefix.length, recipe.mixture.full_trace_ratio) == (
-        model, length, ratio)
+        model,
+        length,
+        ratio,
+    )
 
 
 def test_paper_defaults():

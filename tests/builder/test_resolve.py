@@ -28,8 +28,11 @@ def test_recipe_wins_and_missing_fields_are_neutral(tmp_path):
     gen = generation_defaults(m)
     r = resolve(recipe, m, gen)
     assert (r.sampling.top_p, r.sampling.top_k, r.sampling.repetition_penalty) == (0.95, 7, 1.0)
-    assert decoding_sources(recipe, gen) == {"top_p": "generation_config", "top_k": "recipe",
-                                             "repetition_penalty": "neutral"}
+    assert decoding_sources(recipe, gen) == {
+        "top_p": "generation_config",
+        "top_k": "recipe",
+        "repetition_penalty": "neutral",
+    }
 
 
 def test_a_model_without_generation_config_decodes_neutrally(tmp_path):

@@ -20,8 +20,12 @@ LIMIT, SHARD = 8, 2  # 4 phase-1 shards
 
 
 def _write_recipe(tmp_path: Path) -> Path:
-    recipe = demo_recipe(tmp_path / "out", limit=LIMIT, backend="transformers",
-                         output={"dir": str(tmp_path / "out"), "shard_size": SHARD})
+    recipe = demo_recipe(
+        tmp_path / "out",
+        limit=LIMIT,
+        backend="transformers",
+        output={"dir": str(tmp_path / "out"), "shard_size": SHARD},
+    )
     path = tmp_path / "recipe.yaml"
     path.write_text(recipe.to_yaml())
     return path
@@ -33,8 +37,11 @@ def test_killed_build_resumes_without_resampling(tmp_path, hf_sampler):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "builder", str(recipe_path), "--quiet"],
-        cwd=DEMO_RECIPE.parent.parent, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        cwd=DEMO_RECIPE.parent.parent,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 300

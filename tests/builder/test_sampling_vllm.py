@@ -55,7 +55,8 @@ def test_recipe_compile_field(tmp_path: Path) -> None:
 
 def test_recipe_compile_rejects_other_values(tmp_path: Path) -> None:
     data: dict[str, Any] = {
-        "name": "x", "version": "1.0.0",
+        "name": "x",
+        "version": "1.0.0",
         "source": {"path": "q.jsonl", "question": "question"},
         "model": {"compile": "yes"},
     }
@@ -105,7 +106,9 @@ def test_shards_sample_the_same_in_any_order(vllm_sampler: Sampler) -> None:
     assert any(len({tuple(s) for s in samples}) > 1 for samples in first_a + first_b)
     info = vllm_sampler.engine_info()
     assert (info["compile"], info["compile_setting"], info["seeding"]) == (
-        "eager", "eager", "per_call",
+        "eager",
+        "eager",
+        "per_call",
     )
 
 
@@ -127,8 +130,13 @@ class _StopsAfter(Sampler):
     def engine_info(self) -> dict[str, Any]:
         return self.inner.engine_info()
 
-    def generate(self, prompts: Sequence[list[int]], n: int, max_tokens: int,
-                 progress: ProgressFn | None = None) -> list[list[Sample]]:
+    def generate(
+        self,
+        prompts: Sequence[list[int]],
+        n: int,
+        max_tokens: int,
+        progress: ProgressFn | None = None,
+    ) -> list[list[Sample]]:
         if self.left == 0:
             raise _Interrupted
         self.left -= 1
@@ -147,8 +155,7 @@ def test_resumed_vllm_build_equals_uninterrupted(vllm_sampler: Sampler, tmp_path
     # Interrupted after the first of two phase-1 shards, then resumed with another call order
     # behind the engine (the unrelated call below moves its random stream on).
     with pytest.raises(_Interrupted):
-        build(recipe(tmp_path / "resumed"), None, quiet=True,
-              sampler=_StopsAfter(vllm_sampler, 1))
+        build(recipe(tmp_path / "resumed"), None, quiet=True, sampler=_StopsAfter(vllm_sampler, 1))
     vllm_sampler.generate(_prompts(vllm_sampler, SHARD_A), 4, 8)
     resumed = build(recipe(tmp_path / "resumed"), None, quiet=True, sampler=vllm_sampler)
     assert resumed.manifest.resume.prefix_shards_reused == 1

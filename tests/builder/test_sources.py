@@ -76,9 +76,16 @@ def test_local_formats(tmp_path: Path, suffix: str) -> None:
     ]
     assert loaded.counts == SourceCounts(read=3, empty=0, duplicate=0, limited=0, kept=3)
     assert loaded.info == {
-        "type": "file", "id": None, "path": str(path), "config": None, "split": None,
-        "revision": None, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "question": "question", "answer_field": "answer", "id_field": None,
+        "type": "file",
+        "id": None,
+        "path": str(path),
+        "config": None,
+        "split": None,
+        "revision": None,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "question": "question",
+        "answer_field": "answer",
+        "id_field": None,
     }
 
 
@@ -115,10 +122,17 @@ def test_missing_file_names_where_it_looked(tmp_path: Path) -> None:
 
 
 def test_field_template(tmp_path: Path) -> None:
-    path = _jsonl(tmp_path / "svamp-like.jsonl", [
-        {"Body": "Tom has 3 apples.", "Question": "How many apples does he have?", "Answer": 3.0},
-        {"Body": "A box holds 4 pens.", "Question": None, "Answer": 4.0},
-    ])
+    path = _jsonl(
+        tmp_path / "svamp-like.jsonl",
+        [
+            {
+                "Body": "Tom has 3 apples.",
+                "Question": "How many apples does he have?",
+                "Answer": 3.0,
+            },
+            {"Body": "A box holds 4 pens.", "Question": None, "Answer": 4.0},
+        ],
+    )
     loaded = _load(path, question="{Body} {Question}", answer="Answer")
     assert [(q.text, q.answer) for q in loaded.questions] == [
         ("Tom has 3 apples. How many apples does he have?", "3"),
@@ -129,8 +143,9 @@ def test_field_template(tmp_path: Path) -> None:
 def test_normalisation_folds_white_space_and_nfkc_for_ids_only(tmp_path: Path) -> None:
     assert normalise("  What\tis\n\n 2 +  2? ") == "What is 2 + 2?"
     assert normalise("Ｗｈａｔ　is ２+２?") == "What is 2+2?"  # full-width forms
-    path = _jsonl(tmp_path / "q.jsonl", [{"question": "  How   many\teggs?\n"},
-                                         {"question": "x² + ２ = ?"}])
+    path = _jsonl(
+        tmp_path / "q.jsonl", [{"question": "  How   many\teggs?\n"}, {"question": "x² + ２ = ?"}]
+    )
     first, second = _load(path).questions
     # The stored text keeps its inner white space and characters; only the ends are trimmed.
     assert first.text == "How   many\teggs?"
@@ -148,20 +163,27 @@ def test_hash_ids_are_stable_and_follow_normalised_text() -> None:
 
 
 def test_duplicates_and_empties_are_dropped_and_counted(tmp_path: Path) -> None:
-    path = _jsonl(tmp_path / "q.jsonl", [
-        {"question": "What is 2 + 3?"},
-        {"question": "   "},
-        {"question": "What  is 2 + 3? "},  # the same after normalisation
-        {"question": None},
-        {"question": "Half of 18?"},
-        {"question": "What is 2 + 3?"},
-        {"question": "Double 7?"},
-    ])
+    path = _jsonl(
+        tmp_path / "q.jsonl",
+        [
+            {"question": "What is 2 + 3?"},
+            {"question": "   "},
+            {"question": "What  is 2 + 3? "},  # the same after normalisation
+            {"question": None},
+            {"question": "Half of 18?"},
+            {"question": "What is 2 + 3?"},
+            {"question": "Double 7?"},
+        ],
+    )
     loaded = _load(path, limit=2)
     assert [q.text for q in loaded.questions] == ["What is 2 + 3?", "Half of 18?"]
     assert loaded.counts == SourceCounts(read=7, empty=2, duplicate=2, limited=1, kept=2)
     assert loaded.manifest_entry()["counts"] == {
-        "read": 7, "empty": 2, "duplicate": 2, "limited": 1, "kept": 2,
+        "read": 7,
+        "empty": 2,
+        "duplicate": 2,
+        "limited": 1,
+        "kept": 2,
     }
 
 
@@ -171,11 +193,14 @@ def test_id_field_is_used(tmp_path: Path) -> None:
 
 
 def test_duplicate_id_is_an_error_naming_both_rows(tmp_path: Path) -> None:
-    path = _jsonl(tmp_path / "q.jsonl", [
-        {"question": "One?", "id": 7},
-        {"question": "Two?", "id": 8},
-        {"question": "Three?", "id": 7},
-    ])
+    path = _jsonl(
+        tmp_path / "q.jsonl",
+        [
+            {"question": "One?", "id": 7},
+            {"question": "Two?", "id": 8},
+            {"question": "Three?", "id": 7},
+        ],
+    )
     with pytest.raises(SourceError) as info:
         _load(path, id="id")
     assert str(info.value) == (
@@ -241,8 +266,11 @@ def test_missing_question_field_names_file_line_and_field(tmp_path: Path) -> Non
 
 def test_missing_template_field(tmp_path: Path) -> None:
     path = _jsonl(tmp_path / "q.jsonl", [{"Body": "Tom has 3 apples."}])
-    with pytest.raises(SourceError, match=r":1: field\(s\) \['Question'\] named by source.question "
-                       r"'\{Body\} \{Question\}' are missing \(row has: Body\)"):
+    with pytest.raises(
+        SourceError,
+        match=r":1: field\(s\) \['Question'\] named by source.question "
+        r"'\{Body\} \{Question\}' are missing \(row has: Body\)",
+    ):
         _load(path, question="{Body} {Question}")
 
 
@@ -332,17 +360,24 @@ def test_svamp_with_a_template() -> None:
     path = SHARED_DATA / "svamp-test.jsonl"
     with path.open(encoding="utf-8") as fh:
         rows = [json.loads(next(fh)) for _ in range(10)]
-    loaded = load_questions(SourceConfig(
-        path=str(path), question="{Body} {Question}", answer="Answer", id="ID", limit=10,
-    ))
+    loaded = load_questions(
+        SourceConfig(
+            path=str(path),
+            question="{Body} {Question}",
+            answer="Answer",
+            id="ID",
+            limit=10,
+        )
+    )
     assert loaded.counts.kept == 10
     assert loaded.counts.read == 1000
     assert [q.id for q in loaded.questions] == [r["ID"] for r in rows]
     assert [q.text for q in loaded.questions] == [
         f"{r['Body']} {r['Question']}".strip() for r in rows
     ]
-    assert loaded.questions[0].text.endswith("organized into 93 groups How big is each group of "
-                                             "bananas?")
+    assert loaded.questions[0].text.endswith(
+        "organized into 93 groups How big is each group of bananas?"
+    )
     assert loaded.questions[0].answer == "145"
     assert loaded.questions[0].answers == ("$145$",)
 
@@ -363,30 +398,44 @@ def _gold(tmp_path: Path, value: Any) -> Question:
     return question
 
 
-@pytest.mark.parametrize(("value", "display", "answers", "right", "wrong"), [
-    # A float that is a whole number: no spurious ".0".
-    (27.0, "27", ("$27$",), "The answer is $\\boxed{27}$.", "The answer is $\\boxed{28}$."),
-    (27, "27", ("$27$",), "So 27.", "So 26."),
-    (0.5, "0.5", ("$0.5$",), "It is \\boxed{\\frac{1}{2}}.", "It is \\boxed{\\frac{1}{3}}."),
-    (-3.25, "-3.25", ("$-3.25$",), "\\boxed{-3.25}", "\\boxed{3.25}"),
-    # Large integers print exactly (a float round trip would lose digits).
-    (12345678901234567890, "12345678901234567890", ("$12345678901234567890$",),
-     "\\boxed{12345678901234567890}", "\\boxed{12345678901234567891}"),
-    (1e-07, "0.0000001", ("$0.0000001$",), "\\boxed{0.0000001}", "\\boxed{0.000001}"),
-    # Strings: a GSM8K solution keeps its text for display, its final answer is the gold.
-    ("Half is 9.\n#### 9", "Half is 9.\n#### 9", ("$9$",), "The answer is 9.", "It is 8."),
-    ("1,000", "1,000", ("$1000$",), "\\boxed{1000}", "\\boxed{100}"),
-    # Bare LaTeX is wrapped so math-verify parses it; wrapped LaTeX is kept.
-    ("\\frac{1}{2}", "\\frac{1}{2}", ("$\\frac{1}{2}$",), "\\boxed{0.5}", "\\boxed{2}"),
-    ("$2^{1009}$", "$2^{1009}$", ("$2^{1009}$",), "\\boxed{2^{1009}}", "\\boxed{2^{1008}}"),
-    # A list means "any of these".
-    (["$2^{1009}$"], "$2^{1009}$", ("$2^{1009}$",), "\\boxed{2^{1009}}", "\\boxed{2^{1010}}"),
-    ([3, "\\frac{7}{2}"], "3 | \\frac{7}{2}", ("$3$", "$\\frac{7}{2}$"), "\\boxed{3.5}",
-     "\\boxed{4}"),
-    ([2.0, 2, "2"], "2", ("$2$",), "\\boxed{2}", "\\boxed{3}"),  # duplicates collapse
-])
-def test_gold_answers_of_every_type(tmp_path: Path, value: Any, display: str,
-                                    answers: tuple[str, ...], right: str, wrong: str) -> None:
+@pytest.mark.parametrize(
+    ("value", "display", "answers", "right", "wrong"),
+    [
+        # A float that is a whole number: no spurious ".0".
+        (27.0, "27", ("$27$",), "The answer is $\\boxed{27}$.", "The answer is $\\boxed{28}$."),
+        (27, "27", ("$27$",), "So 27.", "So 26."),
+        (0.5, "0.5", ("$0.5$",), "It is \\boxed{\\frac{1}{2}}.", "It is \\boxed{\\frac{1}{3}}."),
+        (-3.25, "-3.25", ("$-3.25$",), "\\boxed{-3.25}", "\\boxed{3.25}"),
+        # Large integers print exactly (a float round trip would lose digits).
+        (
+            12345678901234567890,
+            "12345678901234567890",
+            ("$12345678901234567890$",),
+            "\\boxed{12345678901234567890}",
+            "\\boxed{12345678901234567891}",
+        ),
+        (1e-07, "0.0000001", ("$0.0000001$",), "\\boxed{0.0000001}", "\\boxed{0.000001}"),
+        # Strings: a GSM8K solution keeps its text for display, its final answer is the gold.
+        ("Half is 9.\n#### 9", "Half is 9.\n#### 9", ("$9$",), "The answer is 9.", "It is 8."),
+        ("1,000", "1,000", ("$1000$",), "\\boxed{1000}", "\\boxed{100}"),
+        # Bare LaTeX is wrapped so math-verify parses it; wrapped LaTeX is kept.
+        ("\\frac{1}{2}", "\\frac{1}{2}", ("$\\frac{1}{2}$",), "\\boxed{0.5}", "\\boxed{2}"),
+        ("$2^{1009}$", "$2^{1009}$", ("$2^{1009}$",), "\\boxed{2^{1009}}", "\\boxed{2^{1008}}"),
+        # A list means "any of these".
+        (["$2^{1009}$"], "$2^{1009}$", ("$2^{1009}$",), "\\boxed{2^{1009}}", "\\boxed{2^{1010}}"),
+        (
+            [3, "\\frac{7}{2}"],
+            "3 | \\frac{7}{2}",
+            ("$3$", "$\\frac{7}{2}$"),
+            "\\boxed{3.5}",
+            "\\boxed{4}",
+        ),
+        ([2.0, 2, "2"], "2", ("$2$",), "\\boxed{2}", "\\boxed{3}"),  # duplicates collapse
+    ],
+)
+def test_gold_answers_of_every_type(
+    tmp_path: Path, value: Any, display: str, answers: tuple[str, ...], right: str, wrong: str
+) -> None:
     question = _gold(tmp_path, value)
     assert question.answer == display
     assert question.answers == answers
@@ -406,12 +455,15 @@ def test_no_gold_answer(tmp_path: Path, value: Any) -> None:
     assert (question.answer, question.answers) == (None, ())
 
 
-@pytest.mark.parametrize(("value", "kind"), [
-    (True, "a boolean (True)"),
-    ({"value": 3}, "an object ({'value': 3})"),
-    ([[1, 2]], "a list ([1, 2])"),
-    ([1, {"a": 1}], "an object ({'a': 1})"),
-])
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (True, "a boolean (True)"),
+        ({"value": 3}, "an object ({'value': 3})"),
+        ([[1, 2]], "a list ([1, 2])"),
+        ([1, {"a": 1}], "an object ({'a': 1})"),
+    ],
+)
 def test_unusable_gold_answer_is_an_error(tmp_path: Path, value: Any, kind: str) -> None:
     with pytest.raises(SourceError) as info:
         _gold(tmp_path, value)
@@ -424,8 +476,11 @@ def test_unusable_gold_answer_is_an_error(tmp_path: Path, value: Any, kind: str)
 def test_nan_gold_answer_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "nan.jsonl"
     path.write_text('{"question": "Q?", "answer": NaN}\n', encoding="utf-8")
-    with pytest.raises(SourceError, match=r"nan\.jsonl:1: answer field 'answer' holds a number "
-                                          r"\(nan\)"):
+    with pytest.raises(
+        SourceError,
+        match=r"nan\.jsonl:1: answer field 'answer' holds a number "
+        r"\(nan\)",
+    ):
         _load(path, answer="answer")
 
 
@@ -462,15 +517,20 @@ def test_non_utf8_byte_names_file_line_and_offset(tmp_path: Path) -> None:
 @pytest.mark.parametrize("suffix", [".json", ".csv"])
 def test_non_utf8_in_json_and_csv(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"q{suffix}"
-    body = (b'[{"question": "One?"},\n {"question": "Tw\xff?"}]' if suffix == ".json"
-            else b"question\nOne?\nTw\xff?\n")
+    body = (
+        b'[{"question": "One?"},\n {"question": "Tw\xff?"}]'
+        if suffix == ".json"
+        else b"question\nOne?\nTw\xff?\n"
+    )
     path.write_bytes(body)
     with pytest.raises(SourceError) as info:
         _load(path)
     offset = body.index(b"\xff")
-    assert str(info.value).startswith(f"{path}:3: byte 0xff at byte offset {offset} "
-                                      if suffix == ".csv" else
-                                      f"{path}:2: byte 0xff at byte offset {offset} ")
+    assert str(info.value).startswith(
+        f"{path}:3: byte 0xff at byte offset {offset} "
+        if suffix == ".csv"
+        else f"{path}:2: byte 0xff at byte offset {offset} "
+    )
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
@@ -503,12 +563,15 @@ def test_directory_and_empty_file(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize(("value", "kind"), [
-    (["a", "b"], "a list (['a', 'b'])"),
-    (42, "a number (42)"),
-    ({"text": "a"}, "an object ({'text': 'a'})"),
-    (True, "a boolean (True)"),
-])
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (["a", "b"], "a list (['a', 'b'])"),
+        (42, "a number (42)"),
+        ({"text": "a"}, "an object ({'text': 'a'})"),
+        (True, "a boolean (True)"),
+    ],
+)
 def test_question_field_must_hold_text(tmp_path: Path, value: Any, kind: str) -> None:
     path = _jsonl(tmp_path / "q.jsonl", [{"question": "One?"}, {"question": value}])
     with pytest.raises(SourceError) as info:
@@ -539,8 +602,9 @@ def test_id_must_be_text_or_integer(tmp_path: Path) -> None:
 
 
 def test_whitespace_only_questions_are_skipped_and_counted(tmp_path: Path) -> None:
-    path = _jsonl(tmp_path / "q.jsonl", [{"question": " \t"}, {"question": "Real?"},
-                                         {"question": "\u3000\n"}])
+    path = _jsonl(
+        tmp_path / "q.jsonl", [{"question": " \t"}, {"question": "Real?"}, {"question": "\u3000\n"}]
+    )
     loaded = _load(path)
     assert [q.text for q in loaded.questions] == ["Real?"]
     assert loaded.counts == SourceCounts(read=3, empty=2, duplicate=0, limited=0, kept=1)
@@ -588,14 +652,18 @@ def test_unicode_questions_survive_the_whole_pipeline(tmp_path: Path) -> None:
     from tests.fakes import FakeSampler, fake_model_dir
 
     path = _jsonl(tmp_path / "u.jsonl", [{"question": q} for q in UNICODE_QUESTIONS])
-    recipe = parse_recipe({
-        "name": "unicode", "version": "1.0.0",
-        "source": {"path": str(path)},
-        "model": {"id": str(fake_model_dir(tmp_path)), "backend": "transformers"},
-        "sampling": {"max_tokens": 200}, "prefix": {"length": 6},
-        "mixture": {"full_trace_ratio": 0.4},
-        "output": {"dir": str(tmp_path / "out")},
-    })
+    recipe = parse_recipe(
+        {
+            "name": "unicode",
+            "version": "1.0.0",
+            "source": {"path": str(path)},
+            "model": {"id": str(fake_model_dir(tmp_path)), "backend": "transformers"},
+            "sampling": {"max_tokens": 200},
+            "prefix": {"length": 6},
+            "mixture": {"full_trace_ratio": 0.4},
+            "output": {"dir": str(tmp_path / "out")},
+        }
+    )
     result = build(recipe, quiet=True, sampler=FakeSampler(lambda text, j, seed: "\u05d0 ok."))
     prefixes = pq.read_table(next((result.path / "data" / "prefixes").glob("*.parquet")))
     assert [q.encode("utf-8") for q in prefixes.column("question").to_pylist()] == [

@@ -28,8 +28,14 @@ from builder.store import BuildLock, ShardStore, check_output_location
 from tests.conftest import REPO_ROOT
 from tests.fakes import FakeSampler, fake_model_dir
 
-QUESTIONS = [{"id": f"q{i}", "question": f"Ann has {i} pens and gets {i + 2} more. How many?",
-              "answer": str(2 * i + 2)} for i in range(6)]
+QUESTIONS = [
+    {
+        "id": f"q{i}",
+        "question": f"Ann has {i} pens and gets {i + 2} more. How many?",
+        "answer": str(2 * i + 2),
+    }
+    for i in range(6)
+]
 
 
 def answer(text: str, j: int, seed: int) -> str:
@@ -41,7 +47,8 @@ def make_recipe(tmp_path: Path, out: Path | None = None, **sections: Any):
     if not source.exists():
         source.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
     data: dict[str, Any] = {
-        "name": "store", "version": "1.0.0",
+        "name": "store",
+        "version": "1.0.0",
         "source": {"path": str(source), "question": "question", "answer": "answer", "id": "id"},
         "model": {"id": str(fake_model_dir(tmp_path)), "backend": "transformers"},
         "sampling": {"max_tokens": 200},  # every full trace ends: one try each
@@ -72,8 +79,10 @@ def manifest(result: Any) -> dict[str, Any]:
 
 
 def data_files(version_dir: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(version_dir)): p.read_bytes()
-            for p in sorted((version_dir / "data").rglob("*.parquet"))}
+    return {
+        str(p.relative_to(version_dir)): p.read_bytes()
+        for p in sorted((version_dir / "data").rglob("*.parquet"))
+    }
 
 
 # --- the store on its own ---------------------------------------------------------------------
@@ -90,20 +99,24 @@ def test_save_writes_a_checksum_and_load_round_trips(tmp_path: Path) -> None:
     sidecar = store.shards / "prefix-00000.parquet.sha256"
     import hashlib
 
-    assert sidecar.read_text() == (f"{hashlib.sha256(shard.read_bytes()).hexdigest()}  "
-                                   "prefix-00000.parquet\n")
+    assert sidecar.read_text() == (
+        f"{hashlib.sha256(shard.read_bytes()).hexdigest()}  prefix-00000.parquet\n"
+    )
     fresh = ShardStore(tmp_path / ".1.0.0.partial", "fp")  # a re-run verifies from disk
     assert fresh.has("prefix", 0)
     assert fresh.load("prefix", 0) == {"a": _samples(0)[0]}
     assert sorted(p.name for p in store.shards.iterdir()) == [
-        "prefix-00000.parquet", "prefix-00000.parquet.sha256"]
+        "prefix-00000.parquet",
+        "prefix-00000.parquet.sha256",
+    ]
     store.close()
     fresh.close()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "no-checksum", "flipped-byte"])
-def test_damaged_shard_is_discarded_with_a_warning(tmp_path: Path, damage: str,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_damaged_shard_is_discarded_with_a_warning(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
     staging = tmp_path / ".1.0.0.partial"
     with contextlib.closing(ShardStore(staging, "fp")) as store:
         store.save("prefix", 0, ["a"], _samples(0))
@@ -125,10 +138,14 @@ def test_damaged_shard_is_discarded_with_a_warning(tmp_path: Path, damage: str,
         assert store.discarded == ["prefix-00001.parquet"]
     assert not shard.exists()
     assert not (staging / "shards" / "prefix-00001.parquet.sha256").exists()
-    reason = ("no checksum file" if damage == "no-checksum"
-              else "checksum mismatch: truncated or overwritten")
+    reason = (
+        "no checksum file"
+        if damage == "no-checksum"
+        else "checksum mismatch: truncated or overwritten"
+    )
     assert [r.getMessage() for r in caplog.records] == [
-        f"discarding damaged shard {shard} ({reason}); it will be sampled again"]
+        f"discarding damaged shard {shard} ({reason}); it will be sampled again"
+    ]
 
 
 def test_leftover_temp_files_are_removed(tmp_path: Path) -> None:
@@ -139,22 +156,28 @@ def test_leftover_temp_files_are_removed(tmp_path: Path) -> None:
     (staging / "shards" / "prefix-00001.parquet.sha256.tmp").write_bytes(b"half")
     with contextlib.closing(ShardStore(staging, "fp")) as store:
         assert sorted(p.name for p in store.shards.iterdir()) == [
-            "prefix-00000.parquet", "prefix-00000.parquet.sha256"]
+            "prefix-00000.parquet",
+            "prefix-00000.parquet.sha256",
+        ]
 
 
 # --- damaged shards in a real build -----------------------------------------------------------
 
 
 def test_a_damaged_shard_is_resampled_and_the_build_equals_an_uninterrupted_one(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    reference = build(make_recipe(tmp_path, tmp_path / "ref"), quiet=True,
-                      sampler=FakeSampler(answer))
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reference = build(
+        make_recipe(tmp_path, tmp_path / "ref"), quiet=True, sampler=FakeSampler(answer)
+    )
     recipe = make_recipe(tmp_path)
     with pytest.raises(SamplingError):
         build(recipe, quiet=True, sampler=StopAfter(3))  # shards 0 and 1 of phase 1 persisted
     shards = tmp_path / "out" / "store" / ".1.0.0.partial" / "shards"
     assert sorted(p.name for p in shards.glob("*.parquet")) == [
-        "prefix-00000.parquet", "prefix-00001.parquet"]
+        "prefix-00000.parquet",
+        "prefix-00001.parquet",
+    ]
     damaged = shards / "prefix-00001.parquet"
     damaged.write_bytes(damaged.read_bytes()[:100])  # a truncated write
 
@@ -163,13 +186,14 @@ def test_a_damaged_shard_is_resampled_and_the_build_equals_an_uninterrupted_one(
     result = build(recipe, quiet=True, sampler=sampler)
     assert f"discarding damaged shard {damaged}" in caplog.text
     assert manifest(result)["resume"] == {
-        "prefix_shards_reused": 1, "prefix_shards_sampled": 2,
-        "full_shards_reused": 0, "full_shards_sampled": 2,
+        "prefix_shards_reused": 1,
+        "prefix_shards_sampled": 2,
+        "full_shards_reused": 0,
+        "full_shards_sampled": 2,
     }
     # Questions of the good shard were not sampled again; those of the damaged one were.
     prompts = [p for call in sampler.calls[:2] for p in call["prompts"]]
-    assert not any(QUESTIONS[0]["question"] in p or QUESTIONS[1]["question"] in p
-                   for p in prompts)
+    assert not any(QUESTIONS[0]["question"] in p or QUESTIONS[1]["question"] in p for p in prompts)
     assert any(QUESTIONS[2]["question"] in p for p in prompts)
     assert data_files(result.path) == data_files(reference.path)
     assert not shards.parent.exists()
@@ -190,8 +214,12 @@ time.sleep(float(sys.argv[2]))
 @contextlib.contextmanager
 def holder(lock: Path, seconds: float = 60) -> Iterator[subprocess.Popen[str]]:
     """Another process holding the build lock of ``lock``."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(lock), str(seconds)],
-                            stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(lock), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
         yield proc
@@ -200,8 +228,9 @@ def holder(lock: Path, seconds: float = 60) -> Iterator[subprocess.Popen[str]]:
         proc.wait(timeout=30)
 
 
-def test_a_second_build_exits_2_naming_the_first_ones_pid(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_second_build_exits_2_naming_the_first_ones_pid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from click.testing import CliRunner
 
     from builder.cli import build_main
@@ -226,19 +255,30 @@ def test_a_second_build_exits_2_naming_the_first_ones_pid(tmp_path: Path,
 
 
 def test_a_stale_lock_from_a_killed_build_is_taken_over(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     lock = tmp_path / "out" / "store" / ".1.0.0.lock"
     killed = subprocess.run(
-        [sys.executable, "-c", "import os, sys; from pathlib import Path; "
-         "from builder.store import BuildLock; BuildLock(Path(sys.argv[1])).acquire(); "
-         "os.kill(os.getpid(), 9)", str(lock)], cwd=REPO_ROOT, timeout=60)
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; from pathlib import Path; "
+            "from builder.store import BuildLock; BuildLock(Path(sys.argv[1])).acquire(); "
+            "os.kill(os.getpid(), 9)",
+            str(lock),
+        ],
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
     assert killed.returncode == -9
     stale_pid = int(lock.read_text())
     caplog.set_level(logging.WARNING, logger="builder.store")
     result = build(make_recipe(tmp_path), quiet=True, sampler=FakeSampler(answer))
     assert result.status == "built"
-    assert (f"taking over the lock of an earlier build that is no longer running (pid "
-            f"{stale_pid}, lock {lock})") in caplog.text
+    assert (
+        f"taking over the lock of an earlier build that is no longer running (pid "
+        f"{stale_pid}, lock {lock})"
+    ) in caplog.text
     assert not lock.exists()  # released (and removed) when the build ended
 
 
@@ -258,8 +298,9 @@ def test_the_lock_is_released_when_a_build_fails(tmp_path: Path) -> None:
 @contextlib.contextmanager
 def mounted_tmpfs(where: Path, options: str) -> Iterator[Path]:
     where.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs root")
     try:
@@ -299,7 +340,9 @@ def test_disk_full_while_saving_a_shard(tmp_path: Path) -> None:
         )
         # The shard written before the disk filled is intact; no half shard, no version dir.
         assert sorted(p.name for p in shards.iterdir()) == [
-            "prefix-00000.parquet", "prefix-00000.parquet.sha256"]
+            "prefix-00000.parquet",
+            "prefix-00000.parquet.sha256",
+        ]
         assert not (disk / "out" / "store" / "1.0.0").exists()
         (disk / "filler").unlink()
         result = build(recipe, quiet=True, sampler=FakeSampler(answer))
@@ -308,8 +351,9 @@ def test_disk_full_while_saving_a_shard(tmp_path: Path) -> None:
 
 
 def test_disk_full_while_writing_the_version_directory(tmp_path: Path) -> None:
-    reference = build(make_recipe(tmp_path, tmp_path / "ref"), quiet=True,
-                      sampler=FakeSampler(answer))
+    reference = build(
+        make_recipe(tmp_path, tmp_path / "ref"), quiet=True, sampler=FakeSampler(answer)
+    )
     disk = tmp_path / "disk"
     with mounted_tmpfs(disk, "size=4m"):
         recipe = make_recipe(tmp_path, disk / "out")
@@ -322,8 +366,13 @@ def test_disk_full_while_writing_the_version_directory(tmp_path: Path) -> None:
         assert not (root / "1.0.0").exists()  # no partial version directory
         assert not release.exists()  # the half-written release was dropped
         shards = sorted(p.name for p in (root / ".1.0.0.partial" / "shards").glob("*.parquet"))
-        assert shards == ["full-00000.parquet", "full-00001.parquet", "prefix-00000.parquet",
-                          "prefix-00001.parquet", "prefix-00002.parquet"]
+        assert shards == [
+            "full-00000.parquet",
+            "full-00001.parquet",
+            "prefix-00000.parquet",
+            "prefix-00001.parquet",
+            "prefix-00002.parquet",
+        ]
         (disk / "filler").unlink()
         sampler = FakeSampler(answer)
         result = build(recipe, quiet=True, sampler=sampler)
@@ -349,16 +398,21 @@ def test_unwritable_output_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             stack.callback(folder.chmod, 0o755)
         with pytest.raises(OutputError) as info:
             check_output_location(folder, "store", "1.0.0")
-        assert str(info.value) == (f"output folder {folder} is not writable; make it writable "
-                                   "or choose another output.dir (--out)")
+        assert str(info.value) == (
+            f"output folder {folder} is not writable; make it writable "
+            "or choose another output.dir (--out)"
+        )
         for args in (["r.yaml", "--dry-run"], ["r.yaml", "-q"]):
             result = CliRunner().invoke(build_main, args)
             assert result.exit_code == 2, result.output
             assert f"error: output folder {folder} is not writable" in result.stderr
             assert "Traceback" not in result.output
         # The library path (no CLI pre-check) names the path too.
-        with pytest.raises(OutputError, match=rf"cannot write {folder / 'store'}: Read-only "
-                                              r"file system|Permission denied"):
+        with pytest.raises(
+            OutputError,
+            match=rf"cannot write {folder / 'store'}: Read-only "
+            r"file system|Permission denied",
+        ):
             build(recipe, quiet=True, sampler=FakeSampler(answer))
         assert list(folder.iterdir()) == []
 

@@ -335,9 +335,7 @@ def test_vote_invariants_on_random_arrays(method: str) -> None:
         prefix = result.prefix_ids(q)
         assert END not in prefix
         rows = tokens[q].tolist()
-        sharing = sum(
-            row[:k] == prefix and (not complete or row[k] == END) for row in rows
-        )
+        sharing = sum(row[:k] == prefix and (not complete or row[k] == END) for row in rows)
         assert sharing == support  # exactly the samples that share it (so at least support)
         if method == "majority" and k >= 2:
             assert support / n >= min_agreement

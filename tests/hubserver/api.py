@@ -124,7 +124,10 @@ def file_entry(call: Call, repo: dict[str, Any], rev: Revision, path: str, expan
 def folder_entry(call: Call, repo: dict[str, Any], rev: Revision, path: str, expand: bool) -> dict:
     tree = call.hub.store.tree(repo, rev.commit)
     out: dict[str, Any] = {
-        "type": "directory", "oid": git_tree_id(tree, path), "size": 0, "path": path,
+        "type": "directory",
+        "oid": git_tree_id(tree, path),
+        "size": 0,
+        "path": path,
     }
     if expand:
         out["lastCommit"] = last_commit(call, repo, rev, path)
@@ -174,15 +177,27 @@ def front_matter(text: str) -> dict[str, Any] | None:
 def whoami(call: Call) -> Reply:
     if call.user is None:
         raise HubError(401, "Invalid username or password.")
-    orgs = [{"type": "org", "name": org, "fullname": org, "roleInOrg": "write"}
-            for org in call.hub.orgs_of(call.user)]
-    return Reply(payload={
-        "type": "user", "id": hashlib.sha1(call.user.encode()).hexdigest()[:24],
-        "name": call.user, "fullname": call.user, "email": None, "emailVerified": False,
-        "isPro": False, "canPay": False, "orgs": orgs,
-        "auth": {"type": "access_token",
-                 "accessToken": {"displayName": "test-token", "role": "write"}},
-    })
+    orgs = [
+        {"type": "org", "name": org, "fullname": org, "roleInOrg": "write"}
+        for org in call.hub.orgs_of(call.user)
+    ]
+    return Reply(
+        payload={
+            "type": "user",
+            "id": hashlib.sha1(call.user.encode()).hexdigest()[:24],
+            "name": call.user,
+            "fullname": call.user,
+            "email": None,
+            "emailVerified": False,
+            "isPro": False,
+            "canPay": False,
+            "orgs": orgs,
+            "auth": {
+                "type": "access_token",
+                "accessToken": {"displayName": "test-token", "role": "write"},
+            },
+        }
+    )
 
 
 def create_repo(call: Call) -> Reply:
@@ -196,8 +211,11 @@ def create_repo(call: Call) -> Reply:
     if not NAME_RE.match(name) or not NAME_RE.match(namespace):
         raise HubError(400, f"Invalid repository name {namespace}/{name}: use letters, digits, -._")
     if not call.hub.can_write(call.user, namespace):
-        raise HubError(403, f"You don't have the rights to create a {repo_type} under the "
-                            f"namespace {namespace!r} (user {call.user})")
+        raise HubError(
+            403,
+            f"You don't have the rights to create a {repo_type} under the "
+            f"namespace {namespace!r} (user {call.user})",
+        )
     repo_id = f"{namespace}/{name}"
     private = body.get("visibility") == "private" or body.get("private") is True
     url = call.repo_url(repo_type, repo_id)
@@ -211,8 +229,9 @@ def create_repo(call: Call) -> Reply:
 def delete_repo(call: Call) -> Reply:
     body = call.json()
     namespace = body.get("organization") or call.user
-    call.params.update(ns=str(namespace), name=str(body.get("name", "")),
-                       type=f"{body.get('type') or 'model'}s")
+    call.params.update(
+        ns=str(namespace), name=str(body.get("name", "")), type=f"{body.get('type') or 'model'}s"
+    )
     write_repo(call)
     call.hub.store.delete(call.repo_type, call.repo_id)
     return Reply(payload={})
@@ -232,16 +251,27 @@ def repo_info(call: Call) -> Reply:
             sibling.update(size=entry["size"], blobId=entry["oid"])
             if entry["lfs"]:
                 lfs = entry["lfs"]
-                sibling["lfs"] = {"sha256": lfs["oid"], "size": lfs["size"],
-                                  "pointerSize": lfs["pointerSize"]}
+                sibling["lfs"] = {
+                    "sha256": lfs["oid"],
+                    "size": lfs["size"],
+                    "pointerSize": lfs["pointerSize"],
+                }
         siblings.append(sibling)
     data = card_data(call, tree)
     info: dict[str, Any] = {
-        "_id": hashlib.sha1(call.repo_id.encode()).hexdigest()[:24], "id": call.repo_id,
-        "author": call.params["ns"], "sha": rev.commit, "lastModified": record["date"],
-        "createdAt": repo["created_at"], "private": repo["private"], "gated": False,
-        "disabled": False, "downloads": 0, "likes": 0,
-        "tags": list((data or {}).get("tags") or []), "siblings": siblings,
+        "_id": hashlib.sha1(call.repo_id.encode()).hexdigest()[:24],
+        "id": call.repo_id,
+        "author": call.params["ns"],
+        "sha": rev.commit,
+        "lastModified": record["date"],
+        "createdAt": repo["created_at"],
+        "private": repo["private"],
+        "gated": False,
+        "disabled": False,
+        "downloads": 0,
+        "likes": 0,
+        "tags": list((data or {}).get("tags") or []),
+        "siblings": siblings,
         "usedStorage": sum(e["size"] for e in tree.values()),
     }
     if data is not None:
@@ -271,14 +301,15 @@ def tree(call: Call) -> Reply:
     prefix = base + "/" if base else ""
     recursive, expand = call.flag("recursive"), call.flag("expand")
     if base and base not in folders_of(files):
-        raise HubError(404, f"{base} does not exist (or is not a folder) at {rev.commit}",
-                       "EntryNotFound")
+        raise HubError(
+            404, f"{base} does not exist (or is not a folder) at {rev.commit}", "EntryNotFound"
+        )
     out = []
     for folder in sorted(folders_of(files)):
-        if folder.startswith(prefix) and (recursive or "/" not in folder[len(prefix):]):
+        if folder.startswith(prefix) and (recursive or "/" not in folder[len(prefix) :]):
             out.append(folder_entry(call, repo, rev, folder, expand))
     for path in sorted(files):
-        if path.startswith(prefix) and (recursive or "/" not in path[len(prefix):]):
+        if path.startswith(prefix) and (recursive or "/" not in path[len(prefix) :]):
             out.append(file_entry(call, repo, rev, path, expand))
     return Reply(payload=out)
 
@@ -309,11 +340,16 @@ def list_refs(call: Call) -> Reply:
     repo = read_repo(call)
 
     def refs(kind: str, prefix: str) -> list[dict[str, str]]:
-        return [{"name": n, "ref": f"{prefix}{n}", "targetCommit": c}
-                for n, c in sorted(repo[kind].items())]
+        return [
+            {"name": n, "ref": f"{prefix}{n}", "targetCommit": c}
+            for n, c in sorted(repo[kind].items())
+        ]
 
-    payload = {"branches": refs("branches", "refs/heads/"), "converts": [],
-               "tags": refs("tags", "refs/tags/")}
+    payload = {
+        "branches": refs("branches", "refs/heads/"),
+        "converts": [],
+        "tags": refs("tags", "refs/tags/"),
+    }
     if call.flag("include_prs"):
         payload["pullRequests"] = []
     return Reply(payload=payload)
@@ -326,8 +362,11 @@ def list_commits(call: Call) -> Reply:
     out = []
     for record in call.hub.store.history(repo, rev.commit):
         item: dict[str, Any] = {
-            "id": record["id"], "title": record["title"], "message": record["message"],
-            "date": record["date"], "authors": [{"user": record["author"]}],
+            "id": record["id"],
+            "title": record["title"],
+            "message": record["message"],
+            "date": record["date"],
+            "authors": [{"user": record["author"]}],
         }
         if formatted:
             item["formatted"] = {"title": record["title"], "message": record["message"]}
@@ -342,15 +381,19 @@ def preupload(call: Call) -> Reply:
     repo = write_repo(call)
     rev = resolve(call, repo, call.params["rev"])
     body = call.json()
-    ignored = [p.strip() for p in str(body.get("gitIgnore") or "").splitlines()
-               if p.strip() and not p.startswith("#")]
+    ignored = [
+        p.strip()
+        for p in str(body.get("gitIgnore") or "").splitlines()
+        if p.strip() and not p.startswith("#")
+    ]
     files = call.hub.store.tree(repo, rev.commit)
     out = []
     for item in body.get("files", []):
         path, size = validate_path(str(item.get("path", ""))), int(item.get("size", 0))
         lfs = call.hub.store.is_lfs_path(repo, rev.commit, path, size)
         result: dict[str, Any] = {
-            "path": path, "uploadMode": "lfs" if lfs else "regular",
+            "path": path,
+            "uploadMode": "lfs" if lfs else "regular",
             "shouldIgnore": any(fnmatch.fnmatch(path, pattern) for pattern in ignored),
         }
         if path in files:
@@ -376,12 +419,22 @@ def commit(call: Call) -> Reply:
         if key == "file" and value.get("path") == "README.md":
             front_matter(base64.b64decode(value.get("content", "")).decode(errors="replace"))
     oid = call.hub.store.commit(
-        repo, unquote(call.params["rev"]), operations=operations, title=title,
-        description=str(header.get("description") or ""), author=str(call.user),
+        repo,
+        unquote(call.params["rev"]),
+        operations=operations,
+        title=title,
+        description=str(header.get("description") or ""),
+        author=str(call.user),
         parent=header.get("parentCommit"),
     )
-    return Reply(payload={"success": True, "commitOid": oid, "hookOutput": "",
-                          "commitUrl": f"{call.repo_url()}/commit/{oid}"})
+    return Reply(
+        payload={
+            "success": True,
+            "commitOid": oid,
+            "hookOutput": "",
+            "commitUrl": f"{call.repo_url()}/commit/{oid}",
+        }
+    )
 
 
 def create_tag(call: Call) -> Reply:
@@ -392,8 +445,9 @@ def create_tag(call: Call) -> Reply:
         raise HubError(400, f"Invalid tag name {name!r}")
     rev = resolve(call, repo, call.params["rev"])
     if name in repo["tags"]:
-        raise HubError(409, f"Tag {name} already exists on {call.repo_id} "
-                            f"(it points to {repo['tags'][name]})")
+        raise HubError(
+            409, f"Tag {name} already exists on {call.repo_id} (it points to {repo['tags'][name]})"
+        )
     call.hub.store.set_ref(repo, "tags", name, rev.commit)
     return Reply(payload={"name": name, "ref": f"refs/tags/{name}", "targetCommit": rev.commit})
 

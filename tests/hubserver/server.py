@@ -41,7 +41,8 @@ DEFAULT_ORGS = {"upft-org": {"alice"}}
 _API = r"^/api/(?P<type>models|datasets|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)"
 _GIT = r"^/(?:(?P<type>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+?)\.git/info/lfs/objects"
 ROUTES: list[tuple[str, re.Pattern[str], str, Callable[[Call], Reply]]] = [
-    (m, re.compile(p), name, fn) for m, p, name, fn in (
+    (m, re.compile(p), name, fn)
+    for m, p, name, fn in (
         ("GET", r"^/api/whoami-v2$", "whoami", api.whoami),
         ("POST", r"^/api/repos/create$", "create_repo", api.create_repo),
         ("POST", r"^/api/repos/delete$", "delete_repo", api.delete_repo),
@@ -61,8 +62,13 @@ ROUTES: list[tuple[str, re.Pattern[str], str, Callable[[Call], Reply]]] = [
         ("POST", _GIT + r"/batch$", "lfs_batch", transfer.lfs_batch),
         ("POST", _GIT + r"/verify$", "lfs_verify", transfer.lfs_verify),
         ("PUT", r"^/_lfs/upload/(?P<ticket>[0-9a-f]+)$", "lfs_upload", transfer.lfs_upload),
-        ("GET", r"^/(?:(?P<type>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+)"
-                r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)$", "resolve", transfer.resolve_file),
+        (
+            "GET",
+            r"^/(?:(?P<type>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+)"
+            r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)$",
+            "resolve",
+            transfer.resolve_file,
+        ),
     )
 ]
 ENDPOINTS = frozenset(name for _, _, name, _ in ROUTES)
@@ -290,22 +296,24 @@ class _Handler(BaseHTTPRequestHandler):
             fault = hub.take_fault(endpoint)
             if fault is not None and fault.drop and not fault.after:
                 self._drop_mid_body()
-                hub.record(RequestRecord(self.command, parts.path, endpoint, None, None,
-                                         arrived))
+                hub.record(RequestRecord(self.command, parts.path, endpoint, None, None, arrived))
                 return
             body = self._read_body()
             if fault is not None and fault.delay:
                 time.sleep(fault.delay)
             elif fault is not None and not fault.drop:
-                extra = {} if fault.retry_after is None else {
-                    "Retry-After": str(fault.retry_after)}
+                extra = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
                 raise HubError(fault.status, fault.message, headers=extra)
             user = self._authenticate()
             call = api.Call(
-                hub=hub, method=self.command, params=params,
+                hub=hub,
+                method=self.command,
+                params=params,
                 query=parse_qs(parts.query, keep_blank_values=True),
                 headers={k.lower(): v for k, v in self.headers.items()},
-                body=body, user=user, base_url=f"http://{self.headers.get('Host', '')}",
+                body=body,
+                user=user,
+                base_url=f"http://{self.headers.get('Host', '')}",
             )
             reply = fn(call)
         except HubError as exc:
@@ -320,8 +328,7 @@ class _Handler(BaseHTTPRequestHandler):
             hub.record(RequestRecord(self.command, parts.path, endpoint, None, user, arrived))
             self._reset_connection()
             return
-        hub.record(RequestRecord(self.command, parts.path, endpoint, reply.status, user,
-                                 arrived))
+        hub.record(RequestRecord(self.command, parts.path, endpoint, reply.status, user, arrived))
         with contextlib.suppress(OSError):  # a client that timed out has hung up
             self._write(reply)
 

@@ -32,9 +32,31 @@ LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 INITIAL_GITATTRIBUTES = "".join(
     f"{pattern} filter=lfs diff=lfs merge=lfs -text\n"
     for pattern in (
-        "*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.gz", "*.h5", "*.jpg", "*.jpeg",
-        "*.lz4", "*.npy", "*.npz", "*.onnx", "*.parquet", "*.pickle", "*.pkl", "*.png",
-        "*.pt", "*.pth", "*.safetensors", "*.tar", "*.tgz", "*.wasm", "*.zip", "*.zst",
+        "*.7z",
+        "*.arrow",
+        "*.bin",
+        "*.bz2",
+        "*.ckpt",
+        "*.gz",
+        "*.h5",
+        "*.jpg",
+        "*.jpeg",
+        "*.lz4",
+        "*.npy",
+        "*.npz",
+        "*.onnx",
+        "*.parquet",
+        "*.pickle",
+        "*.pkl",
+        "*.png",
+        "*.pt",
+        "*.pth",
+        "*.safetensors",
+        "*.tar",
+        "*.tgz",
+        "*.wasm",
+        "*.zip",
+        "*.zst",
     )
 )
 
@@ -171,8 +193,8 @@ class RepoStore:
         """Branch, tag, full commit id or an unambiguous prefix of one (7+ hex digits)."""
         name = revision
         for prefix, kind in (("refs/heads/", "branches"), ("refs/tags/", "tags")):
-            if name.startswith(prefix) and name[len(prefix):] in repo[kind]:
-                short = name[len(prefix):]
+            if name.startswith(prefix) and name[len(prefix) :] in repo[kind]:
+                short = name[len(prefix) :]
                 return Revision(repo[kind][short], prefix + short)
         if name in repo["branches"]:
             return Revision(repo["branches"][name], f"refs/heads/{name}")
@@ -304,9 +326,7 @@ class RepoStore:
             }
         elif key == "deletedFile":
             if path not in tree:
-                raise HubError(
-                    404, f"A file with this name doesn't exist: {path}", "EntryNotFound"
-                )
+                raise HubError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
             del tree[path]
         elif key == "deletedFolder":
             doomed = [p for p in tree if p.startswith(path + "/")]
@@ -373,7 +393,7 @@ def git_tree_id(tree: dict[str, dict[str, Any]], prefix: str = "") -> str:
     for path, entry in tree.items():
         if prefix and not path.startswith(prefix + "/"):
             continue
-        rest = path[len(prefix) + 1:] if prefix else path
+        rest = path[len(prefix) + 1 :] if prefix else path
         if "/" in rest:
             folders.add(rest.split("/", 1)[0])
         else:

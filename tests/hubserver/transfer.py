@@ -30,8 +30,13 @@ def lfs_batch(call: Call) -> Reply:
     for item in body.get("objects", []):
         oid, size = str(item.get("oid", "")), item.get("size")
         if not re.fullmatch(r"[0-9a-f]{64}", oid) or not isinstance(size, int) or size < 0:
-            objects.append({"oid": oid, "size": size if isinstance(size, int) else 0,
-                            "error": {"code": 422, "message": "oid must be sha256 hex, size >= 0"}})
+            objects.append(
+                {
+                    "oid": oid,
+                    "size": size if isinstance(size, int) else 0,
+                    "error": {"code": 422, "message": "oid must be sha256 hex, size >= 0"},
+                }
+            )
             continue
         entry: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
         if not call.hub.store.has_lfs(oid, size):
@@ -43,8 +48,10 @@ def lfs_batch(call: Call) -> Reply:
                 "verify": {"href": f"{call.base_url}/{repo_path}.git/info/lfs/objects/verify"},
             }
         objects.append(entry)
-    return Reply(payload={"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
-                 headers={"Content-Type": "application/vnd.git-lfs+json"})
+    return Reply(
+        payload={"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+        headers={"Content-Type": "application/vnd.git-lfs+json"},
+    )
 
 
 def lfs_upload(call: Call) -> Reply:
@@ -82,13 +89,22 @@ def resolve_file(call: Call) -> Reply:
     headers = {"X-Repo-Commit": rev.commit, "Accept-Ranges": "bytes"}
     if path not in files:
         # The client caches "absent at this commit" using X-Repo-Commit of the 404.
-        raise HubError(404, f"Entry not found: {path} at {rev.commit}", "EntryNotFound",
-                       headers={"X-Repo-Commit": rev.commit})
+        raise HubError(
+            404,
+            f"Entry not found: {path} at {rev.commit}",
+            "EntryNotFound",
+            headers={"X-Repo-Commit": rev.commit},
+        )
     entry = files[path]
     content = call.hub.store.file_content(entry)
     if entry["lfs"]:
-        headers.update({"ETag": f'"{entry["lfs"]["oid"]}"', "X-Linked-Etag":
-                        f'"{entry["lfs"]["oid"]}"', "X-Linked-Size": str(entry["size"])})
+        headers.update(
+            {
+                "ETag": f'"{entry["lfs"]["oid"]}"',
+                "X-Linked-Etag": f'"{entry["lfs"]["oid"]}"',
+                "X-Linked-Size": str(entry["size"]),
+            }
+        )
     else:
         headers["ETag"] = f'"{entry["oid"]}"'
     headers["Content-Type"] = "application/octet-stream"
@@ -108,5 +124,5 @@ def resolve_file(call: Call) -> Reply:
             return Reply(416, raw=b"", headers=headers)
         end = min(end, total - 1)
         headers["Content-Range"] = f"bytes {start}-{end}/{total}"
-        return Reply(206, raw=content[start:end + 1], headers=headers)
+        return Reply(206, raw=content[start : end + 1], headers=headers)
     return Reply(raw=content, headers=headers)

@@ -38,8 +38,7 @@ def _train(out: Path, dataset: Path, processes: int) -> dict[str, Any]:
     command = [_bin("upft-train"), "--dataset", str(dataset), "--output", str(out), *FLAGS]
     if processes > 1:
         # torchrun runs the same console script once per process; nothing else changes.
-        command = [_bin("torchrun"), "--standalone", "--nproc_per_node", str(processes),
-                   *command]
+        command = [_bin("torchrun"), "--standalone", "--nproc_per_node", str(processes), *command]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"  # two processes on two cores
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
@@ -98,8 +97,11 @@ def test_shipped_launch_configs_read_as_accelerate_reads_them() -> None:
     from upft.launch import config_path, main
 
     fsdp = load_config_from_file(str(config_path("fsdp")))
-    assert (fsdp.distributed_type.value, fsdp.mixed_precision, fsdp.num_processes) == \
-        ("FSDP", "bf16", 8)
+    assert (fsdp.distributed_type.value, fsdp.mixed_precision, fsdp.num_processes) == (
+        "FSDP",
+        "bf16",
+        8,
+    )
     assert fsdp.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD"
     # rank 0 must receive the whole model to write one plain folder
     assert fsdp.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"

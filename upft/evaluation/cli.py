@@ -21,7 +21,8 @@ from upft.evaluation import benchmarks
 
 logger = logging.getLogger(__name__)
 
-_EPILOG = """\b
+_EPILOG = (
+    """\b
 Examples:
   upft-eval --model runs/qwen-upft --data ../shared/data/math500-test.jsonl \\
       --question problem --answer expected_answer --output evals/qwen-upft-math500
@@ -33,13 +34,14 @@ Examples:
   upft-eval --config eval.yaml --limit 16
 
 \b
-Named benchmarks: """ + ", ".join(
-    f"{b.name} ({b.hub})" for b in benchmarks.BENCHMARKS.values()
-) + """.
+Named benchmarks: """
+    + ", ".join(f"{b.name} ({b.hub})" for b in benchmarks.BENCHMARKS.values())
+    + """.
 Settings apply in the order defaults < --config FILE < flags; the resolved settings are saved
 as eval_config.yaml in the output folder. An interrupted eval resumes shard by shard; a
 finished one is reported again without loading the model. The last line printed is the
 output folder."""
+)
 
 
 @click.group(
@@ -50,49 +52,81 @@ output folder."""
 @click.option("--config", "config_file", metavar="FILE", help="YAML file of eval settings.")
 @click.option("--model", metavar="ID", help="Model folder, Hub id or embedded:smollm2.")
 @click.option("--revision", metavar="REV", help="Hub revision of the model.")
-@click.option("--data", metavar="NAME|FILE|ORG/NAME",
-              help="A named benchmark (" + benchmarks.known() + "), a local "
-              ".jsonl/.json/.parquet/.csv file, or a Hub dataset id.")
-@click.option("--question", metavar="FIELD",
-              help="Question field or template, e.g. '{Body} {Question}'.")
+@click.option(
+    "--data",
+    metavar="NAME|FILE|ORG/NAME",
+    help="A named benchmark (" + benchmarks.known() + "), a local "
+    ".jsonl/.json/.parquet/.csv file, or a Hub dataset id.",
+)
+@click.option(
+    "--question", metavar="FIELD", help="Question field or template, e.g. '{Body} {Question}'."
+)
 @click.option("--answer", metavar="FIELD", help="Gold-answer field.")
 @click.option("--id-field", metavar="FIELD", help="Question-id field (default: a text hash).")
 @click.option("--split", metavar="SPLIT", help="Hub dataset split.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate the first N questions.")
-@click.option("--output", "-o", metavar="DIR", help="Output folder (default with --card: "
-              "MODEL_DIR/eval/<data>).")
+@click.option(
+    "--output",
+    "-o",
+    metavar="DIR",
+    help="Output folder (default with --card: MODEL_DIR/eval/<data>).",
+)
 @click.option("--backend", type=click.Choice(["vllm", "transformers"]), help="Generation engine.")
 @click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]))
 @click.option("--max-model-len", type=click.IntRange(min=64), help="Engine context length.")
 @click.option("--cpu-kvcache-gib", type=click.IntRange(min=1), help="vLLM KV cache on CPU.")
 @click.option("--tensor-parallel-size", type=click.IntRange(min=1), help="GPUs per model.")
-@click.option("--compile", type=click.Choice(["auto", "compiled", "eager"]),
-              help="vLLM compilation (auto: on GPUs, and on CPUs for long evals).")
+@click.option(
+    "--compile",
+    type=click.Choice(["auto", "compiled", "eager"]),
+    help="vLLM compilation (auto: on GPUs, and on CPUs for long evals).",
+)
 @click.option("--system-prompt", metavar="TEXT", help="System message before each question.")
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Answer budget [default: 1024].")
 @click.option("--temperature", type=float, help="0 = greedy (the default).")
 @click.option("--top-p", type=float, help="Nucleus sampling (with --temperature > 0).")
 @click.option("--samples", "-n", type=click.IntRange(min=1), help="Samples per question (pass@k).")
-@click.option("--pass-k", "pass_k", type=click.IntRange(min=1), multiple=True,
-              help="k for pass@k; repeat for several [default: 1 and n].")
+@click.option(
+    "--pass-k",
+    "pass_k",
+    type=click.IntRange(min=1),
+    multiple=True,
+    help="k for pass@k; repeat for several [default: 1 and n].",
+)
 @click.option("--seed", type=int, help="Sampling seed.")
-@click.option("--prefix-length", type=click.IntRange(min=1),
-              help="L of the prefix check (the trained prefix length) [default: 32].")
-@click.option("--no-prefix-check", is_flag=True, default=None,
-              help="Skip the prefix-behaviour pass.")
+@click.option(
+    "--prefix-length",
+    type=click.IntRange(min=1),
+    help="L of the prefix check (the trained prefix length) [default: 32].",
+)
+@click.option(
+    "--no-prefix-check", is_flag=True, default=None, help="Skip the prefix-behaviour pass."
+)
 @click.option("--shard-size", type=click.IntRange(min=1), help="Questions per resumable shard.")
-@click.option("--card", metavar="MODEL_DIR",
-              help="Write the results into MODEL_DIR/README.md (model-index + table); evaluates "
-              "MODEL_DIR unless --model is given.")
-@click.option("--base", metavar="EVAL_DIR", help="Finished eval of the base model, shown "
-              "beside this one in the card.")
+@click.option(
+    "--card",
+    metavar="MODEL_DIR",
+    help="Write the results into MODEL_DIR/README.md (model-index + table); evaluates "
+    "MODEL_DIR unless --model is given.",
+)
+@click.option(
+    "--base",
+    metavar="EVAL_DIR",
+    help="Finished eval of the base model, shown beside this one in the card.",
+)
 @click.option("--force", is_flag=True, help="Re-run even if OUTPUT holds a finished eval.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or info logs.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 @click.pass_context
 @handle_errors
-def main(ctx: click.Context, config_file: str | None, force: bool, quiet: bool, verbose: bool,
-         **flags: Any) -> None:
+def main(
+    ctx: click.Context,
+    config_file: str | None,
+    force: bool,
+    quiet: bool,
+    verbose: bool,
+    **flags: Any,
+) -> None:
     """Evaluate a model on math questions: zero-shot, greedy, scored with math-verify.
 
     Writes OUTPUT/results.jsonl (one row per question), OUTPUT/summary.json (accuracy with a
@@ -117,16 +151,22 @@ def main(ctx: click.Context, config_file: str | None, force: bool, quiet: bool, 
         run = evaluate(cfg, force=force, quiet=quiet)
     s = run.summary
     if run.status == "unchanged":
-        click.echo(f"already evaluated with these settings (fingerprint {s['fingerprint'][7:19]});"
-                   " no model loaded")
+        click.echo(
+            f"already evaluated with these settings (fingerprint {s['fingerprint'][7:19]});"
+            " no model loaded"
+        )
     lo, hi = s["accuracy_ci95"]
-    click.echo(f"accuracy: {100 * s['accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] on "
-               f"{s['counts']['questions']} questions; mean answer {s['mean_answer_tokens']} "
-               f"tokens; truncated {100 * (s['truncation_rate'] or 0):.1f}%")
+    click.echo(
+        f"accuracy: {100 * s['accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] on "
+        f"{s['counts']['questions']} questions; mean answer {s['mean_answer_tokens']} "
+        f"tokens; truncated {100 * (s['truncation_rate'] or 0):.1f}%"
+    )
     pb = s.get("prefix_behaviour")
     if pb:
-        click.echo(f"prefix check: {100 * (pb['stop_within_rate'] or 0):.1f}% stop within "
-                   f"{pb['length']}+{pb['slack']} tokens under the prefix instruction")
+        click.echo(
+            f"prefix check: {100 * (pb['stop_within_rate'] or 0):.1f}% stop within "
+            f"{pb['length']}+{pb['slack']} tokens under the prefix instruction"
+        )
     if cfg.card:
         card = write_card(cfg, run)
         click.echo(f"model card: {card}")
@@ -135,8 +175,12 @@ def main(ctx: click.Context, config_file: str | None, force: bool, quiet: bool, 
 
 @main.command("compare")
 @click.argument("runs", nargs=-1, required=True, metavar="EVAL_DIR EVAL_DIR...")
-@click.option("--output", "-o", metavar="DIR",
-              help="Also write comparison.md, comparison.json and accuracy.png here.")
+@click.option(
+    "--output",
+    "-o",
+    metavar="DIR",
+    help="Also write comparison.md, comparison.json and accuracy.png here.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 @handle_errors
@@ -156,8 +200,9 @@ def compare_cmd(runs: tuple[str, ...], output: str | None, as_json: bool, seed: 
         folder = Path(output)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "comparison.md").write_text(table + "\n", encoding="utf-8")
-        (folder / "comparison.json").write_text(json.dumps(result, indent=2) + "\n",
-                                                encoding="utf-8")
+        (folder / "comparison.json").write_text(
+            json.dumps(result, indent=2) + "\n", encoding="utf-8"
+        )
         png = compare.plot(result, folder / report.PLOT_NAME)
         click.echo(f"wrote {folder / 'comparison.md'} and {png}", err=True)
 

@@ -78,11 +78,17 @@ def paired(a: Run, b: Run, seed: int = 0) -> dict[str, Any]:
     sb = [scoring.question_score(b.rows[i]) for i in ids]
     lo, hi = scoring.paired_bootstrap(sa, sb, BOOTSTRAP_ITERATIONS, seed)
     binary = all(a.rows[i]["n"] == 1 and b.rows[i]["n"] == 1 for i in ids)
-    p = (scoring.mcnemar_p([a.rows[i]["correct"] for i in ids],
-                           [b.rows[i]["correct"] for i in ids]) if binary else None)
+    p = (
+        scoring.mcnemar_p([a.rows[i]["correct"] for i in ids], [b.rows[i]["correct"] for i in ids])
+        if binary
+        else None
+    )
     delta = b.summary["accuracy"] - a.summary["accuracy"]
-    return {"delta": round(delta, 6), "delta_ci95": [round(lo, 6), round(hi, 6)],
-            "mcnemar_p": None if p is None else round(p, 4)}
+    return {
+        "delta": round(delta, 6),
+        "delta_ci95": [round(lo, 6), round(hi, 6)],
+        "mcnemar_p": None if p is None else round(p, 4),
+    }
 
 
 def compare(paths: list[str], seed: int = 0) -> dict[str, Any]:
@@ -108,7 +114,9 @@ def compare(paths: list[str], seed: int = 0) -> dict[str, Any]:
             "truncation_rate": s["truncation_rate"],
             "final_answer_rate": s["final_answer_rate"],
             "prefix_stop_rate": pb.get("stop_within_rate"),
-            "delta": None, "delta_ci95": None, "mcnemar_p": None,
+            "delta": None,
+            "delta_ci95": None,
+            "mcnemar_p": None,
         }
         if i > 0:
             entry.update(paired(base, run, seed))
@@ -122,8 +130,10 @@ def _pct(v: float | None) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     """A Markdown table (accuracy and deltas in percentage points)."""
-    head = ("| run | model | accuracy % [95% CI] | delta pts [95% CI] | McNemar p | "
-            "mean tokens | truncated % | final answer % | prefix stop % |")
+    head = (
+        "| run | model | accuracy % [95% CI] | delta pts [95% CI] | McNemar p | "
+        "mean tokens | truncated % | final answer % | prefix stop % |"
+    )
     lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for e in result["runs"]:
         lo, hi = e["accuracy_ci95"]
@@ -151,8 +161,10 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     acc = [100 * e["accuracy"] for e in runs]
-    err = [[a - 100 * e["accuracy_ci95"][0] for a, e in zip(acc, runs, strict=True)],
-           [100 * e["accuracy_ci95"][1] - a for a, e in zip(acc, runs, strict=True)]]
+    err = [
+        [a - 100 * e["accuracy_ci95"][0] for a, e in zip(acc, runs, strict=True)],
+        [100 * e["accuracy_ci95"][1] - a for a, e in zip(acc, runs, strict=True)],
+    ]
     ax.bar(range(len(runs)), acc, yerr=err, capsize=6, color="#4C72B0")
     ax.set_xticks(range(len(runs)), [e["run"] for e in runs], rotation=15)
     ax.set_ylabel("accuracy (%)")

@@ -154,7 +154,10 @@ class GenerationSection(_Strict):
 
     def greedy(self) -> SamplingSettings:
         return SamplingSettings(
-            temperature=0.0, top_p=1.0, top_k=0, seed=self.seed,
+            temperature=0.0,
+            top_p=1.0,
+            top_k=0,
+            seed=self.seed,
             repetition_penalty=self.repetition_penalty,
         )
 

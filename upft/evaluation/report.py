@@ -45,13 +45,23 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def build_summary(cfg: EvalConfig, fp: str, model: dict[str, Any], data: dict[str, Any],
-                  rows: list[dict[str, Any]], timings: dict[str, float], resume: dict[str, int],
-                  engine: dict[str, Any] | None) -> dict[str, Any]:
+def build_summary(
+    cfg: EvalConfig,
+    fp: str,
+    model: dict[str, Any],
+    data: dict[str, Any],
+    rows: list[dict[str, Any]],
+    timings: dict[str, float],
+    resume: dict[str, int],
+    engine: dict[str, Any] | None,
+) -> dict[str, Any]:
     """The summary.json document: what was evaluated, how, and every number."""
     gen, pc = cfg.generation, cfg.prefix_check
-    prefix = ({"length": pc.length, "slack": pc.slack, "instruction": pc.instruction}
-              if pc.enabled else None)
+    prefix = (
+        {"length": pc.length, "slack": pc.slack, "instruction": pc.instruction}
+        if pc.enabled
+        else None
+    )
     metrics = scoring.summarise(rows, gen.ks(), prefix)
     generated = timings.get("generate", 0.0)
     return {
@@ -75,17 +85,24 @@ def build_summary(cfg: EvalConfig, fp: str, model: dict[str, Any], data: dict[st
             "dtype": cfg.model.dtype,
             "max_model_len": cfg.model.max_model_len,
             "prefix_check": prefix,
-            "scoring": {"method": "math-verify: gold as LaTeX/expression in $...$, prediction "
-                                  "with \\boxed{} first; any acceptable gold answer counts",
-                        "timeout_s": cfg.scoring_timeout_s},
+            "scoring": {
+                "method": "math-verify: gold as LaTeX/expression in $...$, prediction "
+                "with \\boxed{} first; any acceptable gold answer counts",
+                "timeout_s": cfg.scoring_timeout_s,
+            },
         },
         **metrics,
-        "timings": {k: round(float(v), 2) for k, v in timings.items()
-                    if k not in ("generated_tokens", "generated_questions")},
+        "timings": {
+            k: round(float(v), 2)
+            for k, v in timings.items()
+            if k not in ("generated_tokens", "generated_questions")
+        },
         "throughput": {
             "questions_per_s": round(timings.get("generated_questions", 0) / generated, 3),
             "tokens_per_s": round(timings.get("generated_tokens", 0) / generated, 1),
-        } if generated > 0 else None,
+        }
+        if generated > 0
+        else None,
         "resume": resume,
         "environment": environment(),
     }
@@ -104,7 +121,8 @@ def render_readme(summary: dict[str, Any]) -> str:
         f"{summary['counts']['questions']} questions, {s['n']} sample(s) each, "
         f"temperature {s['temperature']}, max_tokens {s['max_tokens']}, "
         f"{s['chat_template']} chat template"
-        + (f", system prompt `{s['system_prompt']}`" if s["system_prompt"] else "") + ".",
+        + (f", system prompt `{s['system_prompt']}`" if s["system_prompt"] else "")
+        + ".",
         "",
         "| number | value |",
         "|---|---|",
@@ -122,8 +140,10 @@ def render_readme(summary: dict[str, Any]) -> str:
     ]
     pb = summary.get("prefix_behaviour")
     if pb:
-        lines.append(f"| stops within L+{pb['slack']} = {pb['length'] + pb['slack']} tokens under "
-                     f"the prefix instruction | {_pct(pb['stop_within_rate'])} |")
+        lines.append(
+            f"| stops within L+{pb['slack']} = {pb['length'] + pb['slack']} tokens under "
+            f"the prefix instruction | {_pct(pb['stop_within_rate'])} |"
+        )
     lines += [
         "",
         f"Model: `{m['spec']}` (revision {m.get('revision') or '-'}, commit "
@@ -140,11 +160,13 @@ def render_readme(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(out: Path, cfg: EvalConfig, rows: list[dict[str, Any]],
-                  summary: dict[str, Any]) -> None:
+def write_outputs(
+    out: Path, cfg: EvalConfig, rows: list[dict[str, Any]], summary: dict[str, Any]
+) -> None:
     """results.jsonl, eval_config.yaml, README.md, then summary.json (the completion mark)."""
-    _atomic_write(out / "results.jsonl",
-                  "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    _atomic_write(
+        out / "results.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    )
     _atomic_write(out / "eval_config.yaml", cfg.to_yaml())
     _atomic_write(out / "README.md", render_readme(summary))
     _atomic_write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
@@ -183,12 +205,24 @@ def eval_results(summary: dict[str, Any]) -> list[Any]:
     if d.get("revision"):
         common["dataset_revision"] = d["revision"]
     how = "greedy" if s["temperature"] == 0 else f"temperature {s['temperature']}"
-    results = [EvalResult(metric_type="accuracy", metric_value=round(100 * summary["accuracy"], 2),
-                          metric_name=f"{METRIC_NAME}, {how}", **common)]
+    results = [
+        EvalResult(
+            metric_type="accuracy",
+            metric_value=round(100 * summary["accuracy"], 2),
+            metric_name=f"{METRIC_NAME}, {how}",
+            **common,
+        )
+    ]
     for k, v in summary["pass_at_k"].items():
         if k != "1":
-            results.append(EvalResult(metric_type=f"pass@{k}", metric_value=round(100 * v, 2),
-                                      metric_name=f"pass@{k} ({s['n']} samples, {how})", **common))
+            results.append(
+                EvalResult(
+                    metric_type=f"pass@{k}",
+                    metric_value=round(100 * v, 2),
+                    metric_name=f"pass@{k} ({s['n']} samples, {how})",
+                    **common,
+                )
+            )
     return results
 
 
@@ -197,8 +231,9 @@ def _block_key(summary: dict[str, Any]) -> str:
     return f"{d.get('dataset_type')}:{d.get('split')}"
 
 
-def card_block(summary: dict[str, Any], base: dict[str, Any] | None,
-               paired: dict[str, Any] | None) -> str:
+def card_block(
+    summary: dict[str, Any], base: dict[str, Any] | None, paired: dict[str, Any] | None
+) -> str:
     """The readable table of one benchmark (base vs this model when a base eval is given)."""
     d, s = summary["data"], summary["settings"]
     cols = ["this model"] if base is None else [f"base `{base['model']['spec']}`", "this model"]
@@ -268,9 +303,12 @@ def _replace_block(body: str, key: str, block: str) -> str:
     return f"{body.rstrip()}\n\n{section}"
 
 
-def update_model_card(model_dir: Path, summary: dict[str, Any],
-                      base: dict[str, Any] | None = None,
-                      paired: dict[str, Any] | None = None) -> Path:
+def update_model_card(
+    model_dir: Path,
+    summary: dict[str, Any],
+    base: dict[str, Any] | None = None,
+    paired: dict[str, Any] | None = None,
+) -> Path:
     """Write an eval into ``model_dir/README.md``: model-index metadata + a readable table."""
     from huggingface_hub import ModelCard
 
@@ -284,8 +322,11 @@ def update_model_card(model_dir: Path, summary: dict[str, Any],
         data.model_name = model_dir.resolve().name
     new = eval_results(summary)
     keys = {(r.dataset_type, r.dataset_split, r.metric_type) for r in new}
-    kept = [r for r in (data.eval_results or [])
-            if (r.dataset_type, r.dataset_split, r.metric_type) not in keys]
+    kept = [
+        r
+        for r in (data.eval_results or [])
+        if (r.dataset_type, r.dataset_split, r.metric_type) not in keys
+    ]
     data.eval_results = kept + new
     card.text = _replace_block(card.text, _block_key(summary), card_block(summary, base, paired))
     _atomic_write(path, str(card))

@@ -38,8 +38,14 @@ from upft.evaluation.config import EvalConfig
 logger = logging.getLogger(__name__)
 
 EVAL_FORMAT = 1  # bump when the rows or the fingerprint change meaning
-OUTPUT_NAMES = {"results.jsonl", "summary.json", "README.md", "eval_config.yaml", ".shards",
-                "eval.log"}
+OUTPUT_NAMES = {
+    "results.jsonl",
+    "summary.json",
+    "README.md",
+    "eval_config.yaml",
+    ".shards",
+    "eval.log",
+}
 # Files that hold a model's weights and behaviour (not its card or eval outputs).
 _MODEL_FILES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".tiktoken")
 _SKIP_MODEL_FILES = {"train_summary.json", "trainer_state.json"}
@@ -84,29 +90,50 @@ def source_for(cfg: EvalConfig) -> tuple[SourceConfig, dict[str, Any]]:
             "answer": d.answer or fields.answer,
             "id": d.id if d.id is not None else fields.id,
         }
-        meta = {"benchmark": bench.name, "title": bench.title, "dataset_type": bench.hub,
-                "answer_format": bench.answer_format}
+        meta = {
+            "benchmark": bench.name,
+            "title": bench.title,
+            "dataset_type": bench.hub,
+            "answer_format": bench.answer_format,
+        }
         if path is not None:
             src = SourceConfig(path=str(path), **names, **common)
             meta["split"] = "test"
         else:
             split = d.split or bench.hub_split
-            src = SourceConfig(hub=bench.hub, config=bench.hub_config, split=split,
-                               revision=d.revision, **names, **common)
+            src = SourceConfig(
+                hub=bench.hub,
+                config=bench.hub_config,
+                split=split,
+                revision=d.revision,
+                **names,
+                **common,
+            )
             meta["split"] = split
         return src, meta
     names = {"question": d.question or "question", "answer": d.answer, "id": d.id}
     if d.path is not None:
         path = Path(d.path).expanduser()
         src = SourceConfig(path=str(path), **names, **common)
-        return src, {"benchmark": None, "title": path.stem, "dataset_type": path.name,
-                     "split": d.split or "test", "answer_format": "auto"}
+        return src, {
+            "benchmark": None,
+            "title": path.stem,
+            "dataset_type": path.name,
+            "split": d.split or "test",
+            "answer_format": "auto",
+        }
     assert d.hub is not None
     split = d.split or "test"
-    src = SourceConfig(hub=d.hub, config=d.config, split=split, revision=d.revision, **names,
-                       **common)
-    return src, {"benchmark": None, "title": d.hub, "dataset_type": d.hub, "split": split,
-                 "answer_format": "auto"}
+    src = SourceConfig(
+        hub=d.hub, config=d.config, split=split, revision=d.revision, **names, **common
+    )
+    return src, {
+        "benchmark": None,
+        "title": d.hub,
+        "dataset_type": d.hub,
+        "split": split,
+        "answer_format": "auto",
+    }
 
 
 def gold_answers(q: Question) -> tuple[str, ...]:
@@ -133,10 +160,15 @@ def load(cfg: EvalConfig) -> tuple[list[EvalQuestion], LoadedSource, dict[str, A
 def folder_hash(folder: Path) -> str:
     """sha256 over the weight, config and tokenizer files of a model folder (cached by mtime)."""
     files = sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix in _MODEL_FILES and p.name not in _SKIP_MODEL_FILES
-        and not any(part.startswith(".") or part in ("eval", "evals") for part in
-                    p.relative_to(folder).parts[:-1])
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix in _MODEL_FILES
+        and p.name not in _SKIP_MODEL_FILES
+        and not any(
+            part.startswith(".") or part in ("eval", "evals")
+            for part in p.relative_to(folder).parts[:-1]
+        )
         and p.name != "README.md"
     )
     cache_path = cache_dir() / "file-hashes.json"
@@ -166,8 +198,14 @@ def folder_hash(folder: Path) -> str:
 
 def model_identity(model: ResolvedModel) -> dict[str, Any]:
     """What identifies the evaluated weights: Hub commit, embedded revision or folder hash."""
-    ident: dict[str, Any] = {"spec": model.spec, "name": model.display_name, "path": model.path,
-                             "revision": model.revision, "commit": None, "folder_sha256": None}
+    ident: dict[str, Any] = {
+        "spec": model.spec,
+        "name": model.display_name,
+        "path": model.path,
+        "revision": model.revision,
+        "commit": None,
+        "folder_sha256": None,
+    }
     if Path(model.path).is_dir():
         ident["folder_sha256"] = folder_hash(Path(model.path))
         return ident
@@ -176,20 +214,29 @@ def model_identity(model: ResolvedModel) -> dict[str, Any]:
 
         ident["commit"] = HfApi().model_info(model.path, revision=model.revision).sha
     except Exception as exc:  # offline or gated: the requested revision is all we know
-        logger.warning("could not resolve the Hub commit of %s (%s); recording the requested "
-                       "revision only", model.path, type(exc).__name__)
+        logger.warning(
+            "could not resolve the Hub commit of %s (%s); recording the requested revision only",
+            model.path,
+            type(exc).__name__,
+        )
     return ident
 
 
-def fingerprint(cfg: EvalConfig, model: dict[str, Any], data: dict[str, Any],
-                questions: list[EvalQuestion]) -> str:
+def fingerprint(
+    cfg: EvalConfig, model: dict[str, Any], data: dict[str, Any], questions: list[EvalQuestion]
+) -> str:
     """sha256 over everything that changes an eval's rows."""
     settings = cfg.model_dump(mode="json")
     for key in ("output", "card", "base", "shard_size"):
         settings.pop(key)
     settings["data"] = {k: v for k, v in settings["data"].items() if k != "path"}
-    for key in ("tensor_parallel_size", "gpu_memory_utilization", "cpu_kvcache_gib", "id",
-                "compile"):
+    for key in (
+        "tensor_parallel_size",
+        "gpu_memory_utilization",
+        "cpu_kvcache_gib",
+        "id",
+        "compile",
+    ):
         settings["model"].pop(key)
     payload = {
         "format": EVAL_FORMAT,
@@ -223,17 +270,22 @@ class _Engine:
             started = time.monotonic()
             m = self.cfg.model
             logger.info("loading %s with %s", self.model.display_name, m.backend)
-            self.sampler = make_sampler(m.backend, self.model.path, self.model.revision,
-                                        self.cfg.generation.settings(),
-                                        m.engine_options(self.token_bound),
-                                        m.chat_template)
+            self.sampler = make_sampler(
+                m.backend,
+                self.model.path,
+                self.model.revision,
+                self.cfg.generation.settings(),
+                m.engine_options(self.token_bound),
+                m.chat_template,
+            )
             self.owned = True
             self.loads += 1
             self.timings["engine_load"] = time.monotonic() - started
         return self.sampler
 
-    def generate(self, prompts: list[list[int]], settings: SamplingSettings, n: int,
-                 max_tokens: int) -> list[list[Sample]]:
+    def generate(
+        self, prompts: list[list[int]], settings: SamplingSettings, n: int, max_tokens: int
+    ) -> list[list[Sample]]:
         sampler = self.get()
         sampler.settings = settings
         return sampler.generate(prompts, n, max_tokens)
@@ -273,20 +325,23 @@ class _Shards:
     def save(self, index: int, rows: list[dict[str, Any]]) -> None:
         path = self._path(index)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                       encoding="utf-8")
+        tmp.write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+        )
         os.replace(tmp, path)
 
 
-def _prompt(tokenizer: Any, question: str, instruction: str | None,
-            system: str | None) -> tuple[str, list[int]]:
+def _prompt(
+    tokenizer: Any, question: str, instruction: str | None, system: str | None
+) -> tuple[str, list[int]]:
     msgs = messages(question, instruction, system)
     text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     return str(text), encode_prompt(tokenizer, msgs)
 
 
-def _score_shard(cfg: EvalConfig, engine: _Engine, shard: list[EvalQuestion],
-                 timings: dict[str, float]) -> list[dict[str, Any]]:
+def _score_shard(
+    cfg: EvalConfig, engine: _Engine, shard: list[EvalQuestion], timings: dict[str, float]
+) -> list[dict[str, Any]]:
     """Generate and score one shard: the rows it contributes to results.jsonl."""
     gen, pc, system = cfg.generation, cfg.prefix_check, cfg.model.system_prompt
     tok = engine.get().tokenizer
@@ -295,28 +350,37 @@ def _score_shard(cfg: EvalConfig, engine: _Engine, shard: list[EvalQuestion],
     outputs = engine.generate([ids for _, ids in plain], gen.settings(), gen.n, gen.max_tokens)
     timings["generate"] = timings.get("generate", 0.0) + time.monotonic() - started
     timings["generated_tokens"] = timings.get("generated_tokens", 0) + sum(
-        len(s.token_ids) for samples in outputs for s in samples)
+        len(s.token_ids) for samples in outputs for s in samples
+    )
     timings["generated_questions"] = timings.get("generated_questions", 0) + len(shard)
     prefix_out: list[list[Sample]] | None = None
     if pc.enabled:
         started = time.monotonic()
-        with_instruction = [_prompt(tok, e.question.text, pc.instruction, system)[1]
-                            for e in shard]
+        with_instruction = [_prompt(tok, e.question.text, pc.instruction, system)[1] for e in shard]
         prefix_out = engine.generate(with_instruction, gen.greedy(), 1, pc.length + pc.slack)
         timings["prefix_check"] = timings.get("prefix_check", 0.0) + time.monotonic() - started
     started = time.monotonic()
     rows = []
     for i, e in enumerate(shard):
         scored = [scoring.score_sample(e.golds, s, cfg.scoring_timeout_s) for s in outputs[i]]
-        row: dict[str, Any] = {"id": e.question.id, "question": e.question.text,
-                               "gold": list(e.golds), "prompt": plain[i][0], **scored[0],
-                               "n": len(scored), "n_correct": sum(s["correct"] for s in scored)}
+        row: dict[str, Any] = {
+            "id": e.question.id,
+            "question": e.question.text,
+            "gold": list(e.golds),
+            "prompt": plain[i][0],
+            **scored[0],
+            "n": len(scored),
+            "n_correct": sum(s["correct"] for s in scored),
+        }
         if len(scored) > 1:
             row["samples"] = scored[1:]
         if prefix_out is not None:
             p = prefix_out[i][0]
-            row["prefix"] = {"completion": p.text, "tokens": len(p.token_ids),
-                             "finish_reason": p.finish_reason}
+            row["prefix"] = {
+                "completion": p.text,
+                "tokens": len(p.token_ids),
+                "finish_reason": p.finish_reason,
+            }
         rows.append(row)
     timings["scoring"] = timings.get("scoring", 0.0) + time.monotonic() - started
     return rows
@@ -348,8 +412,14 @@ def read_summary(out: Path) -> dict[str, Any] | None:
         return None
 
 
-def evaluate(cfg: EvalConfig, *, force: bool = False, quiet: bool = False,
-             sampler: Sampler | None = None, replace_other: bool = False) -> EvalRun:
+def evaluate(
+    cfg: EvalConfig,
+    *,
+    force: bool = False,
+    quiet: bool = False,
+    sampler: Sampler | None = None,
+    replace_other: bool = False,
+) -> EvalRun:
     """Run (or resume, or find finished) the eval that ``cfg`` describes.
 
     A finished eval with another fingerprint in ``cfg.output`` is refused, unless ``force``
@@ -420,7 +490,6 @@ def evaluate(cfg: EvalConfig, *, force: bool = False, quiet: bool = False,
     return EvalRun(out, "evaluated", summary, engine.loads)
 
 
-
 def write_card(cfg: EvalConfig, run: EvalRun) -> Path:
     """Put a finished eval into the card of ``cfg.card`` (base vs this model with ``cfg.base``)."""
     from upft.evaluation.compare import load_run, paired
@@ -453,5 +522,10 @@ def evaluate_trained(config_file: str, folder: Path, quiet: bool = False) -> dic
     run = evaluate(cfg, quiet=quiet, replace_other=True)  # new weights: a new eval
     card = write_card(cfg, run)
     s = run.summary
-    return {"output": str(run.path), "card": str(card), "accuracy": s["accuracy"],
-            "accuracy_ci95": s["accuracy_ci95"], "questions": s["counts"]["questions"]}
+    return {
+        "output": str(run.path),
+        "card": str(card),
+        "accuracy": s["accuracy"],
+        "accuracy_ci95": s["accuracy_ci95"],
+        "questions": s["counts"]["questions"],
+    }

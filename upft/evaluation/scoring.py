@@ -92,8 +92,18 @@ def score_sample(golds: Sequence[str], sample: Sample, timeout: float) -> dict[s
 
 def all_samples(row: dict[str, Any]) -> list[dict[str, Any]]:
     """The scored samples of a result row: sample 0 inline, the others under ``samples``."""
-    first = {k: row[k] for k in ("completion", "prediction", "correct", "boxed", "tokens",
-                                 "finish_reason", "timed_out")}
+    first = {
+        k: row[k]
+        for k in (
+            "completion",
+            "prediction",
+            "correct",
+            "boxed",
+            "tokens",
+            "finish_reason",
+            "timed_out",
+        )
+    }
     return [first, *row.get("samples", [])]
 
 
@@ -106,8 +116,9 @@ def _share(flags: list[bool]) -> float | None:
     return round(sum(flags) / len(flags), 6) if flags else None
 
 
-def summarise(rows: list[dict[str, Any]], ks: list[int], prefix: dict[str, Any] | None
-              ) -> dict[str, Any]:
+def summarise(
+    rows: list[dict[str, Any]], ks: list[int], prefix: dict[str, Any] | None
+) -> dict[str, Any]:
     """The metrics block of summary.json, computed from the result rows alone."""
     n_questions = len(rows)
     n = rows[0]["n"] if rows else 1
@@ -128,9 +139,12 @@ def summarise(rows: list[dict[str, Any]], ks: list[int], prefix: dict[str, Any] 
         "pass_at_k": {
             str(k): round(float(np.mean([pass_at_k(r["n"], r["n_correct"], k) for r in rows])), 6)
             for k in ks
-        } if rows else {},
+        }
+        if rows
+        else {},
         "mean_answer_tokens": round(float(np.mean([s["tokens"] for s in samples])), 2)
-        if samples else None,
+        if samples
+        else None,
         "truncation_rate": _share([s["finish_reason"] == "length" for s in samples]),
         "boxed_rate": _share([bool(s["boxed"]) for s in samples]),
         "extractable_rate": _share([s["prediction"] is not None for s in samples]),
@@ -153,7 +167,8 @@ def summarise(rows: list[dict[str, Any]], ks: list[int], prefix: dict[str, Any] 
                 [p["finish_reason"] == "stop" and p["tokens"] <= prefix["length"] for p in checked]
             ),
             "mean_tokens": round(float(np.mean([p["tokens"] for p in checked])), 2)
-            if checked else None,
+            if checked
+            else None,
             "plain_prompt_final_answer_rate": metrics["final_answer_rate"],
         }
     return metrics

@@ -22,8 +22,9 @@ class FakeTokenizer:
     def __init__(self) -> None:
         self.texts: dict[int, str] = {}
 
-    def apply_chat_template(self, msgs: list[dict[str, str]], add_generation_prompt: bool,
-                            tokenize: bool) -> str:
+    def apply_chat_template(
+        self, msgs: list[dict[str, str]], add_generation_prompt: bool, tokenize: bool
+    ) -> str:
         body = "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in msgs)
         return body + "<assistant>"
 
@@ -45,8 +46,13 @@ class FakeTokenizer:
 class FakeSampler(Sampler):
     backend = "fake"
 
-    def __init__(self, golds: dict[str, str], right: set[str], prefix_tokens: int = 4,
-                 long_answers: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        golds: dict[str, str],
+        right: set[str],
+        prefix_tokens: int = 4,
+        long_answers: set[str] | None = None,
+    ) -> None:
         super().__init__(SamplingSettings(0.0, 1.0, 0, 0))
         self._tok = FakeTokenizer()
         self.golds = golds  # question text -> gold
@@ -67,8 +73,9 @@ class FakeSampler(Sampler):
                 return question, instructed
         raise AssertionError(f"unknown prompt {text!r}")
 
-    def generate(self, prompts: Sequence[list[int]], n: int, max_tokens: int,
-                 progress: Any = None) -> list[list[Sample]]:
+    def generate(
+        self, prompts: Sequence[list[int]], n: int, max_tokens: int, progress: Any = None
+    ) -> list[list[Sample]]:
         self.calls.append((len(prompts), n, max_tokens))
         out = []
         for prompt in prompts:

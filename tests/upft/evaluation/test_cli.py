@@ -28,8 +28,9 @@ def test_help_needs_no_engine() -> None:
         "heavy = [m for m in names if m in sys.modules]\n"
         "print(heavy)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -46,8 +47,9 @@ def run(*args: str):
 def test_unknown_benchmark_lists_known_ones(tmp_path: Path) -> None:
     result = run("--data", "gsm9k", "--output", str(tmp_path / "o"))
     assert result.exit_code == 2
-    assert result.output.startswith("error: unknown benchmark 'gsm9k'; known benchmarks: "
-                                    "gsm8k, math500, aime24, svamp")
+    assert result.output.startswith(
+        "error: unknown benchmark 'gsm9k'; known benchmarks: gsm8k, math500, aime24, svamp"
+    )
     assert "Traceback" not in result.output
     config = tmp_path / "eval.yaml"
     config.write_text("data:\n  benchmark: gsm9k\n")
@@ -57,22 +59,39 @@ def test_unknown_benchmark_lists_known_ones(tmp_path: Path) -> None:
 
 
 def test_missing_answer_field(tmp_path: Path) -> None:
-    result = run("--data", str(SVAMP), "--question", "{Body} {Question}", "--answer", "answer",
-                 "--output", str(tmp_path / "o"))
+    result = run(
+        "--data",
+        str(SVAMP),
+        "--question",
+        "{Body} {Question}",
+        "--answer",
+        "answer",
+        "--output",
+        str(tmp_path / "o"),
+    )
     assert result.exit_code == 2
     assert f"error: {SVAMP}:1: answer field 'answer' is missing" in result.output
     assert not (tmp_path / "o").exists()
 
 
 def test_model_that_cannot_load(tmp_path: Path) -> None:
-    result = run("--model", str(tmp_path / "no-such-model"), "--data", "svamp", "--limit", "2",
-                 "--output", str(tmp_path / "o"))
+    result = run(
+        "--model",
+        str(tmp_path / "no-such-model"),
+        "--data",
+        "svamp",
+        "--limit",
+        "2",
+        "--output",
+        str(tmp_path / "o"),
+    )
     assert result.exit_code == 2
     assert "is neither a local folder, a Hub id (org/name) nor an embedded model" in result.output
     empty = tmp_path / "empty-model"
     empty.mkdir()
-    result = run("--model", str(empty), "--data", "svamp", "--limit", "2", "--output",
-                 str(tmp_path / "o"))
+    result = run(
+        "--model", str(empty), "--data", "svamp", "--limit", "2", "--output", str(tmp_path / "o")
+    )
     assert result.exit_code == 2 and "has no config.json" in result.output
     assert not (tmp_path / "o").exists()
 
@@ -90,10 +109,29 @@ def test_rerun_of_finished_eval_prints_without_model(tmp_path: Path, stand_in_mo
 
     out = tmp_path / "eval"
     runner.evaluate(make_cfg(stand_in_model, out), quiet=True, sampler=fake(right=3))
-    result = run("--model", str(stand_in_model), "--data", str(SVAMP), "--question",
-                 "{Body} {Question}", "--answer", "Answer", "--id-field", "ID", "--limit", "6",
-                 "--shard-size", "2", "--prefix-length", "4", "--max-tokens", "16",
-                 "--output", str(out), "--quiet")
+    result = run(
+        "--model",
+        str(stand_in_model),
+        "--data",
+        str(SVAMP),
+        "--question",
+        "{Body} {Question}",
+        "--answer",
+        "Answer",
+        "--id-field",
+        "ID",
+        "--limit",
+        "6",
+        "--shard-size",
+        "2",
+        "--prefix-length",
+        "4",
+        "--max-tokens",
+        "16",
+        "--output",
+        str(out),
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("already evaluated with these settings")

@@ -45,15 +45,18 @@ def test_compare_table_matches_the_files(two_runs: tuple[Path, Path], tmp_path: 
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_compare_refuses_other_questions(two_runs: tuple[Path, Path], stand_in_model: Path,
-                                         tmp_path: Path) -> None:
+def test_compare_refuses_other_questions(
+    two_runs: tuple[Path, Path], stand_in_model: Path, tmp_path: Path
+) -> None:
     a, _ = two_runs
     c = tmp_path / "fewer"
     runner.evaluate(make_cfg(stand_in_model, c, limit=4), quiet=True, sampler=fake())
     result = CliRunner().invoke(main, ["compare", str(a), str(c)])
     assert result.exit_code == 2
-    assert "evaluated on different questions (2 only in base, 0 only in fewer, 4 shared)" \
+    assert (
+        "evaluated on different questions (2 only in base, 0 only in fewer, 4 shared)"
         in result.output
+    )
     missing = CliRunner().invoke(main, ["compare", str(a), str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and "is not a finished eval (no summary.json)" in missing.output
 
@@ -90,8 +93,9 @@ def test_model_card(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
     assert "model-index:" in text
 
 
-def test_card_flag_on_a_finished_eval(two_runs: tuple[Path, Path], stand_in_model: Path,
-                                      tmp_path: Path) -> None:
+def test_card_flag_on_a_finished_eval(
+    two_runs: tuple[Path, Path], stand_in_model: Path, tmp_path: Path
+) -> None:
     """``upft-eval --card`` with a finished eval: no model is loaded, the card gets the table."""
     from huggingface_hub import ModelCard
 
@@ -99,11 +103,30 @@ def test_card_flag_on_a_finished_eval(two_runs: tuple[Path, Path], stand_in_mode
 
     a, b = two_runs
     (stand_in_model / "README.md").write_text("---\nlicense: apache-2.0\n---\n# stand-in\n")
-    flags = ["--model", str(stand_in_model), "--data", str(SVAMP), "--question",
-             "{Body} {Question}", "--answer", "Answer", "--id-field", "ID", "--limit", "6",
-             "--shard-size", "2", "--prefix-length", "4", "--max-tokens", "16", "--quiet"]
-    result = CliRunner().invoke(main, [*flags, "--output", str(b), "--card", str(stand_in_model),
-                                       "--base", str(a)])
+    flags = [
+        "--model",
+        str(stand_in_model),
+        "--data",
+        str(SVAMP),
+        "--question",
+        "{Body} {Question}",
+        "--answer",
+        "Answer",
+        "--id-field",
+        "ID",
+        "--limit",
+        "6",
+        "--shard-size",
+        "2",
+        "--prefix-length",
+        "4",
+        "--max-tokens",
+        "16",
+        "--quiet",
+    ]
+    result = CliRunner().invoke(
+        main, [*flags, "--output", str(b), "--card", str(stand_in_model), "--base", str(a)]
+    )
     assert result.exit_code == 0, result.output
     assert result.output.startswith("already evaluated")
     assert f"model card: {stand_in_model / 'README.md'}" in result.output

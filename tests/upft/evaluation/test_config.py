@@ -17,8 +17,10 @@ def test_data_from_text() -> None:
         "path": "../shared/data/svamp-test.jsonl"
     }
     assert data_from_text("openai/gsm8k") == {"hub": "openai/gsm8k"}
-    with pytest.raises(SourceError, match="unknown benchmark 'gsm9k'; known benchmarks: gsm8k, "
-                       "math500, aime24, svamp"):
+    with pytest.raises(
+        SourceError,
+        match="unknown benchmark 'gsm9k'; known benchmarks: gsm8k, math500, aime24, svamp",
+    ):
         data_from_text("gsm9k")
 
 
@@ -66,8 +68,10 @@ def test_unknown_key_names_field_and_line(tmp_path: Path) -> None:
     [
         ({"data": "x.jsonl"}, "name the gold-answer field with 'answer'"),
         ({"data": "svamp", "samples": 4}, "4 identical greedy answers"),
-        ({"data": "svamp", "samples": 2, "temperature": 0.6, "pass_k": (4,)},
-         "pass_k values [4] must lie between 1 and n = 2"),
+        (
+            {"data": "svamp", "samples": 2, "temperature": 0.6, "pass_k": (4,)},
+            "pass_k values [4] must lie between 1 and n = 2",
+        ),
         ({}, "no questions given; pass --data"),
     ],
 )
@@ -93,8 +97,14 @@ def test_registry_points_at_shared_data(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 @pytest.mark.parametrize(
     ("gold", "expected"),
-    [("Natalia sold 24 clips.\n#### 1,072", "1072"), ("145.0", "145"), ("-3.50", "-3.50"),
-     ("(3,\\frac{\\pi}{2})", "(3,\\frac{\\pi}{2})"), ("1,000", "1000"), ("2.5", "2.5")],
+    [
+        ("Natalia sold 24 clips.\n#### 1,072", "1072"),
+        ("145.0", "145"),
+        ("-3.50", "-3.50"),
+        ("(3,\\frac{\\pi}{2})", "(3,\\frac{\\pi}{2})"),
+        ("1,000", "1000"),
+        ("2.5", "2.5"),
+    ],
 )
 def test_format_gold(gold: str, expected: str) -> None:
     assert benchmarks.format_gold(gold) == expected

@@ -53,8 +53,9 @@ TRAIN_FLAGS = [
 
 
 def run(command: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(BIN / command), *args], capture_output=True, text=True,
-                          env=env or ENV, timeout=1800)
+    proc = subprocess.run(
+        [str(BIN / command), *args], capture_output=True, text=True, env=env or ENV, timeout=1800
+    )
     assert proc.returncode == 0, f"{command} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
     return proc
 
@@ -68,8 +69,9 @@ def read(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("evals") / "base"
-    proc = run("upft-eval", "--model", "embedded:smollm2", *DATA_FLAGS, "--output", str(out),
-               "--quiet")
+    proc = run(
+        "upft-eval", "--model", "embedded:smollm2", *DATA_FLAGS, "--output", str(out), "--quiet"
+    )
     assert proc.stdout.splitlines()[-1] == str(out)
     return out
 
@@ -106,7 +108,8 @@ def test_eval_of_the_embedded_model(base: Path) -> None:
     assert all(t == MAX_TOKENS for t, cut in zip(tokens, truncated, strict=True) if cut)
     assert summary["truncation_rate"] == pytest.approx(sum(truncated) / QUESTIONS, abs=1e-6)
     assert summary["extractable_rate"] == pytest.approx(
-        sum(r["prediction"] is not None for r in rows) / QUESTIONS, abs=1e-6)
+        sum(r["prediction"] is not None for r in rows) / QUESTIONS, abs=1e-6
+    )
     for r in rows:
         assert r["prompt"].startswith("<|im_start|>") and r["question"] in r["prompt"]
         assert r["prompt"].endswith("<|im_start|>assistant\n")
@@ -126,8 +129,9 @@ def test_rerun_loads_no_model(base: Path, tmp_path: Path) -> None:
         (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked')\n")
     before = (base / "summary.json").read_bytes()
     env = {**ENV, "PYTHONPATH": str(blocked) + os.pathsep + ENV.get("PYTHONPATH", "")}
-    proc = run("upft-eval", "--model", "embedded:smollm2", *DATA_FLAGS, "--output", str(base),
-               env=env)
+    proc = run(
+        "upft-eval", "--model", "embedded:smollm2", *DATA_FLAGS, "--output", str(base), env=env
+    )
     assert proc.stdout.startswith("already evaluated with these settings")
     assert (base / "summary.json").read_bytes() == before
 
@@ -174,8 +178,9 @@ def test_prefix_behaviour_after_training(trained: Path, tmp_path: Path) -> None:
         summary, rows = read(out)
         pb = summary["prefix_behaviour"]
         limit = PREFIX_LENGTH + 8
-        stopped = [r["prefix"]["finish_reason"] == "stop" and r["prefix"]["tokens"] <= limit
-                   for r in rows]
+        stopped = [
+            r["prefix"]["finish_reason"] == "stop" and r["prefix"]["tokens"] <= limit for r in rows
+        ]
         assert pb["stop_within_rate"] == pytest.approx(sum(stopped) / len(rows), abs=1e-6)
         shares[name] = pb["stop_within_rate"]
     assert shares["trained"] >= shares["base"] + 0.25, shares

@@ -22,16 +22,29 @@ N = 6
 
 
 def make_cfg(model: Path, out: Path, **flags):
-    base = {"model": str(model), "data": str(SVAMP), "question": "{Body} {Question}",
-            "answer": "Answer", "id_field": "ID", "limit": N, "output": str(out),
-            "shard_size": 2, "prefix_length": 4, "max_tokens": 16}
+    base = {
+        "model": str(model),
+        "data": str(SVAMP),
+        "question": "{Body} {Question}",
+        "answer": "Answer",
+        "id_field": "ID",
+        "limit": N,
+        "output": str(out),
+        "shard_size": 2,
+        "prefix_length": 4,
+        "max_tokens": 16,
+    }
     return resolve_config(None, {**base, **flags})
 
 
 def fake(right: int = 2, **kwargs) -> FakeSampler:
     rows = svamp_rows(N)
-    golds = {svamp_text(r): str(int(r["Answer"])) if float(r["Answer"]).is_integer()
-             else str(r["Answer"]) for r in rows}
+    golds = {
+        svamp_text(r): str(int(r["Answer"]))
+        if float(r["Answer"]).is_integer()
+        else str(r["Answer"])
+        for r in rows
+    }
     return FakeSampler(golds, {svamp_text(r) for r in rows[:right]}, **kwargs)
 
 
@@ -48,8 +61,22 @@ def test_rows_and_summary(stand_in_model: Path, tmp_path: Path) -> None:
     svamp = svamp_rows(N)
     assert [r["id"] for r in rows] == [r["ID"] for r in svamp]
     first = rows[0]
-    for key in ("id", "question", "gold", "prompt", "completion", "prediction", "correct",
-                "boxed", "tokens", "finish_reason", "timed_out", "n", "n_correct", "prefix"):
+    for key in (
+        "id",
+        "question",
+        "gold",
+        "prompt",
+        "completion",
+        "prediction",
+        "correct",
+        "boxed",
+        "tokens",
+        "finish_reason",
+        "timed_out",
+        "n",
+        "n_correct",
+        "prefix",
+    ):
         assert key in first, key
     gold = str(int(svamp[0]["Answer"]))
     assert [g.strip("$") for g in first["gold"]] == [gold]
@@ -58,13 +85,15 @@ def test_rows_and_summary(stand_in_model: Path, tmp_path: Path) -> None:
     assert first["prediction"] == gold and first["correct"] is True
     assert first["tokens"] == 5 and first["finish_reason"] == "stop"
     assert [r["correct"] for r in rows] == [True, True, False, False, False, False]
-    assert first["prefix"] == {"completion": "First, find the total", "tokens": 4,
-                               "finish_reason": "stop"}
+    assert first["prefix"] == {
+        "completion": "First, find the total",
+        "tokens": 4,
+        "finish_reason": "stop",
+    }
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / len(rows))
-    assert summary["counts"] == {"questions": N, "samples": N, "correct": 2,
-                                 "scoring_timeouts": 0}
+    assert summary["counts"] == {"questions": N, "samples": N, "correct": 2, "scoring_timeouts": 0}
     lo, hi = summary["accuracy_ci95"]
     assert 0 < lo < 2 / 6 < hi < 1
     assert summary["pass_at_k"] == {"1": pytest.approx(2 / 6, abs=1e-6)}
@@ -85,8 +114,9 @@ def test_rows_and_summary(stand_in_model: Path, tmp_path: Path) -> None:
     assert not (out / ".shards").exists()
 
 
-def test_rerun_loads_no_model(stand_in_model: Path, tmp_path: Path,
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rerun_loads_no_model(
+    stand_in_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "eval"
     cfg = make_cfg(stand_in_model, out)
     first = runner.evaluate(cfg, quiet=True, sampler=fake())
@@ -101,8 +131,9 @@ def test_rerun_loads_no_model(stand_in_model: Path, tmp_path: Path,
 
 
 def test_resume_after_interruption(stand_in_model: Path, tmp_path: Path) -> None:
-    whole = runner.evaluate(make_cfg(stand_in_model, tmp_path / "whole"), quiet=True,
-                            sampler=fake())
+    whole = runner.evaluate(
+        make_cfg(stand_in_model, tmp_path / "whole"), quiet=True, sampler=fake()
+    )
     out = tmp_path / "eval"
     broken = fake()
     calls = 0
@@ -133,8 +164,9 @@ def test_refuses_other_settings_and_foreign_folders(stand_in_model: Path, tmp_pa
     runner.evaluate(make_cfg(stand_in_model, out), quiet=True, sampler=fake())
     with pytest.raises(EvalError, match="holds a finished eval with other settings"):
         runner.evaluate(make_cfg(stand_in_model, out, max_tokens=8), quiet=True, sampler=fake())
-    run = runner.evaluate(make_cfg(stand_in_model, out, max_tokens=8), quiet=True,
-                          sampler=fake(), force=True)
+    run = runner.evaluate(
+        make_cfg(stand_in_model, out, max_tokens=8), quiet=True, sampler=fake(), force=True
+    )
     assert run.summary["settings"]["max_tokens"] == 8
     other = tmp_path / "not-empty"
     other.mkdir()
@@ -146,8 +178,14 @@ def test_refuses_other_settings_and_foreign_folders(stand_in_model: Path, tmp_pa
 def test_pass_at_k_and_truncation(stand_in_model: Path, tmp_path: Path) -> None:
     rows = svamp_rows(N)
     sampler = fake(right=3, long_answers={svamp_text(rows[5])})
-    cfg = make_cfg(stand_in_model, tmp_path / "eval", samples=4, temperature=0.6,
-                   pass_k=(1, 2, 4), no_prefix_check=True)
+    cfg = make_cfg(
+        stand_in_model,
+        tmp_path / "eval",
+        samples=4,
+        temperature=0.6,
+        pass_k=(1, 2, 4),
+        no_prefix_check=True,
+    )
     run = runner.evaluate(cfg, quiet=True, sampler=sampler)
     s = run.summary
     assert s["counts"]["samples"] == 4 * N
@@ -161,15 +199,28 @@ def test_pass_at_k_and_truncation(stand_in_model: Path, tmp_path: Path) -> None:
 
 
 def test_missing_answer_field_and_null_gold(stand_in_model: Path, tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match=r"svamp-test.jsonl:1: answer field 'answer' is "
-                       r"missing \(row has: Answer, Body"):
-        runner.evaluate(make_cfg(stand_in_model, tmp_path / "a", answer="answer"), quiet=True,
-                        sampler=fake())
+    with pytest.raises(
+        SourceError,
+        match=r"svamp-test.jsonl:1: answer field 'answer' is "
+        r"missing \(row has: Answer, Body",
+    ):
+        runner.evaluate(
+            make_cfg(stand_in_model, tmp_path / "a", answer="answer"), quiet=True, sampler=fake()
+        )
     data = tmp_path / "q.jsonl"
-    data.write_text('{"question": "What is 2 + 2?", "answer": 4}\n'
-                    '{"question": "What is 3 + 3?", "answer": null}\n')
-    cfg = resolve_config(None, {"model": str(stand_in_model), "data": str(data),
-                                "answer": "answer", "output": str(tmp_path / "b")})
+    data.write_text(
+        '{"question": "What is 2 + 2?", "answer": 4}\n'
+        '{"question": "What is 3 + 3?", "answer": null}\n'
+    )
+    cfg = resolve_config(
+        None,
+        {
+            "model": str(stand_in_model),
+            "data": str(data),
+            "answer": "answer",
+            "output": str(tmp_path / "b"),
+        },
+    )
     with pytest.raises(SourceError, match="has no gold answer"):
         runner.evaluate(cfg, quiet=True, sampler=fake())
     assert not (tmp_path / "b").exists()
@@ -193,7 +244,6 @@ def test_resume_with_another_shard_size(stand_in_model: Path, tmp_path: Path) ->
         runner.evaluate(make_cfg(stand_in_model, out), quiet=True, sampler=broken)
     # shard 0 held questions 0-1; with shards of 3 it holds 0-2 and must be evaluated again
     second = fake()
-    run = runner.evaluate(make_cfg(stand_in_model, out, shard_size=3), quiet=True,
-                          sampler=second)
+    run = runner.evaluate(make_cfg(stand_in_model, out, shard_size=3), quiet=True, sampler=second)
     assert run.summary["resume"] == {"shards_reused": 0, "shards_evaluated": 2}
     assert [r["id"] for r in read_rows(out)] == [r["ID"] for r in svamp_rows(N)]
