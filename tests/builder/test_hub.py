@@ -34,7 +34,8 @@ configure_process_env()  # before anything imports huggingface_hub (see tests/hu
 from builder.card import VERSIONS_END, VERSIONS_START  # noqa: E402
 from builder.cli import push_main  # noqa: E402
 from builder.errors import PublishError  # noqa: E402
-from builder.hub import RETRY_ATTEMPTS_ENV, push_version  # noqa: E402
+from builder.hub import push_version  # noqa: E402
+from builder.hubclient import RETRY_ATTEMPTS_ENV  # noqa: E402
 
 CONFIGS = ("mixture", "prefixes", "traces")
 REPO = "alice/demo-upft"
@@ -477,7 +478,8 @@ def _settle(seconds: float) -> None:
 def test_slow_server_beyond_the_client_timeout_is_retried(
     hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from builder.hub import TIMEOUT_ENV, load_version_dir, remote_matches
+    from builder.hub import load_version_dir, remote_matches
+    from builder.hubclient import TIMEOUT_ENV
 
     monkeypatch.setenv(TIMEOUT_ENV, "1")
     version_dir = make_version(tmp_path, "1.0.0")
@@ -497,7 +499,8 @@ def test_slow_server_beyond_the_client_timeout_is_retried(
 def test_slow_server_every_time_fails_clearly_and_rerun_completes(
     hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from builder.hub import TIMEOUT_ENV, load_version_dir, remote_matches
+    from builder.hub import load_version_dir, remote_matches
+    from builder.hubclient import TIMEOUT_ENV
 
     monkeypatch.setenv(TIMEOUT_ENV, "1")
     monkeypatch.setenv(RETRY_ATTEMPTS_ENV, "2")
@@ -539,7 +542,7 @@ def test_429_retry_after_is_honoured(hub: HubServer, tmp_path: Path) -> None:
 def test_429_asking_too_long_or_forever_stops_and_rerun_completes(
     hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from builder.hub import MAX_RETRY_AFTER_ENV
+    from builder.hubclient import MAX_RETRY_AFTER_ENV
 
     monkeypatch.setenv(MAX_RETRY_AFTER_ENV, "5")
     monkeypatch.setenv(RETRY_ATTEMPTS_ENV, "3")

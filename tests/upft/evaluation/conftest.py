@@ -16,6 +16,25 @@ import pytest
 from tests.conftest import SHARED_DATA
 
 SVAMP = SHARED_DATA / "svamp-test.jsonl"
+# The upft-eval flags of the small SVAMP runs the CLI tests make (6 questions, tiny budgets).
+SVAMP_FLAGS = [
+    "--data",
+    str(SVAMP),
+    "--question",
+    "{Body} {Question}",
+    "--answer",
+    "Answer",
+    "--id-field",
+    "ID",
+    "--limit",
+    "6",
+    "--shard-size",
+    "2",
+    "--prefix-length",
+    "4",
+    "--max-tokens",
+    "16",
+]
 
 
 def svamp_rows(limit: int) -> list[dict[str, Any]]:

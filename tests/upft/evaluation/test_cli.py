@@ -10,7 +10,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from tests.conftest import REPO_ROOT
-from tests.upft.evaluation.conftest import SVAMP
+from tests.upft.evaluation.conftest import SVAMP, SVAMP_FLAGS
 from upft.evaluation.cli import main
 
 
@@ -112,22 +112,7 @@ def test_rerun_of_finished_eval_prints_without_model(tmp_path: Path, stand_in_mo
     result = run(
         "--model",
         str(stand_in_model),
-        "--data",
-        str(SVAMP),
-        "--question",
-        "{Body} {Question}",
-        "--answer",
-        "Answer",
-        "--id-field",
-        "ID",
-        "--limit",
-        "6",
-        "--shard-size",
-        "2",
-        "--prefix-length",
-        "4",
-        "--max-tokens",
-        "16",
+        *SVAMP_FLAGS,
         "--output",
         str(out),
         "--quiet",

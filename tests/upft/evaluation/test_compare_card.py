@@ -99,29 +99,14 @@ def test_card_flag_on_a_finished_eval(
     """``upft-eval --card`` with a finished eval: no model is loaded, the card gets the table."""
     from huggingface_hub import ModelCard
 
-    from tests.upft.evaluation.conftest import SVAMP
+    from tests.upft.evaluation.conftest import SVAMP_FLAGS
 
     a, b = two_runs
     (stand_in_model / "README.md").write_text("---\nlicense: apache-2.0\n---\n# stand-in\n")
     flags = [
         "--model",
         str(stand_in_model),
-        "--data",
-        str(SVAMP),
-        "--question",
-        "{Body} {Question}",
-        "--answer",
-        "Answer",
-        "--id-field",
-        "ID",
-        "--limit",
-        "6",
-        "--shard-size",
-        "2",
-        "--prefix-length",
-        "4",
-        "--max-tokens",
-        "16",
+        *SVAMP_FLAGS,
         "--quiet",
     ]
     result = CliRunner().invoke(
