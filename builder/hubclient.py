@@ -135,8 +135,8 @@ def with_retries(action: str, fn: Callable[[], T], rerun: str = "push-to-hub") -
                 if asked > cap:
                     raise RateLimited(
                         f"the Hub asked to wait {asked:.0f} s before {action} (HTTP "
-                        f"{_status_ofchain(exc)}, Retry-After); nothing was tagged. Re-run "
-                        "push-to-hub after that time"
+                        f"{status_of_chain(exc)}, Retry-After); nothing was tagged. Re-run "
+                        f"{rerun} after that time"
                     ) from exc
                 delay = max(delay, asked)
             logger.warning(
@@ -151,7 +151,7 @@ def with_retries(action: str, fn: Callable[[], T], rerun: str = "push-to-hub") -
     raise AssertionError("unreachable")
 
 
-def _status_ofchain(exc: BaseException) -> int | None:
+def status_of_chain(exc: BaseException) -> int | None:
     return next((s for s in map(status_of, chain(exc)) if s is not None), None)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import TrainError
-from upft.config import FIELDS, TrainConfig, resolve_config, write_config
+from upft.config import resolve_config, write_config
 
 REQUIRED = {"dataset": "my-org/gsm8k-upft", "output": "runs/x"}
 
@@ -161,15 +161,6 @@ def test_written_config_reads_back_identically(tmp_path: Path) -> None:
     path = write_config(config, tmp_path)
     assert path.name == "train_config.yaml"
     assert resolve_config(path, {}) == config
-
-
-def test_every_setting_has_a_flag() -> None:
-    from upft.cli import main
-
-    options = {opt for param in main.params for opt in param.opts}
-    for key in FIELDS:
-        assert "--" + key.replace("_", "-") in options, key
-    assert TrainConfig().to_dict().keys() == FIELDS.keys()
 
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

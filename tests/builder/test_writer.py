@@ -1,0 +1,83 @@
+"""The version directory's files (builder.writer): parquet per config, atomic publish."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from builder.errors import OutputError
+from builder.writer import (
+    SCHEMAS,
+    dataset_info,
+    publish_dir,
+    read_existing_fingerprint,
+    stage_release,
+    write_config,
+)
+
+MIXTURE = {
+    "question_id": ["a", "b"],
+    "kind": ["prefix", "full"],
+    "prompt": [[{"role": "user", "content": "A?"}], [{"role": "user", "content": "B?"}]],
+    "completion": [
+        [{"role": "assistant", "content": "We"}],
+        [{"role": "assistant", "content": "4"}],
+    ],
+    "num_tokens": [1, 1],
+    "finish_reason": ["length", "stop"],
+}
+
+
+def _empty(config):
+    return {name: [] for name in SCHEMAS[config].names}
+
+
+def test_write_config_uses_the_schema_and_the_hub_file_names(tmp_path):
+    written = write_config(tmp_path, "mixture", MIXTURE)
+    assert written == ["data/mixture/train-00000-of-00001.parquet"]
+    table = pq.read_table(tmp_path / written[0])
+    assert table.schema == SCHEMAS["mixture"]
+    assert table.column("finish_reason").to_pylist() == ["length", "stop"]
+
+
+def test_a_column_missing_from_the_rows_is_an_error_not_a_silent_null(tmp_path):
+    rows = {k: v for k, v in MIXTURE.items() if k != "finish_reason"}
+    with pytest.raises(KeyError):
+        write_config(tmp_path, "mixture", rows)
+
+
+def test_stage_release_writes_every_config_and_the_recipe(tmp_path):
+    columns = {"mixture": MIXTURE, "prefixes": _empty("prefixes"), "traces": _empty("traces")}
+    release = stage_release(tmp_path, columns, "name: x\n")
+    assert release == tmp_path / "release"
+    assert (release / "recipe.yaml").read_text() == "name: x\n"
+    infos = {i["config_name"]: i for i in dataset_info(release)}
+    assert infos["mixture"]["splits"][0]["num_examples"] == 2
+    assert infos["traces"]["splits"][0]["num_examples"] == 0
+
+
+def test_publish_swaps_a_whole_directory_and_never_mixes(tmp_path):
+    final = tmp_path / "out" / "1.0.0"
+    first = tmp_path / "r1"
+    first.mkdir()
+    (first / "old.txt").write_text("old")
+    publish_dir(first, final, replace=False)
+    second = tmp_path / "r2"
+    second.mkdir()
+    (second / "new.txt").write_text("new")
+    with pytest.raises(OutputError, match="appeared while building"):
+        publish_dir(second, final, replace=False)
+    publish_dir(second, final, replace=True)
+    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+    assert not first.exists() and not second.exists()
+    assert not (final.parent / ".1.0.0.old").exists()
+
+
+def test_existing_fingerprint_is_read_leniently(tmp_path):
+    assert read_existing_fingerprint(tmp_path) is None
+    (tmp_path / "manifest.json").write_text(json.dumps({"fingerprint": "f" * 64, "other": 1}))
+    assert read_existing_fingerprint(tmp_path) == "f" * 64
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    assert read_existing_fingerprint(tmp_path) is None
