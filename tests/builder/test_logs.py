@@ -189,15 +189,17 @@ def test_upft_build_shows_only_our_lines(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LOGGING")}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    # One pipe for both streams, as `make demo 2>&1` shows them: in the order they were written.
     proc = subprocess.run(
         [sys.executable, "-m", "builder", str(recipe)],
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
         timeout=900,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    shown = (proc.stdout + proc.stderr).splitlines()
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    shown = proc.stdout.splitlines()
     assert len(shown) <= 14, shown  # `make demo` adds its own command line: at most 15
     assert shown[-1] == str(tmp_path / "out" / "demo-upft" / "0.1.0")
     assert any(line.startswith("phase 1: prefixes: 2/2 questions") for line in shown)

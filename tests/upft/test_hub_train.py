@@ -132,5 +132,11 @@ def test_unreachable_hub_is_an_error_line(tmp_path: Path) -> None:
     code = f"import sys; sys.argv = {args!r}; from upft.cli import main; main()"
     done = run_client(code, client_env(endpoint, tmp_path / "hf-home"))
     assert done.returncode == 2
-    assert done.stderr.startswith(f"error: cannot reach dataset repo '{DATASET}' on {endpoint}:")
+    lines = done.stderr.splitlines()
+    # Connection errors are retried (one warning line each), then reported in one error line.
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"error: cannot reach dataset repo '{DATASET}' on {endpoint}:")
+    retries = [line for line in lines if line.startswith("warning: reading dataset repo")]
+    assert len(retries) == 3  # UPFT_HUB_RETRY_ATTEMPTS defaults to 4 tries
     assert "Traceback" not in done.stderr
