@@ -209,6 +209,10 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.ERROR)
     header("tuning cost: UPFT mixture vs plain SFT on full traces", [sys.argv[0], *argv])
     work = Path(tempfile.mkdtemp(prefix="upft-bench-tuning-"))
+    # Its own datasets cache: `datasets` keys a local folder's cache on its card, and the UPFT
+    # arm's hand-made card is the same in every run, so a shared cache would serve an earlier
+    # run's rows (before `datasets` is imported, which reads the variable once).
+    os.environ["HF_DATASETS_CACHE"] = str(work / "hf-datasets")
     try:
         import yaml
 
