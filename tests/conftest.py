@@ -62,6 +62,18 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator:
     server.clear_faults()
 
 
+@pytest.fixture(autouse=True)
+def _restore_root_logger() -> Iterator[None]:
+    """The CLIs install a handler on the root logger; keep it out of later tests."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def session_tmp() -> Path:
     return _SESSION_TMP

@@ -13,13 +13,12 @@ holds only a config, so no engine starts either.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -515,15 +514,6 @@ CASES = [
         setup=_published_then_changed,
     ),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _restore_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def _tree(path: Path) -> list[tuple[str, bytes]]:

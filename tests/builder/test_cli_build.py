@@ -6,9 +6,7 @@
 
 from __future__ import annotations
 
-import logging
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,16 +14,6 @@ from click.testing import CliRunner, Result
 
 from builder.cli import build_main
 from tests.conftest import DEMO_RECIPE
-
-
-@pytest.fixture(autouse=True)
-def _restore_root_logger() -> Iterator[None]:
-    # build_main installs a rich handler on the root logger; keep it out of later tests.
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture
