@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +61,7 @@ class Executor(ABC):
         return None
 
     @abstractmethod
-    def run(self, requests: Sequence[ShardRequest], done: ShardDone, progress: ProgressFn) -> None:
+    def run(self, requests: Iterable[ShardRequest], done: ShardDone, progress: ProgressFn) -> None:
         """Sample every request; call ``done(request, results)`` as each shard finishes."""
 
     def engine_info(self) -> dict[str, Any]:
@@ -106,7 +106,7 @@ class LocalExecutor(Executor):
     def tokenizer(self) -> Any | None:
         return None if self._sampler is None else self._sampler.tokenizer
 
-    def run(self, requests: Sequence[ShardRequest], done: ShardDone, progress: ProgressFn) -> None:
+    def run(self, requests: Iterable[ShardRequest], done: ShardDone, progress: ProgressFn) -> None:
         sampler = self.engine()
         for req in requests:
             # The phase's seed; the engine derives the call's own seed from it and the prompts.

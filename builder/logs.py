@@ -205,6 +205,16 @@ def capture(
     )
     root = logging.getLogger()
     root.addHandler(file_handler)
+    # vLLM (and transformers) log through handlers of their own, bound to the stream of their
+    # import, and do not propagate: for the block, their records take the root's way into the
+    # file instead, wherever those streams point.
+    detached = [
+        (lg, lg.handlers[:], lg.propagate)
+        for lg in map(logging.getLogger, NOISY_LOGGERS)
+        if not lg.propagate and lg.handlers
+    ]
+    for lg, _, _ in detached:
+        lg.handlers, lg.propagate = [], True
     _TERMINAL.target = term
     _active_log, _failed_log = path, None
     logging.captureWarnings(True)
@@ -234,6 +244,8 @@ def capture(
             os.close(fd)
         logging.captureWarnings(False)
         root.removeHandler(file_handler)
+        for lg, handlers, propagate in detached:
+            lg.handlers, lg.propagate = handlers, propagate
         _TERMINAL.target = None
         _active_log = None
         if own_term:

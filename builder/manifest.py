@@ -22,10 +22,10 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-import numpy as np
 from pydantic import ValidationError
 
 from builder import __version__
+from builder.agreement import AgreementStats
 from builder.manifest_schema import (
     MANIFEST_VERSION,
     Accuracy,
@@ -128,17 +128,17 @@ def token_accounting(
     )
 
 
-def agreement_summary(
-    curves: np.ndarray, agreements: list[float], prefix_tokens: list[int]
-) -> Agreement:
+def agreement_summary(stats: AgreementStats) -> Agreement:
     """Mean agreement at L, the mean curve over depths 1..L and its spread."""
-    has = bool(curves.size)
+    has = bool(stats.depths)
+    curve = stats.curve_stats() if has else {"mean": [], "std": []}
+    n = stats.final.n
     return Agreement(
-        mean_at_L=round(float(np.mean(agreements)), 4) if agreements else None,
-        mean_prefix_tokens=round(float(np.mean(prefix_tokens)), 2) if prefix_tokens else None,
-        depths=int(curves.shape[1]) if has else 0,
-        curve_mean=[round(float(x), 4) for x in curves.mean(axis=0)] if has else [],
-        curve_std=[round(float(x), 4) for x in curves.std(axis=0)] if has else [],
+        mean_at_L=round(stats.final.mean(), 4) if n else None,
+        mean_prefix_tokens=round(stats.prefix_tokens / stats.questions, 2) if n else None,
+        depths=stats.depths,
+        curve_mean=[round(float(x), 4) for x in curve["mean"]],
+        curve_std=[round(float(x), 4) for x in curve["std"]],
     )
 
 

@@ -62,6 +62,7 @@ class SourceCounts(ManifestSection):
     empty: int
     duplicate: int
     limited: int
+    too_long: int = 0  # longer than the model's context (skipped)
     kept: int
 
 

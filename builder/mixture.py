@@ -1,8 +1,10 @@
 """Mixture assembly: which questions get a full trace, and the rows of the three subsets.
 
-Runs after voting (phase 1) and full-trace sampling (phase 2). The full-trace share is a seeded
-random sample of question ids (exactly ``round(p * questions)`` of them, independent of file
-order). Everything else gets its voted prefix. The rules that make the rows faithful live here:
+Runs after voting (phase 1) and full-trace sampling (phase 2), one shard of questions at a
+time. The full-trace share is a seeded random sample of question ids: exactly
+``round(p * questions)`` of them, those whose seeded 64-bit hash is smallest, so it does not
+depend on file order and membership is decided from the id alone. Everything else gets its
+voted prefix. The rules that make the rows faithful live here:
 
 * a full row is a trace that *ended* (finish reason "stop"): the trainer closes every
   completion with the end-of-turn token, so a trace cut off by ``max_tokens`` would teach the
@@ -22,11 +24,13 @@ The three subsets are plain column dicts:
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import random
-from collections.abc import Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from builder import answers
 from builder.prefixes import LabelFilterPicks, PrefixChoice, gold_answers, verify
@@ -45,10 +49,45 @@ def ended(samples: Sequence[Sample]) -> Sample | None:
     return next((s for s in samples if s.finish_reason == "stop"), None)
 
 
-def full_trace_ids(question_ids: list[str], ratio: float, seed: int) -> set[str]:
-    """The seeded random share of question ids that get a full trace."""
-    k = int(round(ratio * len(question_ids)))
-    return set(random.Random(seed).sample(sorted(question_ids), k))
+def full_trace_key(question_id: str, seed: int) -> int:
+    """The seeded 64-bit draw of a question id; the smallest ones get full traces."""
+    digest = hashlib.blake2b(f"{seed}:{question_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+@dataclass(frozen=True)
+class FullTraceShare:
+    """The questions that get a full trace: membership by a seeded hash of the id alone, so it
+    is answered shard by shard without holding the ids."""
+
+    seed: int
+    threshold: int | None  # keys up to this one are in; None: no question
+    size: int  # how many questions are in
+
+    def __contains__(self, question_id: object) -> bool:
+        if self.threshold is None or not isinstance(question_id, str):
+            return False
+        return full_trace_key(question_id, self.seed) <= self.threshold
+
+
+def full_trace_share(question_ids: Iterable[str], ratio: float, seed: int) -> FullTraceShare:
+    """Exactly ``round(p * questions)`` ids, a uniform random subset for the seed, independent
+    of file order: the ids whose seeded 64-bit draw is smallest (8 bytes per question)."""
+    keys = np.fromiter((full_trace_key(q, seed) for q in question_ids), dtype=np.uint64)
+    k = int(round(ratio * len(keys)))
+    if k == 0:
+        return FullTraceShare(seed, None, 0)
+    threshold = int(np.partition(keys, k - 1)[k - 1])
+    if int(np.count_nonzero(keys <= np.uint64(threshold))) != k:
+        # Two ids with the same 64-bit draw at the cut (odds ~1e-9 per million questions).
+        raise ValueError(f"full-trace draw tie at seed {seed}; change mixture.seed")
+    return FullTraceShare(seed, threshold, k)
+
+
+def full_trace_ids(question_ids: Sequence[str], ratio: float, seed: int) -> set[str]:
+    """The seeded random share of question ids that get a full trace, as a set."""
+    share = full_trace_share(question_ids, ratio, seed)
+    return {q for q in question_ids if q in share}
 
 
 @dataclass
@@ -73,20 +112,24 @@ def assemble(
     phase1: dict[str, list[Sample]],
     phase2: dict[str, list[Sample]],
     filtered: LabelFilterPicks | None = None,
+    full_ids: Container[str] | None = None,
 ) -> Tables:
     """Build the mixture, prefixes and traces columns (rows in question order).
 
     ``phase2`` holds, per full-trace question, its tries in order (one sample each). With the
     label filter, ``filtered`` says which phase-1 answer each question keeps (None: no correct
-    one) and full rows come from that answer instead of ``phase2``.
+    one) and full rows come from that answer instead of ``phase2``. ``full_ids`` says which
+    questions get a full row (default: the share drawn among ``questions``); a build passes
+    the share drawn over all its questions, since it assembles one shard at a time.
     """
     system = recipe.model.system_prompt
     instruction = recipe.prefix.instruction
     lf = recipe.label_filter
     has_gold = recipe.source.answer is not None
-    full_ids = full_trace_ids(
-        [q.id for q in questions], recipe.mixture.full_trace_ratio, recipe.mixture.seed
-    )
+    if full_ids is None:
+        full_ids = full_trace_share(
+            [q.id for q in questions], recipe.mixture.full_trace_ratio, recipe.mixture.seed
+        )
     mixture: Columns = {
         k: []
         for k in ("question_id", "kind", "prompt", "completion", "num_tokens", "finish_reason")

@@ -142,3 +142,18 @@ def resolve_model(spec: str, revision: str | None = None) -> ResolvedModel:
         f"model {spec!r} is neither a local folder, a Hub id (org/name) nor an embedded model "
         "(embedded:smollm2)"
     )
+
+
+def load_tokenizer(model: ResolvedModel, pinned: bool, chat_template: str | None) -> Any:
+    """The model's own tokenizer (for prompts when no engine runs in this process).
+
+    ``pinned``: the recipe named a revision (else a local folder is read as it is);
+    ``chat_template`` replaces the model's template when given.
+    """
+    from transformers import AutoTokenizer
+
+    rev = {"revision": model.revision} if pinned else {}
+    tok = AutoTokenizer.from_pretrained(model.path, **rev)
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    return tok

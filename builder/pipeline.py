@@ -12,19 +12,16 @@ never ended.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from builder.errors import OutputError, SamplingError
-from builder.executor import Executor, LocalExecutor, ShardRequest
+from builder.errors import OutputError, SamplingError, SourceError
+from builder.executor import Executor, LocalExecutor
 from builder.manifest import (
     RFT_SAMPLES_PER_QUESTION,
     Manifest,
@@ -33,23 +30,21 @@ from builder.manifest import (
     fingerprint,
     token_accounting,
 )
-from builder.mixture import assemble, full_trace_ids, generated_tokens
-from builder.models import ResolvedModel, resolve_model
-from builder.prefixes import LabelFilterPicks, PrefixChoice, choose_prefixes, label_filter_picks
-from builder.progress import phase_progress
-from builder.prompts import echo_share, encode_prompt, instruction_markers, messages
+from builder.mixture import full_trace_share
+from builder.models import ResolvedModel, load_tokenizer, resolve_model
+from builder.phases import PhaseRunner, Shards, sample_full_traces
+from builder.prefixes import PrefixChoice, choices_from_frame, choose_all
+from builder.prompts import encode_prompt, fit_context, instruction_markers, messages, model_context
 from builder.recipe import Recipe
+from builder.release import assemble_release
 from builder.resolve import decoding_sources, generation_defaults, resolve
 from builder.sampling import make_sampler
-from builder.sampling.base import Sample, Sampler
+from builder.sampling.base import Sampler
 from builder.sources import LoadedSource, Question, load_questions
 from builder.store import ShardStore
-from builder.writer import finish_release, read_existing_fingerprint, stage_release
+from builder.writer import disk_errors, finish_release, open_release, read_existing_fingerprint
 
 logger = logging.getLogger(__name__)
-
-Samples = dict[str, list[Sample]]
-PromptFn = Callable[[list[Question]], list[list[int]]]
 
 
 @dataclass
@@ -74,26 +69,17 @@ class _Build:
     timings: dict[str, float]
     decoding_sources: dict[str, str]
     _tokenizer: Any = None
-    resume: dict[str, int] = field(
-        default_factory=lambda: {
-            "prefix_shards_reused": 0,
-            "prefix_shards_sampled": 0,
-            "full_shards_reused": 0,
-            "full_shards_sampled": 0,
-        }
-    )
+
+    def __post_init__(self) -> None:
+        self.runner = PhaseRunner(self.executor, self.store, self.quiet)
 
     def tokenizer(self) -> Any:
         """The engine's tokenizer when one is loaded here, else the model's own (no engine)."""
         if self.executor.tokenizer is not None:
             return self.executor.tokenizer
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            rev = {"revision": self.model.revision} if self.recipe.model.revision else {}
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model.path, **rev)
-            if self.recipe.model.chat_template is not None:
-                self._tokenizer.chat_template = self.recipe.model.chat_template
+            m = self.recipe.model
+            self._tokenizer = load_tokenizer(self.model, bool(m.revision), m.chat_template)
         return self._tokenizer
 
 
@@ -138,130 +124,6 @@ def plan(recipe: Recipe, base_dir: Path | None) -> dict[str, Any]:
         "token_bound": budget["total"],
         "rft_token_bound": rft_bound,
         "bound_ratio_vs_rft": round(budget["total"] / rft_bound, 4) if rft_bound else None,
-    }
-
-
-def _shards(items: list[Question], size: int) -> list[list[Question]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _sample_phase(
-    b: _Build,
-    phase: str,
-    questions: list[Question],
-    make_prompts: PromptFn,
-    n: int,
-    max_tokens: int,
-    seed: int,
-    label: str,
-    counter: str,
-) -> Samples:
-    """Sample every shard of a phase that is not persisted yet; persist each as it arrives."""
-    shards = _shards(questions, b.recipe.output.shard_size)
-    out: Samples = {}
-    missing = [i for i in range(len(shards)) if not b.store.has(phase, i)]
-    if missing:
-        b.executor.prepare()  # engines start before the bar, so its rate counts sampling only
-    with phase_progress(label, len(questions), enabled=not b.quiet) as advance:
-        for index, shard in enumerate(shards):
-            if index not in missing:
-                loaded = b.store.load(phase, index)
-                out.update({q.id: loaded[q.id] for q in shard})
-                b.resume[f"{counter}_shards_reused"] += 1
-                advance(len(shard), 0)
-        requests = [
-            ShardRequest(
-                phase,
-                i,
-                tuple(q.id for q in shards[i]),
-                tuple(tuple(p) for p in make_prompts(shards[i])),
-                n,
-                max_tokens,
-                seed,
-            )
-            for i in missing
-        ]
-
-        def done(req: ShardRequest, results: list[list[Sample]]) -> None:
-            b.store.save(req.phase, req.index, list(req.question_ids), results)
-            out.update(zip(req.question_ids, results, strict=True))
-            b.resume[f"{counter}_shards_sampled"] += 1
-
-        if requests:
-            b.executor.run(requests, done, advance)
-    return out
-
-
-def _try_seed(seed: int, attempt: int) -> int:
-    """The sampling seed of a full trace's ``attempt``-th try (the first keeps the recipe's)."""
-    if attempt == 1:
-        return seed
-    digest = hashlib.sha256(f"{seed}:full-trace-try:{attempt}".encode()).digest()
-    return int.from_bytes(digest[:7], "little")
-
-
-def _sample_full_traces(
-    b: _Build, full_qs: list[Question], make_prompts: PromptFn, budget: int
-) -> Samples:
-    """One trace per question; traces cut off by ``max_tokens`` are sampled again, up to
-    ``mixture.full_trace_tries`` times in all. Returns every try, in order, per question.
-
-    Each try is its own persisted phase (``full``, ``full-2``, ...) with its own seed, and the
-    questions of try k are those whose try k-1 did not end: both follow from what is stored,
-    so an interrupted build resumes into the same tries.
-    """
-    r = b.recipe
-    tries: Samples = {q.id: [] for q in full_qs}
-    pending = full_qs
-    for attempt in range(1, r.mixture.full_trace_tries + 1):
-        if not pending:
-            break
-        phase = "full" if attempt == 1 else f"full-{attempt}"
-        label = "phase 2: full traces" + ("" if attempt == 1 else f" (try {attempt})")
-        got = _sample_phase(
-            b,
-            phase,
-            pending,
-            make_prompts,
-            1,
-            budget,
-            _try_seed(r.sampling.seed, attempt),
-            label,
-            counter="full",
-        )
-        for q in pending:
-            tries[q.id].append(got[q.id][0])
-        pending = [q for q in pending if got[q.id][0].finish_reason != "stop"]
-    if pending:
-        logger.info(
-            "%d full trace(s) never ended within max_tokens=%d in %d tries; those "
-            "questions get prefix rows",
-            len(pending),
-            budget,
-            r.mixture.full_trace_tries,
-        )
-    return tries
-
-
-def _echo(b: _Build, phase1: Samples, phase2: Samples) -> dict[str, Any]:
-    """How often the first L tokens of samples repeat the instruction's wording, per phase."""
-    r = b.recipe
-    markers = instruction_markers(r.prefix.instruction)
-    tok = b.tokenizer()
-
-    def share(groups: Samples) -> float | None:
-        heads = [s.token_ids[: r.prefix.length] for samples in groups.values() for s in samples]
-        if not heads:
-            return None
-        value = echo_share(tok.batch_decode(heads, skip_special_tokens=True), markers)
-        return None if value is None else round(value, 4)
-
-    return {
-        "sample_prompt": "plain" if r.label_filter.enabled else r.prefix.sample_prompt,
-        "markers": markers,
-        "measured_on": f"first {r.prefix.length} tokens",
-        "prefix_samples": share(phase1),
-        "full_traces": share(phase2),
     }
 
 
@@ -353,11 +215,38 @@ def _phase_timing(b: _Build, key: str, started: float, loaded_before: float) -> 
     b.timings[key] = time.monotonic() - started - (b.executor.engine_load_s - loaded_before)
 
 
+def _drop_too_long(
+    b: _Build, loaded: LoadedSource, prompt: Callable[[Question], list[int]]
+) -> None:
+    r = b.recipe
+    context = model_context(r.model.max_model_len, b.model.path)
+    kept, skipped = fit_context(loaded.questions, prompt, context, r.phase1_max_tokens)
+    if not skipped:
+        return
+    loaded.counts.too_long = len(skipped)
+    loaded.counts.kept = len(kept)
+    loaded.questions = kept
+    shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    logger.warning(
+        "%d question(s) too long for the model context (%d tokens, %d of them kept for "
+        "phase 1) skipped: %s; raise model.max_model_len if the model allows it",
+        len(skipped),
+        context,
+        r.phase1_max_tokens,
+        shown,
+    )
+    if not kept:
+        raise SourceError(
+            f"no question fits the model context of {context} tokens (prompt plus "
+            f"{r.phase1_max_tokens} sampled tokens); raise model.max_model_len or use "
+            "shorter questions"
+        )
+
+
 def _run(
     b: _Build, loaded: LoadedSource, final: Path, fp: str, replace: bool, t0: float
 ) -> BuildResult:
     r = b.recipe
-    questions = loaded.questions
     system, instruction = r.model.system_prompt, r.prefix.instruction
     lf = r.label_filter.enabled
     # The paper samples prefixes with the plain question and cuts; the instruction belongs to
@@ -366,96 +255,80 @@ def _run(
         instruction if (r.prefix.sample_prompt == "instruction" and not lf) else None
     )
 
-    def prefix_prompts(shard: list[Question]) -> list[list[int]]:
-        tok = b.tokenizer()
-        return [encode_prompt(tok, messages(q.text, sample_instruction, system)) for q in shard]
+    def prefix_prompt(q: Question) -> list[int]:
+        return encode_prompt(b.tokenizer(), messages(q.text, sample_instruction, system))
+
+    _drop_too_long(b, loaded, prefix_prompt)
+    size = r.output.shard_size
+    questions = Shards.of(loaded.questions, size)
+    runner = b.runner
 
     started, loaded_before = time.monotonic(), b.executor.engine_load_s
-    label = "phase 1: answers to filter" if lf else "phase 1: prefixes"
-    phase1 = _sample_phase(
-        b,
+    runner.sample(
         "prefix",
         questions,
-        prefix_prompts,
+        lambda _, shard: [prefix_prompt(q) for q in shard],
         r.sampled_per_question,
         r.phase1_max_tokens,
         r.sampling.seed,
-        label,
+        "phase 1: answers to filter" if lf else "phase 1: prefixes",
         counter="prefix",
     )
     _phase_timing(b, "prefix_phase", started, loaded_before)
 
     started = time.monotonic()
-    picks: LabelFilterPicks | None = label_filter_picks(questions, phase1) if lf else None
-    choices = choose_prefixes(
-        b.tokenizer(), questions, phase1, r.prefix, picks.chosen if picks else None
-    )
+    choose_all(runner, questions, b.tokenizer(), r)
     b.timings["vote"] = time.monotonic() - started
 
-    full_ids = full_trace_ids([q.id for q in questions], r.mixture.full_trace_ratio, r.mixture.seed)
-    full_qs = [] if lf else [q for q in questions if q.id in full_ids]
+    share = full_trace_share(
+        (q.id for q in loaded.questions), r.mixture.full_trace_ratio, r.mixture.seed
+    )
+    full_qs = Shards([], 0, size) if lf else questions.select(lambda q: q.id in share, share.size)
     from_prefix = r.mixture.full_trace_from == "prefix"
     # Continued traces keep the whole trace (prefix + continuation) within max_tokens.
     budget = (
         max(1, r.sampling.max_tokens - r.prefix.length) if from_prefix else r.sampling.max_tokens
     )
+    # Which question shard holds each full-trace question's chosen prefix.
+    home = (
+        {q.id: i // size for i, q in enumerate(loaded.questions) if q.id in share}
+        if from_prefix
+        else {}
+    )
 
-    def full_prompts(shard: list[Question]) -> list[list[int]]:
+    def full_prompts(_: int, shard: list[Question]) -> list[list[int]]:
         tok = b.tokenizer()
         out = []
+        chosen: dict[str, PrefixChoice] = {}
         for q in shard:
             ids = encode_prompt(tok, messages(q.text, None, system))
-            out.append(ids + choices[q.id].ids if from_prefix else ids)
+            if from_prefix:
+                if q.id not in chosen:
+                    frame = b.store.load_frame("choice", home[q.id])
+                    chosen.update(choices_from_frame(frame, lf)[0])
+                ids = ids + chosen[q.id].ids
+            out.append(ids)
         return out
 
     started, loaded_before = time.monotonic(), b.executor.engine_load_s
-    phase2 = _sample_full_traces(b, full_qs, full_prompts, budget)
+    tries = sample_full_traces(
+        runner, full_qs, full_prompts, budget, r.sampling.seed, r.mixture.full_trace_tries
+    )
     _phase_timing(b, "full_phase", started, loaded_before)
     if b.executor.engine_load_s:
         b.timings["engine_load"] = b.executor.engine_load_s
 
-    prefix_cost = sum(generated_tokens(x) for samples in phase1.values() for x in samples)
-    full_cost = sum(generated_tokens(x) for samples in phase2.values() for x in samples)
-    if from_prefix:
-        phase2 = _continued(b, choices, phase2)
-    # Complete answers sampled: the full traces, or with the label filter every phase-1 answer.
-    complete = [x for samples in (phase1 if lf else phase2).values() for x in samples]
-    mean_full = (sum(generated_tokens(x) for x in complete) / len(complete)) if complete else None
-    echo = _echo(b, phase1, phase2)
-
     started = time.monotonic()
-    tables = assemble(r, questions, choices, phase1, phase2, picks)
-    kinds = tables.mixture["kind"]
-    if not kinds:
+    writer = open_release(b.store.staging)
+    with disk_errors(writer.root):
+        totals = assemble_release(r, questions, runner, tries, share, b.tokenizer(), writer)
+    if not totals.mixture_rows:
         raise SamplingError(
             f"the label filter found no answer reaching the gold answer among "
-            f"{r.label_filter.samples} samples for any of the {len(questions)} questions, so "
+            f"{r.label_filter.samples} samples for any of the {questions.count} questions, so "
             "nothing is left to train on; raise label_filter.samples, or set "
             "label_filter.on_no_correct: unfiltered"
         )
-    n_full_rows = sum(1 for k in kinds if k == "full")
-    counts = {
-        "questions": len(questions),
-        "prefix_rows": len(kinds) - n_full_rows,
-        "full_rows": n_full_rows,
-        "mixture_rows": len(kinds),
-        "trace_rows": len(tables.traces["question_id"]),
-        **{
-            k: tables.stats[k]
-            for k in (
-                "full_trace_resampled",
-                "full_trace_fallback",
-                "label_filter_dropped",
-                "label_filter_unfiltered",
-            )
-        },
-    }
-    recipe_yaml = r.to_yaml()
-    release = stage_release(
-        b.store.staging,
-        {"mixture": tables.mixture, "prefixes": tables.prefixes, "traces": tables.traces},
-        recipe_yaml,
-    )
     b.timings["write"] = time.monotonic() - started
     b.timings["total"] = time.monotonic() - t0
 
@@ -467,50 +340,38 @@ def _run(
     engine = b.executor.engine_info()
     if engine:
         manifest_model["engine"] = engine
-    curves = np.array(tables.prefixes["agreement_curve"], dtype=np.float64)
+    echo = {
+        "sample_prompt": "plain" if lf else r.prefix.sample_prompt,
+        "markers": instruction_markers(instruction),
+        "measured_on": f"first {r.prefix.length} tokens",
+        "prefix_samples": totals.echo_prefix.share(),
+        "full_traces": totals.echo_full.share(),
+    }
     manifest = build_manifest(
         r,
         fp,
         loaded.manifest_entry(),
         manifest_model,
-        counts,
+        totals.counts(),
         token_accounting(
-            prefix_cost, full_cost, mean_full, len(questions), tables.stats["tuning_tokens"]
+            totals.prefix_cost,
+            totals.full_cost,
+            totals.mean_complete(),
+            questions.count,
+            totals.tuning_tokens(),
         ),
-        agreement_summary(curves, tables.prefixes["agreement"], tables.prefixes["prefix_tokens"]),
-        tables.stats["accuracy"],
+        agreement_summary(totals.agreement),
+        totals.accuracy(),
         b.timings,
-        b.resume,
+        runner.resume,
         echo,
         b.decoding_sources,
         executor=b.executor.describe(),
     )
+    recipe_yaml = r.to_yaml()
     finish_release(
-        release,
-        final,
-        manifest,
-        recipe_yaml,
-        tables.prefixes["agreement_curve"],
-        tables.prefixes["agreement"],
-        replace,
+        writer.root, final, manifest, recipe_yaml, totals.agreement, replace, totals.sizes
     )
     b.store.remove()
     logger.info("wrote %s", final)
     return BuildResult(final, "built", manifest, b.executor.engine_calls)
-
-
-def _continued(b: _Build, choices: dict[str, PrefixChoice], phase2: Samples) -> Samples:
-    """Traces sampled from a prefix, made whole: the prefix followed by the continuation."""
-    tok = b.tokenizer()
-    return {
-        qid: [
-            Sample(
-                choices[qid].ids + x.token_ids,
-                tok.decode(choices[qid].ids + x.token_ids, skip_special_tokens=True),
-                x.finish_reason,
-                x.cumulative_logprob,
-            )
-            for x in samples
-        ]
-        for qid, samples in phase2.items()
-    }

@@ -7,6 +7,9 @@ Runs after phase 1 and before the full-trace phase. Three ways to choose, as the
 * the paper's label filter: the first L tokens of the first complete answer whose final answer
   verifies against a gold answer (:func:`label_filter_picks`).
 
+:func:`choose_all` runs after phase 1 over every shard and persists each shard's choices in the
+store (phase ``choice``), where the full-trace phase and the release assembly read them back.
+
 Every chosen prefix is then settled to a token boundary its text reproduces exactly
 (``prompts.stable_prefix``): the trainer re-tokenises the completion text, so a prefix is kept
 only as far as its text and its token ids mean the same thing.
@@ -22,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from builder import answers, voting
-from builder.prompts import stable_prefix
-from builder.recipe import PrefixConfig
+from builder.phases import PhaseRunner, Shards
+from builder.prompts import decode_batch, stable_prefix
+from builder.recipe import PrefixConfig, Recipe
 from builder.sampling.base import Sample
 from builder.sources import Question
 
@@ -117,7 +121,7 @@ def choose_prefixes(
     raws = [result.prefix_ids(i) for i in range(len(questions))]
     # One batched decode + encode settles almost every prefix; only the rest take the
     # token-by-token path of stable_prefix.
-    texts = tokenizer.batch_decode(raws, skip_special_tokens=False)
+    texts = decode_batch(tokenizer, raws, skip_special_tokens=False)
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     curves = result.curves.tolist()
     choices: dict[str, PrefixChoice] = {}
@@ -137,3 +141,84 @@ def choose_prefixes(
     if trimmed:
         logger.info("%d prefix(es) shortened to a token-exact, trimmed text boundary", trimmed)
     return choices
+
+
+def choose_shard(
+    tokenizer: Any, questions: Sequence[Question], samples: dict[str, list[Sample]], recipe: Recipe
+) -> tuple[dict[str, PrefixChoice], LabelFilterPicks | None]:
+    """The prefixes of one shard of questions (with the label filter's picks when it is on)."""
+    picks = label_filter_picks(questions, samples) if recipe.label_filter.enabled else None
+    chosen = picks.chosen if picks is not None else None
+    return choose_prefixes(tokenizer, questions, samples, recipe.prefix, chosen), picks
+
+
+def choose_all(runner: PhaseRunner, questions: Shards, tokenizer: Any, recipe: Recipe) -> None:
+    """Choose and persist the prefixes of every shard not chosen yet (phase ``choice``), reading
+    the phase-1 samples back one shard at a time."""
+    for index, shard in enumerate(questions):
+        if not runner.store.has("choice", index):
+            samples = runner.store.load("prefix", index)
+            choices, picks = choose_shard(tokenizer, shard, samples, recipe)
+            runner.store.save_frame("choice", index, choices_frame(shard, choices, picks))
+
+
+def choices_frame(
+    questions: Sequence[Question],
+    choices: dict[str, PrefixChoice],
+    picks: LabelFilterPicks | None,
+) -> Any:
+    """One shard's choices as a polars frame, so the build persists them next to its samples."""
+    import polars as pl
+
+    ids = [q.id for q in questions]
+    return pl.DataFrame(
+        {
+            "question_id": ids,
+            "ids": [choices[i].ids for i in ids],
+            "text": [choices[i].text for i in ids],
+            "support": [choices[i].support for i in ids],
+            "n_samples": [choices[i].n_samples for i in ids],
+            "curve": [choices[i].curve for i in ids],
+            "complete": [choices[i].complete for i in ids],
+            "pick": [None if picks is None else picks.chosen[i] for i in ids],
+            "verdicts": [None if picks is None else picks.verdicts[i] for i in ids],
+        },
+        schema={
+            "question_id": pl.String,
+            "ids": pl.List(pl.Int32),
+            "text": pl.String,
+            "support": pl.Int32,
+            "n_samples": pl.Int32,
+            "curve": pl.List(pl.Float64),
+            "complete": pl.Boolean,
+            "pick": pl.Int32,
+            "verdicts": pl.List(pl.Boolean),
+        },
+    )
+
+
+def choices_from_frame(
+    frame: Any, label_filter: bool
+) -> tuple[dict[str, PrefixChoice], LabelFilterPicks | None]:
+    """The inverse of :func:`choices_frame`."""
+    cols = {name: frame[name].to_list() for name in frame.columns}
+    choices = {
+        qid: PrefixChoice(ids, text, support, n, curve, complete)
+        for qid, ids, text, support, n, curve, complete in zip(
+            cols["question_id"],
+            cols["ids"],
+            cols["text"],
+            cols["support"],
+            cols["n_samples"],
+            cols["curve"],
+            cols["complete"],
+            strict=True,
+        )
+    }
+    if not label_filter:
+        return choices, None
+    picks = LabelFilterPicks(
+        dict(zip(cols["question_id"], cols["pick"], strict=True)),
+        dict(zip(cols["question_id"], cols["verdicts"], strict=True)),
+    )
+    return choices, picks

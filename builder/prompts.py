@@ -5,13 +5,20 @@ prompt is the question followed by the recipe's instruction; a full-trace exampl
 question. Prefixes are *sampled* with the plain question by default (the paper: the first L
 tokens of the model's normal answer); ``instruction_markers`` / ``echo_share`` measure how often
 samples repeat the instruction's wording, which is what sampling under the instruction causes.
+``fit_context`` keeps out questions whose prompt would not fit the model's context.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from builder.sources import Question
 
 Message = dict[str, str]
 
@@ -72,10 +79,34 @@ def instruction_markers(instruction: str) -> list[str]:
     return found
 
 
+@functools.lru_cache(maxsize=16)
+def _marker_pattern(markers: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not markers:
+        return None
+    return re.compile(r"\b(?:" + "|".join(re.escape(m) for m in markers) + r")\b")
+
+
 def echoes(text: str, markers: Iterable[str]) -> bool:
     """Whether ``text`` repeats any marker (case and white space folded)."""
-    folded = " ".join(_WORD.findall(text.lower()))
-    return any(re.search(rf"\b{re.escape(m)}\b", folded) for m in markers)
+    pattern = _marker_pattern(tuple(markers))
+    if pattern is None:
+        return False
+    return pattern.search(" ".join(_WORD.findall(text.lower()))) is not None
+
+
+def decode_batch(tokenizer: Any, batch: list[list[int]], skip_special_tokens: bool) -> list[str]:
+    """``tokenizer.batch_decode``, straight through the Rust tokenizer when there is one.
+
+    transformers' own loop converts every id of every sequence in Python first, which costs
+    more than the decoding itself at millions of samples; the result is the same text.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return list(tokenizer.batch_decode(batch, skip_special_tokens=skip_special_tokens))
+    texts = backend.decode_batch(batch, skip_special_tokens=skip_special_tokens)
+    if getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        texts = [tokenizer.clean_up_tokenization(t) for t in texts]
+    return list(texts)
 
 
 def echo_share(texts: list[str], markers: list[str]) -> float | None:
@@ -83,3 +114,43 @@ def echo_share(texts: list[str], markers: list[str]) -> float | None:
     if not texts:
         return None
     return sum(echoes(t, markers) for t in texts) / len(texts)
+
+
+def model_context(max_model_len: int | None, model_path: str) -> int | None:
+    """The longest sequence the engine takes: ``model.max_model_len``, else the model's own."""
+    if max_model_len:
+        return max_model_len
+    config = Path(model_path) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def fit_context(
+    questions: list[Question],
+    prompt: Callable[[Question], list[int]],
+    context: int | None,
+    reserve: int,
+) -> tuple[list[Question], list[str]]:
+    """The questions whose phase-1 prompt leaves ``reserve`` tokens within ``context``, and the
+    ids of those that do not (an engine refuses a prompt longer than its context)."""
+    if context is None:
+        return questions, []
+    limit = context - reserve
+    # A prompt has at most one token per UTF-8 byte of the question plus the template's own
+    # tokens (8 spare for tokenizers that add a word marker): only longer texts are encoded.
+    from builder.sources import Question
+
+    overhead = len(prompt(Question("", ""))) + 8
+    kept: list[Question] = []
+    skipped: list[str] = []
+    for q in questions:
+        if len(q.text.encode("utf-8")) + overhead <= limit or len(prompt(q)) <= limit:
+            kept.append(q)
+        else:
+            skipped.append(q.id)
+    return kept, skipped

@@ -3,7 +3,14 @@
 Sits where :class:`builder.executor.LocalExecutor` sits (``executor.kind: ray`` in the recipe):
 the pipeline hands it the shard requests of a phase and persists each finished shard itself, on
 the driver, in the same work cache a local build uses. A build started on Ray therefore resumes
-locally and vice versa, and losing a replica costs only the shard it was sampling.
+locally and vice versa, and losing a replica costs only the shard it was sampling. ``upft-eval``
+uses the same pool for its shards (the ``executor`` section of an eval config): its sampled
+answers and its greedy prefix check are two phases with their own decoding
+(:attr:`ReplicaSpec.phase_settings`).
+
+Requests are read lazily from any iterable (a generator over millions of questions is fine):
+the driver holds only the shards in flight on the replicas, the lost ones waiting to be sent
+again, and one request read ahead.
 
 Shape (the pattern of vLLM's own data-parallel offline example): ``executor.replicas`` Ray
 actors, each holding one engine (``vllm.LLM`` with ``model.tensor_parallel_size`` GPUs, or the
@@ -29,10 +36,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +79,9 @@ class ReplicaSpec:
     options: EngineOptions
     chat_template: str | None = None
     env: tuple[tuple[str, str], ...] = ()
+    #: decoding of the phases that do not use ``settings`` (an eval's greedy prefix check
+    #: beside its sampled answers); a request's seed always replaces the one here
+    phase_settings: tuple[tuple[str, SamplingSettings], ...] = ()
     #: builds the engine instead of ``make_sampler`` (tests' scripted samplers, custom engines);
     #: it is pickled to the replicas, so it must be importable there
     factory: Callable[[], Sampler] | None = None
@@ -86,6 +97,7 @@ class EngineReplica:
     def __init__(self, spec: ReplicaSpec) -> None:
         self.spec = spec
         self.sampler: Sampler | None = None
+        self.settings: SamplingSettings | None = None  # the engine's own, for other phases
         self.load_s = 0.0
 
     def load(self) -> dict[str, Any]:
@@ -106,6 +118,7 @@ class EngineReplica:
                 self.sampler = make_sampler(
                     s.backend, model.path, model.revision, s.settings, s.options, s.chat_template
                 )
+            self.settings = self.sampler.settings
             self.load_s = time.monotonic() - started
         import ray
 
@@ -119,10 +132,11 @@ class EngineReplica:
     def sample(self, request: ShardRequest, board: Any, attempt: int) -> list[list[Sample]]:
         """Sample one shard; partial progress goes to ``board`` every ``PROGRESS_EVERY_S``."""
         self.load()
-        sampler = self.sampler
-        assert sampler is not None
+        sampler, settings = self.sampler, self.settings
+        assert sampler is not None and settings is not None
+        settings = dict(self.spec.phase_settings).get(request.phase, settings)
         # The phase's seed; the engine derives the call's own seed from it and the prompts.
-        sampler.settings = dataclasses.replace(sampler.settings, seed=request.seed)
+        sampler.settings = dataclasses.replace(settings, seed=request.seed)
         key = (request.phase, request.index, attempt)
         pending = [0, 0]
         last = time.monotonic()
@@ -229,14 +243,37 @@ class RayExecutor(Executor):
     @classmethod
     def from_recipe(cls, recipe: Any, token_bound: int | None = None, **kwargs: Any) -> RayExecutor:
         """The executor a resolved recipe's ``executor`` and ``model`` sections describe."""
-        m, e = recipe.model, recipe.executor
+        return cls.from_sections(
+            recipe.executor, recipe.model, recipe.sampling.settings(), token_bound, **kwargs
+        )
+
+    @classmethod
+    def from_sections(
+        cls,
+        executor: Any,
+        model: Any,
+        settings: SamplingSettings,
+        token_bound: int | None = None,
+        *,
+        model_id: str | None = None,
+        phase_settings: tuple[tuple[str, SamplingSettings], ...] = (),
+        **kwargs: Any,
+    ) -> RayExecutor:
+        """The executor an ``executor`` section (``builder.recipe.ExecutorConfig``) describes,
+        for the engine a ``model`` section describes (a recipe's or an eval config's).
+
+        ``model_id`` replaces ``model.id`` (a folder given relative to the driver's directory
+        must reach the replicas as an absolute path).
+        """
+        m, e = model, executor
         spec = ReplicaSpec(
             m.backend,
-            m.id,
+            model_id or m.id,
             m.revision,
-            recipe.sampling.settings(),
+            settings,
             m.engine_options(token_bound),
             m.chat_template,
+            phase_settings=phase_settings,
         )
         return cls(
             spec,
@@ -361,10 +398,19 @@ class RayExecutor(Executor):
 
     # --- running --------------------------------------------------------------------------
 
-    def run(self, requests: Sequence[ShardRequest], done: ShardDone, progress: ProgressFn) -> None:
+    def run(self, requests: Iterable[ShardRequest], done: ShardDone, progress: ProgressFn) -> None:
+        """Sample every request, pulling the next one only when a replica is free for it."""
         self.prepare()
         ray = self._ray
-        queue: collections.deque[ShardRequest] = collections.deque(requests)
+        source = iter(requests)
+        # Lost shards to send again (first), then at most one request read ahead: it tells
+        # whether work is left without reading the whole iterable.
+        queue: collections.deque[ShardRequest] = collections.deque()
+
+        def read_ahead() -> None:
+            if not queue:
+                queue.extend(itertools.islice(source, 1))
+
         attempts: dict[ShardKey, int] = collections.Counter()
         # Partial progress shown per running attempt, settled or taken back when it ends.
         shown: dict[tuple[str, int, int], list[int]] = {}
@@ -386,16 +432,18 @@ class RayExecutor(Executor):
                     shown[key][1] += tokens
                     progress(questions, tokens)
 
+        read_ahead()
         while queue or any(s.state == "busy" for s in self._slots):
             for slot in self._slots:
                 if slot.state == "idle" and queue:
                     submit(slot, queue.popleft())
+                    read_ahead()
             live = [s for s in self._slots if s.state in ("busy", "probing", "starting")]
             if not live:
                 raise ExecutorError(
                     f"all {self.replicas} Ray replicas were lost ({self.lost} failures); "
-                    f"{len(queue)} shard(s) of this phase are left. Finished shards are kept: "
-                    "re-run to resume (locally with executor.kind: local, or on Ray)"
+                    "shards of this phase are left. Finished shards are kept: re-run to resume "
+                    "(locally with executor.kind: local, or on Ray)"
                 )
             if not any(s.state == "busy" for s in live):
                 idle_since = idle_since or time.monotonic()

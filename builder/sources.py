@@ -68,6 +68,7 @@ class SourceCounts:
     empty: int = 0
     duplicate: int = 0
     limited: int = 0
+    too_long: int = 0  # set by the build: prompts longer than the model's context
     kept: int = 0
 
 

@@ -41,6 +41,21 @@ CHECKSUM_SUFFIX = ".sha256"
 _HELD: dict[str, int] = {}
 
 
+def _schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("question_id", pa.string()),
+            ("sample_index", pa.int32()),
+            ("token_ids", pa.list_(pa.int32())),
+            ("text", pa.string()),
+            ("finish_reason", pa.string()),
+            ("cumulative_logprob", pa.float64()),
+        ]
+    )
+
+
 def staging_dir(out_dir: str | Path, name: str, version: str) -> Path:
     """Where the build of ``<out_dir>/<name>/<version>`` keeps its shards until it is done."""
     return Path(out_dir) / name / f".{version}.partial"
@@ -54,10 +69,13 @@ def disk_error(path: Path, exc: BaseException, keep: Path | None = None) -> Outp
     """A user-facing error for a failed write under ``path`` (full disk, permissions, ...)."""
     reason = getattr(exc, "strerror", None)
     code = getattr(exc, "errno", None)
-    if not reason:  # polars wraps the OS error in its own text: "... (os error 28)"
-        found = re.search(r"os error (\d+)", str(exc))
-        code = int(found.group(1)) if found else None
-        reason = os.strerror(code) if code else str(exc).strip().splitlines()[-1]
+    # polars and pyarrow wrap the OS error in their own text: "(os error 28)", "[errno 28]".
+    found = re.search(r"(?:os error|errno) (\d+)", str(exc))
+    if found:
+        code = int(found.group(1))
+        reason = os.strerror(code)
+    elif not reason:
+        reason = str(exc).strip().splitlines()[-1]
     hint = "free some space or choose another output.dir (--out)"
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         hint = "make it writable or choose another output.dir (--out)"
@@ -234,40 +252,40 @@ class ShardStore:
         return False
 
     def save(self, phase: str, index: int, ids: list[str], results: list[list[Sample]]) -> None:
-        import polars as pl
+        """Persist one sampled shard: per question, its samples in order."""
+        import pyarrow as pa
 
-        rows: dict[str, list[Any]] = {
-            "question_id": [],
-            "sample_index": [],
-            "token_ids": [],
-            "text": [],
-            "finish_reason": [],
-            "cumulative_logprob": [],
-        }
-        for qid, samples in zip(ids, results, strict=True):
-            for j, s in enumerate(samples):
-                rows["question_id"].append(qid)
-                rows["sample_index"].append(j)
-                rows["token_ids"].append(s.token_ids)
-                rows["text"].append(s.text)
-                rows["finish_reason"].append(s.finish_reason)
-                rows["cumulative_logprob"].append(s.cumulative_logprob)
-        frame = pl.DataFrame(
-            rows,
-            schema={
-                "question_id": pl.String,
-                "sample_index": pl.Int32,
-                "token_ids": pl.List(pl.Int32),
-                "text": pl.String,
-                "finish_reason": pl.String,
-                "cumulative_logprob": pl.Float64,
+        flat = [
+            (qid, j, s)
+            for qid, samples in zip(ids, results, strict=True)
+            for j, s in enumerate(samples)
+        ]
+        table = pa.Table.from_pydict(
+            {
+                "question_id": [qid for qid, _, _ in flat],
+                "sample_index": [j for _, j, _ in flat],
+                "token_ids": [s.token_ids for _, _, s in flat],
+                "text": [s.text for _, _, s in flat],
+                "finish_reason": [s.finish_reason for _, _, s in flat],
+                "cumulative_logprob": [s.cumulative_logprob for _, _, s in flat],
             },
+            schema=_schema(),
         )
+        self.save_frame(phase, index, table)
+
+    def save_frame(self, phase: str, index: int, frame: Any) -> None:
+        """Persist a polars frame or Arrow table as shard ``<phase>-<index>`` (checksummed,
+        atomic)."""
         target = self._path(phase, index)
         tmp = target.with_name(target.name + ".tmp")
         tmp_sum = target.with_name(target.name + CHECKSUM_SUFFIX + ".tmp")
         try:
-            frame.write_parquet(tmp)
+            if hasattr(frame, "write_parquet"):
+                frame.write_parquet(tmp)
+            else:
+                import pyarrow.parquet as pq
+
+                pq.write_table(frame, tmp)
             with tmp.open("rb+") as fh:
                 os.fsync(fh.fileno())
             tmp_sum.write_text(f"{sha256_file(tmp)}  {target.name}\n", encoding="ascii")
@@ -280,22 +298,28 @@ class ShardStore:
             raise disk_error(target, exc, keep=self.shards) from None
         self._verified.add(target)
 
-    def load(self, phase: str, index: int) -> dict[str, list[Sample]]:
+    def load_frame(self, phase: str, index: int) -> Any:
+        """The polars frame of shard ``<phase>-<index>`` (which must exist)."""
         import polars as pl
 
-        frame = pl.read_parquet(self._path(phase, index))
+        return pl.read_parquet(self._path(phase, index))
+
+    def load(self, phase: str, index: int) -> dict[str, list[Sample]]:
+        """One sampled shard: question id -> its samples in sample order."""
+        frame = self.load_frame(phase, index).sort(
+            ["question_id", "sample_index"], maintain_order=True
+        )
         out: dict[str, list[Sample]] = {}
-        for row in frame.sort(["question_id", "sample_index"], maintain_order=True).iter_rows(
-            named=True
+        # Column lists, not row dicts: a shard can hold tens of thousands of samples.
+        for qid, ids, text, reason, logprob in zip(
+            frame["question_id"].to_list(),
+            frame["token_ids"].to_list(),
+            frame["text"].to_list(),
+            frame["finish_reason"].to_list(),
+            frame["cumulative_logprob"].to_list(),
+            strict=True,
         ):
-            out.setdefault(row["question_id"], []).append(
-                Sample(
-                    list(row["token_ids"]),
-                    row["text"],
-                    row["finish_reason"],
-                    row["cumulative_logprob"],
-                )
-            )
+            out.setdefault(qid, []).append(Sample(ids, text, reason, logprob))
         return out
 
     def close(self) -> None:

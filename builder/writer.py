@@ -5,6 +5,12 @@ files per config under ``data/<config>/``, ``recipe.yaml``, ``manifest.json``, t
 (``README.md`` with ``configs:``) and its plots under ``assets/`` -- and only then renamed to
 ``<dir>/<name>/<version>``, so a version directory that exists is always complete. A forced
 rebuild swaps the old directory out the same way.
+
+Rows arrive shard by shard (``release.assemble_release``): :class:`ReleaseWriter` streams them
+into the parquet files through bounded buffers, starts a new file every ``MAX_ROWS_PER_FILE``
+rows, and gives the files their Hub names (``train-00000-of-00003.parquet``) once the count is
+known. It measures the row counts and in-memory sizes the card's ``dataset_info`` reports as it
+writes, so nothing is read back.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import pyarrow.parquet as pq
 from builder.errors import OutputError
 
 if TYPE_CHECKING:
+    from builder.agreement import AgreementStats
     from builder.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -76,19 +83,105 @@ SCHEMAS = {
 }
 
 
+# Rows buffered per config before they go to disk as one row group: bounded memory, row
+# groups large enough to read fast.
+_FLUSH_ROWS = 65_536
+_FLUSH_BYTES = 64 << 20
+
+
+class ConfigWriter:
+    """Streams one config's rows into ``data/<config>/`` parquet files of at most
+    ``MAX_ROWS_PER_FILE`` rows; :meth:`close` gives the files their Hub names
+    (``train-XXXXX-of-YYYYY.parquet``), which need the final count of files."""
+
+    def __init__(self, root: Path, config: str) -> None:
+        self.root = root
+        self.config = config
+        self.schema = SCHEMAS[config]
+        self.folder = root / "data" / config
+        self.rows = 0  # rows appended
+        self.nbytes = 0  # Arrow in-memory size of those rows (the card's dataset_size)
+        self._parts: list[Path] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._in_file = 0
+        self._buffer: list[pa.Table] = []
+        self._buffered_rows = 0
+        self._buffered_bytes = 0
+
+    def append(self, columns: dict[str, list[Any]]) -> None:
+        """Add rows (column name -> values, every column of the schema)."""
+        table = pa.Table.from_pydict({k: columns[k] for k in self.schema.names}, schema=self.schema)
+        self.rows += table.num_rows
+        self.nbytes += table.nbytes
+        self._buffer.append(table)
+        self._buffered_rows += table.num_rows
+        self._buffered_bytes += table.nbytes
+        if self._buffered_rows >= _FLUSH_ROWS or self._buffered_bytes >= _FLUSH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        table = pa.concat_tables(self._buffer).combine_chunks()
+        self._buffer, self._buffered_rows, self._buffered_bytes = [], 0, 0
+        while table.num_rows:
+            if self._writer is None or self._in_file >= MAX_ROWS_PER_FILE:
+                self._next_file()
+            assert self._writer is not None
+            take = min(table.num_rows, MAX_ROWS_PER_FILE - self._in_file)
+            self._writer.write_table(table.slice(0, take))
+            self._in_file += take
+            table = table.slice(take)
+
+    def _next_file(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"part-{len(self._parts):05d}.parquet"
+        self._parts.append(path)
+        self._writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+        self._in_file = 0
+
+    def close(self) -> list[str]:
+        """Finish the files; returns their paths relative to the root, in order."""
+        self._flush()
+        if self._writer is None:  # no rows at all: still one (empty) file, as the Hub expects
+            self._next_file()
+        assert self._writer is not None
+        self._writer.close()
+        self._writer = None
+        written = []
+        for i, part in enumerate(self._parts):
+            name = f"train-{i:05d}-of-{len(self._parts):05d}.parquet"
+            os.replace(part, self.folder / name)
+            written.append(f"data/{self.config}/{name}")
+        return written
+
+
+class ReleaseWriter:
+    """The data files of a release, written as rows arrive (one :class:`ConfigWriter` each)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.configs = {c: ConfigWriter(root, c) for c in CONFIGS}
+
+    def append(self, columns: dict[str, dict[str, list[Any]]]) -> None:
+        for config, rows in columns.items():
+            self.configs[config].append(rows)
+
+    def close(self) -> dict[str, dict[str, Any]]:
+        """Finish every config; returns per config its files, rows and in-memory bytes."""
+        return {
+            c: {"files": w.close(), "rows": w.rows, "nbytes": w.nbytes}
+            for c, w in self.configs.items()
+        }
+
+
 def write_config(root: Path, config: str, columns: dict[str, list[Any]]) -> list[str]:
     """Write one config's rows as ``data/<config>/train-XXXXX-of-YYYYY.parquet``."""
-    table = pa.Table.from_pydict(columns, schema=SCHEMAS[config])
-    folder = root / "data" / config
-    folder.mkdir(parents=True, exist_ok=True)
-    n_files = max(1, -(-table.num_rows // MAX_ROWS_PER_FILE))
-    written = []
-    for i in range(n_files):
-        part = table.slice(i * MAX_ROWS_PER_FILE, MAX_ROWS_PER_FILE)
-        name = f"train-{i:05d}-of-{n_files:05d}.parquet"
-        pq.write_table(part, folder / name, compression="zstd")
-        written.append(f"data/{config}/{name}")
-    return written
+    writer = ConfigWriter(root, config)
+    writer.append(columns)
+    return writer.close()
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -101,8 +194,13 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def dataset_info(root: Path) -> list[dict[str, Any]]:
+def dataset_info(
+    root: Path, sizes: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """Per-config features, row counts and sizes, in the card's ``dataset_info`` YAML form.
+
+    ``sizes`` (rows and in-memory bytes per config, as :meth:`ReleaseWriter.close` returns them)
+    saves reading the files back; without it they are read.
 
     ``datasets`` keys its cache for a local directory on the card's metadata, not on the data
     files, so without this two builds of the same version (e.g. a ``--force`` rebuild) would
@@ -115,8 +213,11 @@ def dataset_info(root: Path) -> list[dict[str, Any]]:
     infos = []
     for config in CONFIGS:
         files = sorted((root / "data" / config).glob("*.parquet"))
-        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-        size = sum(pq.read_table(f).nbytes for f in files)
+        if sizes is not None:
+            rows, size = sizes[config]["rows"], sizes[config]["nbytes"]
+        else:
+            rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            size = sum(pq.read_table(f).nbytes for f in files)
         splits = SplitDict()
         splits.add(SplitInfo(name="train", num_bytes=size, num_examples=rows))
         info = DatasetInfo(
@@ -133,15 +234,15 @@ def write_card(
     root: Path,
     manifest: Manifest,
     recipe_yaml: str,
-    curves: list[list[float]],
-    agreements: list[float],
+    agreement: AgreementStats,
+    sizes: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """The dataset card and its plots (templates and plotting live in card.py / plots.py)."""
     from builder.card import render_card
-    from builder.plots import write_agreement_plots
+    from builder.plots import write_plots
 
-    write_agreement_plots(curves, agreements, root)
-    text = render_card(manifest, recipe_yaml, dataset_info=dataset_info(root))
+    write_plots(agreement, root)
+    text = render_card(manifest, recipe_yaml, dataset_info=dataset_info(root, sizes))
     (root / "README.md").write_text(text, encoding="utf-8")
 
 
@@ -175,18 +276,25 @@ def read_existing_fingerprint(final: Path) -> str | None:
         return None
 
 
+def open_release(staging: Path) -> ReleaseWriter:
+    """A fresh ``<staging>/release`` folder (not yet final) and a writer for its data files."""
+    release = staging / "release"
+    shutil.rmtree(release, ignore_errors=True)
+    with disk_errors(release):
+        release.mkdir(parents=True)
+    return ReleaseWriter(release)
+
+
 def stage_release(
     staging: Path, columns: dict[str, dict[str, list[Any]]], recipe_yaml: str
 ) -> Path:
-    """Write the data files and the resolved recipe into ``<staging>/release`` (not yet final)."""
-    release = staging / "release"
-    shutil.rmtree(release, ignore_errors=True)
-    with _disk_errors(release):
-        release.mkdir(parents=True)
-        for config in CONFIGS:
-            write_config(release, config, columns[config])
-        (release / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
-    return release
+    """Write whole columns and the resolved recipe into ``<staging>/release`` (not yet final)."""
+    writer = open_release(staging)
+    with disk_errors(writer.root):
+        writer.append(columns)
+        writer.close()
+        (writer.root / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
+    return writer.root
 
 
 def finish_release(
@@ -194,19 +302,20 @@ def finish_release(
     final: Path,
     manifest: Any,
     recipe_yaml: str,
-    curves: list[list[float]],
-    agreements: list[float],
+    agreement: AgreementStats,
     replace: bool,
+    sizes: dict[str, dict[str, Any]] | None = None,
 ) -> None:
-    """Add the manifest and the card to a staged release, then move it into place."""
-    with _disk_errors(release):
+    """Add the recipe, manifest and card to a staged release, then move it into place."""
+    with disk_errors(release):
+        (release / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
         write_json(release / "manifest.json", manifest)
-        write_card(release, manifest, recipe_yaml, curves, agreements)
+        write_card(release, manifest, recipe_yaml, agreement, sizes)
         publish_dir(release, final, replace=replace)
 
 
 @contextlib.contextmanager
-def _disk_errors(release: Path) -> Iterator[None]:
+def disk_errors(release: Path) -> Iterator[None]:
     """A full disk or unwritable folder while writing: drop the half-written release (never
     the shards) and say which path failed."""
     try:

@@ -471,6 +471,18 @@ CASES = [
         args=(),
         setup=_existing_version,
     ),
+    Case(
+        # Questions longer than the context are skipped and counted (tests/builder/
+        # test_release.py); when none is left, the build stops before any engine starts.
+        "every-question-longer-than-the-model-context",
+        (
+            "no question fits the model context of 64 tokens (prompt plus 8 sampled tokens)",
+            "raise model.max_model_len or use shorter questions",
+        ),
+        recipe=recipe(**{"model.max_model_len": 64}),
+        files={"q.jsonl": jsonl([{"question": "How many pens? " * 20, "answer": "1"}])},
+        args=(),
+    ),
     # --- publishing --------------------------------------------------------------------------
     Case(
         "push-incomplete-directory",

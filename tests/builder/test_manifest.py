@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from builder.errors import ManifestError
 from builder.manifest import (
@@ -100,7 +101,7 @@ def _numbers(text: str) -> tuple[int, int]:
 
 
 def _file_script(text: str, j: int, seed: int) -> str:
-    """Three openings in a 4:3:1 ratio (a real vote); full traces: every third one first runs
+    """Three openings in a 4:3:1 ratio (a real vote); full traces: every fourth one first runs
     past max_tokens, a later try ends; every other answer is right."""
     a, b = _numbers(text)
     if j % 8 < 4:
@@ -111,7 +112,7 @@ def _file_script(text: str, j: int, seed: int) -> str:
         opening = f"First count {a} apples."
     if j:
         return opening
-    if seed == 0 and a % 3 == 0:
+    if seed == 0 and a % 4 == 0:
         return opening + " And so on" + " and on" * 20
     answer = a + b if a % 2 == 0 else a + b + 1
     return f"{opening} The answer is $\\boxed{{{answer}}}$."
@@ -273,14 +274,23 @@ def test_golden_manifest_is_what_a_build_writes(
         + "\nIf the change is intended, regenerate: UPFT_UPDATE_GOLDEN=1 pytest "
         "tests/builder/test_manifest.py tests/builder/test_card.py -k golden"
     )
-    # The card in the build is the pure rendering of its manifest and recipe.
+    # The card in the build is the pure rendering of its manifest and recipe (plus the sizes
+    # the writer measured, which the card's front matter carries).
     from builder.card import render_card
     from builder.writer import dataset_info
 
     written = Manifest.read(root / "manifest.json")
-    assert (root / "README.md").read_text("utf-8") == render_card(
-        written, (root / "recipe.yaml").read_text("utf-8"), dataset_info=dataset_info(root)
+    card = (root / "README.md").read_text("utf-8")
+    measured = yaml.safe_load(card.split("---\n")[1])["dataset_info"]
+    assert card == render_card(
+        written, (root / "recipe.yaml").read_text("utf-8"), dataset_info=measured
     )
+    # Those sizes agree with the files: rows exactly, in-memory bytes to within 2% (chunking
+    # changes Arrow's padding).
+    for got, read in zip(measured, dataset_info(root), strict=True):
+        assert got["splits"][0]["num_examples"] == read["splits"][0]["num_examples"]
+        assert got["download_size"] == read["download_size"]
+        assert abs(got["dataset_size"] - read["dataset_size"]) <= 0.02 * read["dataset_size"] + 64
 
 
 def test_golden_builds_cover_both_kinds_of_sections() -> None:

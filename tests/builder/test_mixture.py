@@ -81,3 +81,21 @@ def test_label_filter_rows_come_from_the_verified_answer_or_are_dropped():
     assert t.prefixes["method"] == ["label_filter"]
     assert t.stats["label_filter_dropped"] == 1
     assert t.traces["is_correct"] == [False, True, False, False]
+
+
+def test_share_membership_is_decided_by_the_id_alone():
+    from builder.mixture import full_trace_share
+
+    share = full_trace_share(QIDS, 0.25, seed=3)
+    assert share.size == 5
+    assert {q for q in QIDS if q in share} == full_trace_ids(QIDS, 0.25, seed=3)
+    assert full_trace_share(QIDS, 0.0, 3).size == 0 and "q1" not in full_trace_share(QIDS, 0, 3)
+
+
+def test_share_is_a_uniform_draw_over_seeds():
+    hits = dict.fromkeys(QIDS, 0)
+    for seed in range(400):
+        for q in full_trace_ids(QIDS, 0.25, seed):
+            hits[q] += 1
+    # Each id is drawn with probability 1/4: 100 of 400 expected, sd ~8.7.
+    assert all(60 <= h <= 140 for h in hits.values()), hits

@@ -17,8 +17,6 @@ from builder.pipeline import build
 from builder.prompts import stable_prefix
 from tests.conftest import BUILD_LIMIT, KVCACHE_SET_BY_USER, demo_recipe
 
-pytestmark = pytest.mark.slow
-
 L = 16  # tests.conftest.BUILD_OVERRIDES
 N = 8
 P = 0.25
@@ -37,6 +35,7 @@ def built(request):
     return request.getfixturevalue(fixture), request.getfixturevalue(sampler)
 
 
+@pytest.mark.slow
 def test_layout_and_row_counts(built):
     result, _ = built
     root = result.path
@@ -101,6 +100,7 @@ def test_layout_and_row_counts(built):
         assert manifest["model"]["engine"] is None
 
 
+@pytest.mark.slow
 def test_prefixes_respect_length_and_agreement(built):
     result, _ = built
     prefixes = _load(result.path, "prefixes")
@@ -115,6 +115,7 @@ def test_prefixes_respect_length_and_agreement(built):
         assert all(a >= b for a, b in zip(curve, curve[1:], strict=False))
 
 
+@pytest.mark.slow
 def test_prefix_completions_decode_from_voted_ids(built):
     """Re-vote from the traces' token ids: mixture and prefixes must match exactly."""
     result, sampler = built
@@ -145,6 +146,7 @@ def test_prefix_completions_decode_from_voted_ids(built):
             assert result.manifest.settings.instruction not in row["prompt"][-1]["content"]
 
 
+@pytest.mark.slow
 def test_prefixes_are_sampled_with_the_plain_question_and_echo_no_more(built):
     """Phase 1 samples the plain question (the paper); the manifest measures the echo."""
     result, sampler = built
@@ -154,6 +156,7 @@ def test_prefixes_are_sampled_with_the_plain_question_and_echo_no_more(built):
     assert echo.prefix_samples <= echo.full_traces + 1e-9
 
 
+@pytest.mark.slow
 def test_sampling_under_the_instruction_makes_samples_echo_it(hf_sampler, tmp_path):
     """The measured reason for the plain prompt: under the instruction, SmolLM2's samples
     repeat its wording more often than under the plain question (same seed, engine, L=32)."""
@@ -173,6 +176,7 @@ def test_sampling_under_the_instruction_makes_samples_echo_it(hf_sampler, tmp_pa
     assert under.prefix_samples > plain.prefix_samples
 
 
+@pytest.mark.slow
 def test_token_accounting_matches_traces(built):
     result, _ = built
     traces = _load(result.path, "traces")
@@ -190,6 +194,7 @@ def test_token_accounting_matches_traces(built):
     assert all(r["num_tokens"] <= L for r in traces if r["phase"] == "prefix")
 
 
+@pytest.mark.slow
 def test_rerun_is_a_no_op_and_changed_recipe_is_refused(hf_build, hf_sampler):
     recipe = demo_recipe(hf_build.path.parent.parent, backend="transformers")
     again = build(recipe, None, quiet=True, sampler=hf_sampler)
@@ -207,6 +212,7 @@ def test_rerun_is_a_no_op_and_changed_recipe_is_refused(hf_build, hf_sampler):
     )
 
 
+@pytest.mark.slow
 def test_transformers_backend_is_deterministic(hf_build, hf_sampler, tmp_path):
     recipe = demo_recipe(tmp_path, backend="transformers")
     again = build(recipe, None, quiet=True, sampler=hf_sampler)
@@ -217,6 +223,7 @@ def test_transformers_backend_is_deterministic(hf_build, hf_sampler, tmp_path):
         assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b], config
 
 
+@pytest.mark.slow
 def test_vllm_backend_is_reproducible_across_fresh_engines(tmp_path):
     # Two `upft-build` processes, each with its own engine: the seed alone must fix the
     # samples. With vLLM's engine core in a separate process (its default) full traces
@@ -245,6 +252,7 @@ def test_vllm_backend_is_reproducible_across_fresh_engines(tmp_path):
     assert manifest["model"]["engine"]["deterministic_scheduling"] is True
 
 
+@pytest.mark.slow
 def test_force_rebuild_replaces_version(hf_sampler, tmp_path):
     recipe = demo_recipe(
         tmp_path,
@@ -263,6 +271,7 @@ def test_force_rebuild_replaces_version(hf_sampler, tmp_path):
     assert len(_load(forced.path, "traces")) == 2 * N
 
 
+@pytest.mark.slow
 def test_full_trace_from_prefix_starts_with_prefix(hf_sampler, tmp_path):
     recipe = demo_recipe(
         tmp_path,
@@ -280,6 +289,7 @@ def test_full_trace_from_prefix_starts_with_prefix(hf_sampler, tmp_path):
         assert r["num_tokens"] >= voted["prefix_tokens"]
 
 
+@pytest.mark.slow
 def test_paper_label_filter_cuts_the_prefix_from_a_checked_complete_answer(hf_sampler, tmp_path):
     # SmolLM2 almost never reaches the gold answer, so keep unverified questions (sample 0)
     # and check the choice against the verdicts the build recorded.

@@ -39,3 +39,34 @@ def test_echo_share_counts_texts_that_repeat_a_marker():
     assert not echoes("firstthing", markers)
     assert echo_share(["The first thing", "add 2", "my opening step"], markers) == 2 / 3
     assert echo_share([], markers) is None
+
+
+def test_fit_context_keeps_what_fits_and_encodes_only_long_texts():
+    from builder.prompts import fit_context
+    from builder.sources import Question
+
+    encoded: list[str] = []
+
+    def prompt(q: Question) -> list[int]:
+        encoded.append(q.id)
+        return list(range(10 + len(q.text)))  # 10 template tokens, one per character
+
+    qs = [Question("short", "x" * 20), Question("edge", "y" * 30), Question("long", "z" * 31)]
+    kept, skipped = fit_context(qs, prompt, context=48, reserve=8)  # 40 prompt tokens at most
+    assert [q.id for q in kept] == ["short", "edge"] and skipped == ["long"]
+    # The empty question measures the template; "short" fits by its byte count alone.
+    assert encoded == ["", "edge", "long"]
+    assert fit_context(qs, prompt, context=None, reserve=8) == (qs, [])
+
+
+def test_model_context_from_the_recipe_or_the_model_config(tmp_path):
+    import json
+
+    from builder.prompts import model_context
+
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 8192}))
+    assert model_context(None, str(tmp_path)) == 8192
+    assert model_context(2048, str(tmp_path)) == 2048
+    assert model_context(None, str(tmp_path / "absent")) is None
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "x"}))
+    assert model_context(None, str(tmp_path)) is None

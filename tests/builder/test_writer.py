@@ -81,3 +81,30 @@ def test_existing_fingerprint_is_read_leniently(tmp_path):
     assert read_existing_fingerprint(tmp_path) == "f" * 64
     (tmp_path / "manifest.json").write_text("[1, 2]")
     assert read_existing_fingerprint(tmp_path) is None
+
+
+def test_rows_stream_into_files_of_at_most_max_rows(tmp_path, monkeypatch):
+    import builder.writer as writer
+
+    monkeypatch.setattr(writer, "MAX_ROWS_PER_FILE", 5)
+    monkeypatch.setattr(writer, "_FLUSH_ROWS", 3)
+    out = writer.ConfigWriter(tmp_path, "mixture")
+    ids = [f"q{i:02d}" for i in range(12)]
+    for start in range(0, 12, 4):
+        chunk = {k: (v * 2)[:4] for k, v in MIXTURE.items()}
+        chunk["question_id"] = ids[start : start + 4]
+        out.append(chunk)
+    files = out.close()
+    assert files == [f"data/mixture/train-0000{i}-of-00003.parquet" for i in range(3)]
+    got = [pq.read_table(tmp_path / f).column("question_id").to_pylist() for f in files]
+    assert got == [ids[:5], ids[5:10], ids[10:]]
+    assert out.rows == 12
+    assert not list((tmp_path / "data" / "mixture").glob("part-*"))
+
+
+def test_no_rows_still_gives_one_empty_file(tmp_path):
+    import builder.writer as writer
+
+    out = writer.ConfigWriter(tmp_path, "traces")
+    assert out.close() == ["data/traces/train-00000-of-00001.parquet"]
+    assert pq.read_table(tmp_path / "data/traces/train-00000-of-00001.parquet").num_rows == 0

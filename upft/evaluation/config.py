@@ -5,7 +5,9 @@ keys; :func:`load_config` reads a YAML file (errors name the field path and its 
 recipes) and :func:`apply_flags` layers flags on top, so the precedence is defaults < file <
 flags. The defaults are the paper's evaluation: zero-shot, greedy (temperature 0), the model's
 chat template, the plain question as the prompt, one sample per question. The resolved config
-is written into the output folder as ``eval_config.yaml``.
+is written into the output folder as ``eval_config.yaml``. The ``executor`` section is the
+builder's (``builder.recipe.ExecutorConfig``): ``kind: ray`` spreads the eval's shards over
+engine replicas on a Ray cluster, with the same rows as a local eval.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pydantic import (
 
 from builder.errors import EvalError
 from builder.hubclient import is_repo_id
-from builder.recipe import DEFAULT_INSTRUCTION
+from builder.recipe import DEFAULT_INSTRUCTION, ExecutorConfig
 from builder.sampling.base import EngineOptions, SamplingSettings
 from builder.yamlfile import format_errors, read_mapping
 from upft.evaluation import benchmarks
@@ -171,6 +173,24 @@ class PrefixCheckSection(_Strict):
     instruction: str = DEFAULT_INSTRUCTION
 
 
+class ExecutorSection(ExecutorConfig):
+    """Who generates the shards: this process or engine replicas on Ray (the builder's section).
+
+    Not part of the fingerprint: an eval started on Ray resumes locally and vice versa.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_shard_size(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "shard_size" in data:
+            raise ValueError(
+                "shard_size is a top-level key of an eval config (shard_size: 128, flag "
+                "--shard-size): shards are the unit every executor persists and resumes; move "
+                "it there"
+            )
+        return data
+
+
 class EvalConfig(_Strict):
     """One evaluation: model x data x decoding, written to ``output``."""
 
@@ -178,6 +198,7 @@ class EvalConfig(_Strict):
     data: DataSection
     generation: GenerationSection = Field(default_factory=GenerationSection)
     prefix_check: PrefixCheckSection = Field(default_factory=PrefixCheckSection)
+    executor: ExecutorSection = Field(default_factory=ExecutorSection)
     scoring_timeout_s: float = Field(default=5.0, gt=0, description="per math-verify check")
     output: str | None = None
     shard_size: int = Field(default=128, ge=1, description="questions per persisted shard")

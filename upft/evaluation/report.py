@@ -54,8 +54,10 @@ def build_summary(
     timings: dict[str, float],
     resume: dict[str, int],
     engine: dict[str, Any] | None,
+    executor: dict[str, Any],
 ) -> dict[str, Any]:
-    """The summary.json document: what was evaluated, how, and every number."""
+    """The summary.json document: what was evaluated, how (``executor``: where the shards
+    ran, ``Executor.describe()``), and every number."""
     gen, pc = cfg.generation, cfg.prefix_check
     prefix = (
         {"length": pc.length, "slack": pc.slack, "instruction": pc.instruction}
@@ -104,6 +106,7 @@ def build_summary(
         if generated > 0
         else None,
         "resume": resume,
+        "executor": executor,
         "environment": environment(),
     }
 

@@ -3,12 +3,20 @@
 Middle stage of ``upft-eval``. Questions come from the builder's source stage
 (``builder.sources.load_questions``); prompts are the builder's (``builder.prompts``: the model's
 chat template, an optional system prompt, the plain question); generation goes through the
-builder's sampler module (vLLM by default, transformers as fallback). Per shard of questions the
-run samples the answers (plain prompt) and, when the prefix check is on, one greedy answer of at
-most L + slack tokens under the prefix instruction; it scores them and persists the shard's rows
-at once (``<output>/.shards/``), so an interrupted eval resumes where it stopped. The output is
-identified by a fingerprint of everything that changes it (model weights, questions, settings):
-a finished eval with the same fingerprint is reported again without loading any model.
+builder's executors and sampler module (vLLM by default, transformers as fallback). Per shard of
+questions the run asks for two generations, each a ``builder.executor.ShardRequest`` of its own
+phase: the answers (plain prompt, the eval's decoding) and, when the prefix check is on, one
+greedy answer of at most L + slack tokens under the prefix instruction. When both are back it
+scores them and persists the shard's rows at once (``<output>/.shards/``), so an interrupted eval
+resumes where it stopped.
+
+``executor.kind: local`` (the default) runs the requests one after another on one engine in
+this process; ``kind: ray`` hands them to ``builder.ray_executor.RayExecutor``'s engine replicas,
+which take shards as they become free. A request's output depends only on the request (the
+engines reseed from the seed and its prompts), so both give the same rows, and an eval started
+on one resumes on the other. The output is identified by a fingerprint of everything that
+changes it (model weights, questions, settings; not the executor): a finished eval with the same
+fingerprint is reported again without loading any model.
 """
 
 from __future__ import annotations
@@ -19,18 +27,21 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from builder.errors import EvalError, SourceError
+from builder.executor import Executor, LocalExecutor, ShardDone, ShardRequest
 from builder.hashing import sha256_file
-from builder.models import ResolvedModel, cache_dir, resolve_model
+from builder.models import EMBEDDED_PREFIX, ResolvedModel, cache_dir, load_tokenizer, resolve_model
 from builder.progress import phase_progress
 from builder.prompts import encode_prompt, messages
+from builder.ray_executor import require_ray
 from builder.recipe import SourceConfig
 from builder.sampling import make_sampler
-from builder.sampling.base import Sample, Sampler, SamplingSettings
+from builder.sampling.base import ProgressFn, Sample, Sampler, SamplingSettings
 from builder.sources import LoadedSource, Question, load_questions
 from upft.evaluation import benchmarks, report, scoring
 from upft.evaluation.config import EvalConfig
@@ -227,7 +238,7 @@ def fingerprint(
 ) -> str:
     """sha256 over everything that changes an eval's rows."""
     settings = cfg.model_dump(mode="json")
-    for key in ("output", "card", "base", "shard_size"):
+    for key in ("output", "card", "base", "shard_size", "executor"):
         settings.pop(key)
     settings["data"] = {k: v for k, v in settings["data"].items() if k != "path"}
     for key in (
@@ -250,50 +261,67 @@ def fingerprint(
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
-# --- the engine and the shards -----------------------------------------------------------------
+# --- the executor and the shards -------------------------------------------------------------
+
+ANSWERS, PREFIX = "answers", "prefix_check"  # the phases of a shard's generation requests
 
 
-@dataclass
-class _Engine:
-    """The sampler, loaded on first use only (a finished or fully resumed eval loads none)."""
+class _PhaseExecutor(LocalExecutor):
+    """The builder's local executor, with each phase's own decoding (sampled answers, greedy
+    prefix check); a Ray replica does the same from ``ReplicaSpec.phase_settings``."""
 
-    cfg: EvalConfig
-    model: ResolvedModel
-    sampler: Sampler | None = None
-    owned: bool = False
-    loads: int = 0
-    token_bound: int | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+    def __init__(self, phases: dict[str, SamplingSettings], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.phases = phases
 
-    def get(self) -> Sampler:
-        if self.sampler is None:
-            started = time.monotonic()
-            m = self.cfg.model
-            logger.info("loading %s with %s", self.model.display_name, m.backend)
-            self.sampler = make_sampler(
-                m.backend,
-                self.model.path,
-                self.model.revision,
-                self.cfg.generation.settings(),
-                m.engine_options(self.token_bound),
-                m.chat_template,
-            )
-            self.owned = True
-            self.loads += 1
-            self.timings["engine_load"] = time.monotonic() - started
-        return self.sampler
+    def run(self, requests: Iterable[ShardRequest], done: ShardDone, progress: ProgressFn) -> None:
+        sampler = self.engine()
+        for req in requests:
+            sampler.settings = self.phases[req.phase]  # LocalExecutor sets the request's seed
+            super().run((req,), done, progress)
 
-    def generate(
-        self, prompts: list[list[int]], settings: SamplingSettings, n: int, max_tokens: int
-    ) -> list[list[Sample]]:
-        sampler = self.get()
-        sampler.settings = settings
-        return sampler.generate(prompts, n, max_tokens)
 
-    def close(self) -> None:
-        if self.owned and self.sampler is not None:
-            self.sampler.close()
-            self.sampler = None
+def make_executor(
+    cfg: EvalConfig, model: ResolvedModel, token_bound: int | None, sampler: Sampler | None = None
+) -> Executor:
+    """The executor of ``cfg.executor`` (``sampler``: run everything on that engine, locally)."""
+    gen, m = cfg.generation, cfg.model
+    phases = {ANSWERS: gen.settings(), PREFIX: gen.greedy()}
+    if sampler is not None:
+        return _PhaseExecutor(phases, sampler=sampler)
+    if cfg.executor.kind == "ray":
+        from builder.ray_executor import RayExecutor
+
+        # An embedded model converts on each node; a folder travels as its absolute path.
+        where = model.spec if model.spec.startswith(EMBEDDED_PREFIX) else model.path
+        return RayExecutor.from_sections(
+            cfg.executor,
+            m,
+            phases[ANSWERS],
+            token_bound,
+            model_id=where,
+            phase_settings=tuple(phases.items()),
+        )
+
+    def factory() -> Sampler:
+        logger.info("loading %s with %s", model.display_name, m.backend)
+        return make_sampler(
+            m.backend,
+            model.path,
+            model.revision,
+            phases[ANSWERS],
+            m.engine_options(token_bound),
+            m.chat_template,
+        )
+
+    return _PhaseExecutor(phases, factory=factory)
+
+
+def _tokenizer(cfg: EvalConfig, model: ResolvedModel, executor: Executor) -> Any:
+    """The engine's tokenizer when it runs here, else the model's own (engines on replicas)."""
+    if executor.tokenizer is not None:
+        return executor.tokenizer
+    return load_tokenizer(model, bool(cfg.model.revision), cfg.model.chat_template)
 
 
 class _Shards:
@@ -339,35 +367,49 @@ def _prompt(
     return str(text), encode_prompt(tokenizer, msgs)
 
 
-def _score_shard(
-    cfg: EvalConfig, engine: _Engine, shard: list[EvalQuestion], timings: dict[str, float]
-) -> list[dict[str, Any]]:
-    """Generate and score one shard: the rows it contributes to results.jsonl."""
+@dataclass
+class _OpenShard:
+    """A shard whose generations are under way: its questions, prompt texts, outputs so far."""
+
+    questions: list[EvalQuestion]
+    prompts: list[str]
+    outputs: dict[str, list[list[Sample]]] = field(default_factory=dict)
+
+
+def _requests(
+    cfg: EvalConfig,
+    tok: Any,
+    parts: list[list[EvalQuestion]],
+    pending: list[int],
+    open_shards: dict[int, _OpenShard],
+) -> Iterator[ShardRequest]:
+    """The generation requests of the pending shards, templated as the executor asks for them."""
     gen, pc, system = cfg.generation, cfg.prefix_check, cfg.model.system_prompt
-    tok = engine.get().tokenizer
-    plain = [_prompt(tok, e.question.text, None, system) for e in shard]
-    started = time.monotonic()
-    outputs = engine.generate([ids for _, ids in plain], gen.settings(), gen.n, gen.max_tokens)
-    timings["generate"] = timings.get("generate", 0.0) + time.monotonic() - started
-    timings["generated_tokens"] = timings.get("generated_tokens", 0) + sum(
-        len(s.token_ids) for samples in outputs for s in samples
-    )
-    timings["generated_questions"] = timings.get("generated_questions", 0) + len(shard)
-    prefix_out: list[list[Sample]] | None = None
-    if pc.enabled:
-        started = time.monotonic()
-        with_instruction = [_prompt(tok, e.question.text, pc.instruction, system)[1] for e in shard]
-        prefix_out = engine.generate(with_instruction, gen.greedy(), 1, pc.length + pc.slack)
-        timings["prefix_check"] = timings.get("prefix_check", 0.0) + time.monotonic() - started
-    started = time.monotonic()
+    for index in pending:
+        part = parts[index]
+        ids = tuple(e.question.id for e in part)
+        plain = [_prompt(tok, e.question.text, None, system) for e in part]
+        open_shards[index] = _OpenShard(part, [text for text, _ in plain])
+        prompts = tuple(tuple(p) for _, p in plain)
+        yield ShardRequest(ANSWERS, index, ids, prompts, gen.n, gen.max_tokens, gen.seed)
+        if pc.enabled:
+            prompts = tuple(
+                tuple(_prompt(tok, e.question.text, pc.instruction, system)[1]) for e in part
+            )
+            yield ShardRequest(PREFIX, index, ids, prompts, 1, pc.length + pc.slack, gen.seed)
+
+
+def _score_shard(cfg: EvalConfig, shard: _OpenShard) -> list[dict[str, Any]]:
+    """Score one generated shard: the rows it contributes to results.jsonl."""
+    outputs, prefix_out = shard.outputs[ANSWERS], shard.outputs.get(PREFIX)
     rows = []
-    for i, e in enumerate(shard):
+    for i, e in enumerate(shard.questions):
         scored = [scoring.score_sample(e.golds, s, cfg.scoring_timeout_s) for s in outputs[i]]
         row: dict[str, Any] = {
             "id": e.question.id,
             "question": e.question.text,
             "gold": list(e.golds),
-            "prompt": plain[i][0],
+            "prompt": shard.prompts[i],
             **scored[0],
             "n": len(scored),
             "n_correct": sum(s["correct"] for s in scored),
@@ -382,8 +424,48 @@ def _score_shard(
                 "finish_reason": p.finish_reason,
             }
         rows.append(row)
-    timings["scoring"] = timings.get("scoring", 0.0) + time.monotonic() - started
     return rows
+
+
+def _generate(
+    cfg: EvalConfig,
+    executor: Executor,
+    tok: Any,
+    parts: list[list[EvalQuestion]],
+    pending: list[int],
+    store: _Shards,
+    advance: ProgressFn,
+    timings: dict[str, float],
+) -> dict[int, list[dict[str, Any]]]:
+    """Generate, score and persist the pending shards; their rows by shard index."""
+    phases = 2 if cfg.prefix_check.enabled else 1
+    open_shards: dict[int, _OpenShard] = {}
+    finished: dict[int, list[dict[str, Any]]] = {}
+    in_done = 0.0  # driver time spent scoring and saving, not generating
+
+    def done(req: ShardRequest, results: list[list[Sample]]) -> None:
+        nonlocal in_done
+        started = time.monotonic()
+        shard = open_shards[req.index]
+        shard.outputs[req.phase] = results
+        tokens = sum(len(s.token_ids) for samples in results for s in samples)
+        timings["generated_tokens"] = timings.get("generated_tokens", 0) + tokens
+        if len(shard.outputs) == phases:
+            del open_shards[req.index]
+            rows = _score_shard(cfg, shard)
+            store.save(req.index, rows)
+            finished[req.index] = rows
+            timings["generated_questions"] = timings.get("generated_questions", 0) + len(rows)
+            advance(len(rows), 0)  # questions count when scored; tokens as they come
+        in_done += time.monotonic() - started
+
+    started = time.monotonic()
+    executor.run(
+        _requests(cfg, tok, parts, pending, open_shards), done, lambda _q, t: advance(0, t)
+    )
+    timings["generate"] = time.monotonic() - started - in_done
+    timings["scoring"] = in_done
+    return finished
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -418,12 +500,15 @@ def evaluate(
     force: bool = False,
     quiet: bool = False,
     sampler: Sampler | None = None,
+    executor: Executor | None = None,
     replace_other: bool = False,
 ) -> EvalRun:
     """Run (or resume, or find finished) the eval that ``cfg`` describes.
 
     A finished eval with another fingerprint in ``cfg.output`` is refused, unless ``force``
     (always re-run) or ``replace_other`` (re-run only then: ``upft-train --eval --overwrite``).
+    ``sampler`` runs every shard on an engine the caller owns (tests); ``executor`` hands the
+    shards to that executor instead of the one ``cfg.executor`` describes (closed here).
     """
     if not cfg.output:
         raise EvalError("no output folder given; pass --output DIR (or set 'output:' in the file)")
@@ -447,47 +532,46 @@ def evaluate(
                 f"{str(existing.get('fingerprint'))[7:19]} vs {fp[7:19]}); choose another "
                 "--output or pass --force to replace it"
             )
+    if cfg.executor.kind == "ray" and sampler is None and executor is None:
+        require_ray()  # before anything is written: exit 2 with the install command
     if existing is not None:
         (out / "summary.json").unlink()
     out.mkdir(parents=True, exist_ok=True)
-    shards_dir = _Shards(out / ".shards", fp)
-    engine = _Engine(cfg, model)
-    if sampler is not None:
-        engine.sampler = sampler
+    store = _Shards(out / ".shards", fp)
     timings: dict[str, float] = {}
-    resume = {"shards_reused": 0, "shards_evaluated": 0}
     size = cfg.shard_size
     parts = [questions[i : i + size] for i in range(0, len(questions), size)]
-    rows: list[dict[str, Any]] = []
+    ids = [[e.question.id for e in part] for part in parts]
+    shard_rows = {i: r for i in range(len(parts)) if (r := store.load(i, ids[i])) is not None}
+    pending = [i for i in range(len(parts)) if i not in shard_rows]
+    gen, pc = cfg.generation, cfg.prefix_check
+    per_question = gen.n * gen.max_tokens + (pc.length + pc.slack if pc.enabled else 0)
+    token_bound = per_question * sum(len(parts[i]) for i in pending)
+    if executor is None:
+        executor = make_executor(cfg, model, token_bound, sampler)
     try:
-        ids = [[e.question.id for e in part] for part in parts]
-        pending = [i for i in range(len(parts)) if shards_dir.load(i, ids[i]) is None]
         if pending:
-            gen, pc = cfg.generation, cfg.prefix_check
-            per_question = gen.n * gen.max_tokens + (pc.length + pc.slack if pc.enabled else 0)
-            engine.token_bound = per_question * sum(len(parts[i]) for i in pending)
-            engine.get()  # load before the bar starts, so its rate and ETA count generation
+            executor.prepare()  # load before the bar starts, so its rate and ETA count generation
         with phase_progress("eval", len(questions), enabled=not quiet) as advance:
-            for index, part in enumerate(parts):
-                done = shards_dir.load(index, ids[index])
-                if done is None:
-                    done = _score_shard(cfg, engine, part, timings)
-                    shards_dir.save(index, done)
-                    resume["shards_evaluated"] += 1
-                else:
-                    resume["shards_reused"] += 1
-                rows.extend(done)
-                advance(len(part), sum(r["tokens"] for r in done))
-        engine_info = engine.sampler.engine_info() if engine.sampler is not None else None
+            for done in shard_rows.values():
+                advance(len(done), sum(r["tokens"] for r in done))
+            if pending:
+                tok = _tokenizer(cfg, model, executor)
+                shard_rows |= _generate(cfg, executor, tok, parts, pending, store, advance, timings)
+        engine_info = executor.engine_info() if pending else None
     finally:
-        engine.close()
-    timings.update(engine.timings)
+        executor.close()
+    rows = [row for i in range(len(parts)) for row in shard_rows[i]]
+    resume = {"shards_reused": len(parts) - len(pending), "shards_evaluated": len(pending)}
+    if executor.engine_load_s:
+        timings["engine_load"] = executor.engine_load_s
     timings["total"] = time.monotonic() - t0
-    summary = report.build_summary(cfg, fp, ident, data, rows, timings, resume, engine_info)
+    how = executor.describe()
+    summary = report.build_summary(cfg, fp, ident, data, rows, timings, resume, engine_info, how)
     report.write_outputs(out, cfg, rows, summary)
     shutil.rmtree(out / ".shards", ignore_errors=True)
     logger.info("wrote %s: accuracy %.4f on %d questions", out, summary["accuracy"], len(rows))
-    return EvalRun(out, "evaluated", summary, engine.loads)
+    return EvalRun(out, "evaluated", summary, how["replicas"] if executor.engine_load_s else 0)
 
 
 def write_card(cfg: EvalConfig, run: EvalRun) -> Path:

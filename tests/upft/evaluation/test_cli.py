@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from tests.conftest import REPO_ROOT
@@ -123,3 +124,22 @@ def test_rerun_of_finished_eval_prints_without_model(tmp_path: Path, stand_in_mo
     assert lines[1].startswith("accuracy: 50.0% [")
     assert lines[-1] == str(out)
     assert json.loads((out / "summary.json").read_text())["accuracy"] == 0.5
+
+
+def test_ray_executor_without_ray_exits_2_with_the_install_command(
+    tmp_path: Path, stand_in_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "eval.yaml"
+    config.write_text("executor: {kind: ray, replicas: 2}\n")
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    out = tmp_path / "o"
+    result = run(
+        "--config", str(config), "--model", str(stand_in_model), *SVAMP_FLAGS, "--output", str(out)
+    )
+    assert result.exit_code == 2, result.output
+    assert (
+        "\nerror: executor.kind: ray needs Ray, which is not installed; pip install 'upft[ray]' "
+        "(or set executor.kind: local)\n" in result.output
+    )
+    assert "Traceback" not in result.output
+    assert not out.exists()

@@ -126,3 +126,47 @@ def test_benchmark_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     cfg.data.prefer = "local"
     with pytest.raises(SourceError, match="svamp-test.jsonl is not in the shared data folder"):
         source_for(cfg)
+
+
+def test_executor_section_is_the_builders(tmp_path: Path) -> None:
+    assert resolve_config(None, {"data": "svamp", "output": "o"}).executor.kind == "local"
+    path = tmp_path / "eval.yaml"
+    path.write_text("data: {benchmark: svamp}\nexecutor: {kind: ray, address: auto, replicas: 4}\n")
+    e = resolve_config(str(path), {}).executor
+    assert (e.kind, e.address, e.replicas, e.cpus_per_replica, e.gpus_per_replica) == (
+        "ray",
+        "auto",
+        4,
+        1,
+        None,
+    )
+    assert (e.max_shard_attempts, e.max_replica_restarts) == (3, 2)
+    path.write_text("data: {benchmark: svamp}\nexecutor:\n  kind: ray\n  shard_size: 64\n")
+    with pytest.raises(EvalError) as info:
+        resolve_config(str(path), {})
+    assert (
+        f"executor ({path}:2): shard_size is a top-level key of an eval config (shard_size: 128, "
+        "flag --shard-size)" in str(info.value)
+    )
+    path.write_text("data: {benchmark: svamp}\nexecutor:\n  kind: ray\n  replica: 2\n")
+    with pytest.raises(EvalError) as info:
+        resolve_config(str(path), {})
+    assert f"executor.replica ({path}:4): unknown field" in str(info.value)
+
+
+def test_fingerprint_ignores_the_executor(stand_in_model: Path) -> None:
+    from upft.evaluation.runner import fingerprint, load, model_identity, resolve_model
+
+    flags = {"data": "svamp", "limit": 2, "model": str(stand_in_model), "output": "o"}
+    local = resolve_config(None, flags)
+    ray = local.model_copy(update={"executor": local.executor.model_copy(update={"kind": "ray"})})
+    questions, loaded, _ = load(local)
+    ident = model_identity(resolve_model(str(stand_in_model)))
+    data = loaded.manifest_entry()
+    assert fingerprint(ray, ident, data, questions) == fingerprint(local, ident, data, questions)
+    other = local.model_copy(update={"shard_size": 1})  # shards do not change rows either
+    assert fingerprint(other, ident, data, questions) == fingerprint(local, ident, data, questions)
+    seeded = local.model_copy(
+        update={"generation": local.generation.model_copy(update={"seed": 1})}
+    )
+    assert fingerprint(seeded, ident, data, questions) != fingerprint(local, ident, data, questions)

@@ -108,6 +108,7 @@ def test_rows_and_summary(stand_in_model: Path, tmp_path: Path) -> None:
     assert summary["settings"]["temperature"] == 0.0 and summary["settings"]["max_tokens"] == 16
     assert summary["environment"]["math-verify"]
     assert summary["resume"] == {"shards_reused": 0, "shards_evaluated": 3}
+    assert summary["executor"] == {"kind": "local", "replicas": 1, "resubmitted_shards": 0}
     # plain prompts: n=1, max_tokens 16; prefix prompts: greedy, n=1, L + slack = 12
     assert sampler.calls == [(2, 1, 16), (2, 1, 12)] * 3
     assert (out / "README.md").read_text().startswith("# Evaluation of")
@@ -247,3 +248,22 @@ def test_resume_with_another_shard_size(stand_in_model: Path, tmp_path: Path) ->
     run = runner.evaluate(make_cfg(stand_in_model, out, shard_size=3), quiet=True, sampler=second)
     assert run.summary["resume"] == {"shards_reused": 0, "shards_evaluated": 2}
     assert [r["id"] for r in read_rows(out)] == [r["ID"] for r in svamp_rows(N)]
+
+
+def test_answers_and_prefix_check_decode_with_their_own_settings(
+    stand_in_model: Path, tmp_path: Path
+) -> None:
+    sampler = fake()
+    seen = []
+    real = sampler.generate
+
+    def recording(prompts, n, max_tokens, progress=None):
+        s = sampler.settings
+        seen.append((s.temperature, s.top_p, s.seed, n, max_tokens))
+        return real(prompts, n, max_tokens, progress)
+
+    sampler.generate = recording  # type: ignore[method-assign]
+    cfg = make_cfg(stand_in_model, tmp_path / "eval", samples=2, temperature=0.6, top_p=0.9, seed=3)
+    runner.evaluate(cfg, quiet=True, sampler=sampler)
+    # sampled answers with the eval's decoding, then the greedy prefix check, shard by shard
+    assert seen == [(0.6, 0.9, 3, 2, 16), (0.0, 1.0, 3, 1, 12)] * 3
