@@ -105,11 +105,14 @@ class PhaseRunner:
         seed: int,
         label: str,
         counter: str,
+        derived: tuple[str, ...] = (),
     ) -> None:
         """Sample every shard of a phase that is not persisted yet; persist each as it arrives.
 
         ``make_prompts(index, shard)`` templates a shard's prompts; it is called only for the
-        shards that are sampled, as the executor asks for them.
+        shards that are sampled, as the executor asks for them. ``derived``: phases whose shard
+        of the same index is computed from this one (prefix choices), dropped when it is
+        sampled again.
         """
         missing = [i for i in range(shards.shards) if not self.store.has(phase, i)]
         if missing:
@@ -140,6 +143,8 @@ class PhaseRunner:
 
             def done(req: ShardRequest, results: list[list[Sample]]) -> None:
                 self.store.save(req.phase, req.index, list(req.question_ids), results)
+                for stale in derived:  # made from this shard's earlier samples, if any
+                    self.store.discard(stale, req.index)
                 self.resume[f"{counter}_shards_sampled"] += 1
 
             if missing:

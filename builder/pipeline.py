@@ -273,6 +273,7 @@ def _run(
         r.sampling.seed,
         "phase 1: answers to filter" if lf else "phase 1: prefixes",
         counter="prefix",
+        derived=("choice",),
     )
     _phase_timing(b, "prefix_phase", started, loaded_before)
 

@@ -37,13 +37,16 @@ class _TokensPerSecond(ProgressColumn):
 
 
 @contextlib.contextmanager
-def phase_progress(description: str, total: int, enabled: bool = True) -> Iterator[ProgressFn]:
+def phase_progress(
+    description: str, total: int, enabled: bool = True, summary: bool = True
+) -> Iterator[ProgressFn]:
     """Yield ``advance(questions, tokens)``; shows questions done, tokens/s and ETA.
 
     On a terminal: a live bar. Elsewhere (a pipe, a CI log): one plain line when the phase
-    ends, so a log file holds a summary instead of a bar redrawn or hard-wrapped at 80 columns.
+    ends, so a log file holds a summary instead of a bar redrawn or hard-wrapped at 80 columns;
+    ``summary=False`` leaves that line out (steps that sample nothing).
     """
-    if not enabled or total == 0:
+    if not enabled or total == 0 or (not summary and not terminal().isatty()):
         yield lambda q, t: None
         return
     out = terminal()

@@ -145,7 +145,8 @@ def assemble_release(
         into.hits += sum(echoes(t, markers) for t in texts)
         into.total += len(texts)
 
-    with phase_progress("assembling rows", questions.count, enabled=not runner.quiet) as advance:
+    bar = phase_progress("assembling rows", questions.count, not runner.quiet, summary=False)
+    with bar as advance:
         for index, shard in enumerate(questions):
             phase1 = runner.store.load("prefix", index)
             choices, picks = choices_from_frame(runner.store.load_frame("choice", index), lf)

@@ -298,6 +298,13 @@ class ShardStore:
             raise disk_error(target, exc, keep=self.shards) from None
         self._verified.add(target)
 
+    def discard(self, phase: str, index: int) -> None:
+        """Forget shard ``<phase>-<index>`` (its inputs changed: it must be made again)."""
+        path = self._path(phase, index)
+        self._verified.discard(path)
+        path.unlink(missing_ok=True)
+        self._sidecar(path).unlink(missing_ok=True)
+
     def load_frame(self, phase: str, index: int) -> Any:
         """The polars frame of shard ``<phase>-<index>`` (which must exist)."""
         import polars as pl

@@ -125,3 +125,17 @@ def test_try_seeds_are_fixed_and_distinct() -> None:
     assert try_seed(5, 1) == 5
     assert try_seed(5, 2) == try_seed(5, 2) != try_seed(5, 3)
     assert try_seed(5, 2) != try_seed(6, 2)
+
+
+def test_a_shard_sampled_again_drops_what_was_derived_from_it(tmp_path: Path) -> None:
+    sampler = FakeSampler(short)
+    run = runner(tmp_path, sampler)
+    shards = Shards.of(QS, 3)
+    run.sample("prefix", shards, prompts_of(sampler), 1, 50, 0, "p1", "prefix")
+    for index in range(3):
+        run.store.save("choice", index, ["x"], [[]])  # stands in for a persisted choice
+    store = ShardStore(run.store.staging, "fp")
+    store.discard("prefix", 1)  # as if damaged and discarded
+    again = PhaseRunner(LocalExecutor(sampler=FakeSampler(short)), store, quiet=True)
+    again.sample("prefix", shards, prompts_of(sampler), 1, 50, 0, "p1", "prefix", ("choice",))
+    assert [store.has("choice", i) for i in range(3)] == [True, False, True]
