@@ -1,13 +1,15 @@
 """The build: recipe -> questions -> phase 1 -> prefix choice -> phase 2 -> files.
 
 This module only orchestrates; each step lives in the module that owns it: ``sources``
-(questions), ``resolve`` (decoding values), ``executor`` + ``sampling/`` (engines), ``store``
-(persisted shards), ``prefixes`` (vote / label filter / token-exact settling), ``mixture``
-(rows), ``manifest`` (numbers) and ``writer`` (the version directory). The pipeline owns the
-rules that span steps: the fingerprint check against an existing version directory (same
-fingerprint: nothing to do, no engine is loaded; different: refuse unless ``force``), which
-shards are left to sample, the order of the phases and the re-sampling of full traces that
-never ended.
+(questions), ``resolve`` (decoding values), ``phases`` (sampling phases as shard streams, resume,
+full-trace tries), ``executor`` + ``sampling/`` (engines), ``store`` (persisted shards),
+``prefixes`` (vote / label filter / token-exact settling, per shard), ``release`` (rows,
+assembled shard by shard, and the totals), ``manifest`` (numbers) and ``writer`` (the version
+directory). The pipeline owns the rules that span steps: the fingerprint check against an
+existing version directory (same fingerprint: nothing to do, no engine is loaded; different:
+refuse unless ``force``), which questions fit the model's context, the full-trace share, and
+the order of the phases. After the source stage nothing grows with the number of questions
+but the question list itself: samples stay on disk and are read back one shard at a time.
 """
 
 from __future__ import annotations
