@@ -26,6 +26,7 @@ HEADLINES = (
     "target",
     "time ratio",
     "peak RSS",
+    "time per question",
     "TOTAL",
     "ours (",
     "faithful (",

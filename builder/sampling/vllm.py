@@ -15,10 +15,10 @@ package) the KV cache size comes from the recipe and both cores are used unless 
 the environment variables themselves.
 
 Compilation: vLLM compiles the model (torch.compile; CUDA graphs on GPUs) before the first
-token. On a 2-core CPU that costs ~45 s and makes decoding ~1.5x faster, so it pays off only
-for large builds; ``model.compile: auto`` compiles on GPUs always and on CPUs only when the
-build's planned token budget reaches :data:`CPU_COMPILE_MIN_TOKENS` (measured by
-``bench/demo_speed.py``).
+token. On a 2-core CPU that costs ~58 s and makes decoding 1.1x (large batches) to 1.6x (small
+ones) faster, so it pays off only for large builds; ``model.compile: auto`` compiles on GPUs
+always and on CPUs only when the build's planned token budget reaches
+:data:`CPU_COMPILE_MIN_TOKENS` (measured by ``bench/demo_speed.py``).
 
 The N samples of a prompt share its prefill only through prefix caching, which caches whole
 KV blocks. vLLM-CPU picks blocks of 128 tokens, so a shorter prompt (a typical math question
@@ -60,8 +60,9 @@ CPU_BLOCK_SIZE = 32  # a multiple of 32, as vLLM's CPU attention kernels prefer
 
 # Below this many planned tokens, a CPU engine in eager mode finishes sooner than a compiled one:
 # compiling costs a fixed start-up time, and the faster compiled decoding wins it back only over
-# this many tokens. Measured by bench/demo_speed.py (see bench/README.md).
-CPU_COMPILE_MIN_TOKENS = 45_000
+# this many tokens. Measured by bench/demo_speed.py on the 2-core machine: 111,923 tokens
+# (compiling cost 58 s more, compiled decoding saved 0.52 ms per token; see bench/README.md).
+CPU_COMPILE_MIN_TOKENS = 110_000
 
 
 def choose_compile(setting: str, token_bound: int | None, on_cpu: bool) -> str:
