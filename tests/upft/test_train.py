@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -199,11 +200,13 @@ def test_model_learns_to_stop_after_a_prefix_only_when_asked(
     full_rows = [r for r in rows if r["kind"] == "full"]
     length = prefix_rows[0]["num_tokens"]
 
-    def mean_p(model: Any, group: list) -> float:
-        probs = [end_of_turn_probability(model, tokenizer, r, r["num_tokens"]) for r in group]
-        return sum(probs) / len(probs)
+    def probs(model: Any, group: list) -> list[float]:
+        return [end_of_turn_probability(model, tokenizer, r, r["num_tokens"]) for r in group]
 
-    base_prefix, tuned_prefix = mean_p(base_model, prefix_rows), mean_p(tuned_model, prefix_rows)
+    # The median for the base model: a prefix cut where a sentence happens to end (one of the
+    # six here, "... 8 years old now.") gets some end-of-turn mass even before training.
+    base_prefix = statistics.median(probs(base_model, prefix_rows))
+    tuned_prefix = statistics.fmean(probs(tuned_model, prefix_rows))
     tuned_full = max(end_of_turn_probability(tuned_model, tokenizer, r, length) for r in full_rows)
     print(
         f"P(end of turn): base {base_prefix:.4f}, tuned {tuned_prefix:.4f}, full {tuned_full:.4f}"
