@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -209,6 +209,12 @@ class ExecutorConfig(_Strict):
     started on Ray resumes locally and vice versa. A shard is ``output.shard_size`` questions.
     """
 
+    # Where the shard size lives instead, for the error when someone puts it here.
+    SHARD_SIZE_HOME: ClassVar[str] = (
+        "belongs in the output section (output.shard_size): shards are the unit every "
+        "executor persists and resumes, so their size is part of the build"
+    )
+
     kind: Literal["local", "ray"] = "local"
     address: str | None = Field(
         default=None,
@@ -234,11 +240,7 @@ class ExecutorConfig(_Strict):
     @classmethod
     def _no_shard_size(cls, data: Any) -> Any:
         if isinstance(data, dict) and "shard_size" in data:
-            raise ValueError(
-                "shard_size belongs in the output section (output.shard_size): shards are the "
-                "unit every executor persists and resumes, so their size is part of the build; "
-                "move it there"
-            )
+            raise ValueError(f"shard_size {cls.SHARD_SIZE_HOME}; move it there")
         return data
 
 

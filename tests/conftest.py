@@ -169,7 +169,8 @@ def demo_build(hf_build):
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[Any]:
     """A local Ray instance with 2 CPUs; its workers can import ``tests`` (scripted engines)."""
-    ray = pytest.importorskip("ray")
+    import ray  # a dev dependency (make setup): a missing Ray fails, never skips
+
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), old) if p)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -411,7 +411,8 @@ def test_fault_injection(hub: HubServer, folder: Path) -> None:
 def test_slow_replies_and_retry_after(hub: HubServer) -> None:
     import time
 
-    httpx = pytest.importorskip("httpx2")
+    import httpx2 as httpx
+
     auth = {"Authorization": f"Bearer {ALICE}"}
     hub.fail_next("whoami", delay=1.0)
     started = time.monotonic()

@@ -179,16 +179,10 @@ class ExecutorSection(ExecutorConfig):
     Not part of the fingerprint: an eval started on Ray resumes locally and vice versa.
     """
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_shard_size(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "shard_size" in data:
-            raise ValueError(
-                "shard_size is a top-level key of an eval config (shard_size: 128, flag "
-                "--shard-size): shards are the unit every executor persists and resumes; move "
-                "it there"
-            )
-        return data
+    SHARD_SIZE_HOME = (
+        "is a top-level key of an eval config (shard_size: 128, flag --shard-size): shards "
+        "are the unit every executor persists and resumes"
+    )
 
 
 class EvalConfig(_Strict):
