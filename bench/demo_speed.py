@@ -3,10 +3,11 @@
 Two measurements in one run, each engine in a fresh process:
 
 1. **Demo side by side**: ``upft-build recipes/demo.yaml`` as a user runs it (a subprocess, the
-   embedded model already converted), once with ``model.compile: compiled`` (the behaviour
-   before the setting existed: vLLM's default, torch.compile before the first token) and once
-   with ``auto`` (which picks eager for the demo's planned budget on CPU). Target: auto takes
-   at most half the wall time of compiled.
+   embedded model already converted), once as the demo was when the target was set
+   (``compiled``: vLLM's default engine, torch.compile before the first token, bfloat16) and
+   once as shipped now (``auto``: eager for the demo's planned budget on CPU, float32).
+   Target: now takes at most half the wall time of before. ``--decompose`` adds a third arm,
+   the shipped recipe compiled, to split the gain between the compile choice and the dtype.
 2. **Crossover**: an eager and a compiled engine each load, then sample the demo's own work
    (phase 1: every demo question x N=8 x 32 tokens; phase 2: a quarter of them x 1 x 384). The
    crossover is the number of sampled tokens at which the compiled engine's faster decoding
@@ -14,6 +15,7 @@ Two measurements in one run, each engine in a fresh process:
    1/rate_compiled). ``builder.sampling.vllm.CPU_COMPILE_MIN_TOKENS`` is set from it.
 
     python bench/demo_speed.py            # both parts, one round each (~6 min on 2 cores)
+    python bench/demo_speed.py --only demo --decompose
     python bench/demo_speed.py --rounds 2 # each demo arm twice, order rotated
     python bench/demo_speed.py --only crossover
 """
@@ -35,13 +37,20 @@ from benchlib import DEMO_RECIPE, REPO, header, load, median, vllm_cpu_env
 UPFT_BUILD = Path(sys.executable).parent / "upft-build"
 
 
+# The demo as it shipped when the target was set: vLLM's default (compiled) engine, bfloat16.
+BEFORE = {"compile": "compiled", "dtype": "bfloat16"}
+
+
 def _recipe_copy(work: Path, compile_mode: str) -> Path:
-    """The shipped demo recipe with ``model.compile`` set and its source path made absolute."""
+    """The shipped demo recipe (``auto``) or the demo as it was before (``compiled``)."""
     import yaml
 
     data = yaml.safe_load(DEMO_RECIPE.read_text())
     data["source"]["path"] = str((DEMO_RECIPE.parent / data["source"]["path"]).resolve())
-    data["model"]["compile"] = compile_mode
+    if compile_mode == "compiled":
+        data["model"].update(BEFORE)
+    elif compile_mode == "compiled-now":  # the shipped recipe, only the compile choice changed
+        data["model"]["compile"] = "compiled"
     path = work / f"demo-{compile_mode}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -66,7 +75,7 @@ def _demo_run(work: Path, compile_mode: str, tag: str) -> dict[str, Any]:
     version_dir = Path(proc.stdout.strip().splitlines()[-1])
     manifest = json.loads((version_dir / "manifest.json").read_text())
     lines = len((proc.stdout + proc.stderr).splitlines())
-    return {"wall": wall, "lines": lines, "manifest": manifest}
+    return {"wall": wall, "lines": lines, "manifest": manifest, "version_dir": version_dir}
 
 
 def _probe(mode: str) -> None:
@@ -152,21 +161,23 @@ def crossover() -> int:
     return tokens
 
 
-def demo_side_by_side(rounds: int) -> None:
+def demo_side_by_side(rounds: int, decompose: bool) -> None:
     work = Path(tempfile.mkdtemp(prefix="upft-bench-demo-"))
-    walls: dict[str, list[float]] = {"compiled": [], "auto": []}
+    arms = ["compiled", "auto"] + (["compiled-now"] if decompose else [])
+    walls: dict[str, list[float]] = {arm: [] for arm in arms}
     last: dict[str, dict[str, Any]] = {}
     for i in range(rounds):
-        order = ["compiled", "auto"] if i % 2 == 0 else ["auto", "compiled"]
+        order = arms if i % 2 == 0 else arms[::-1]
         for mode in order:
             run = _demo_run(work, mode, f"{mode}-{i}")
             walls[mode].append(run["wall"])
             last[mode] = run
             t = run["manifest"]["timings"]
             engine = run["manifest"]["model"].get("engine", {})
+            dtype = (run["version_dir"] / "recipe.yaml").read_text().split("dtype: ")[1].split()[0]
             print(
-                f"round {i + 1} {mode:8}: {run['wall']:6.1f} s wall (engine "
-                f"{engine.get('compile', '?')}, load {t.get('engine_load', 0):.1f} s, "
+                f"round {i + 1} {mode:12}: {run['wall']:6.1f} s wall (engine "
+                f"{engine.get('compile', '?')}, {dtype}, load {t.get('engine_load', 0):.1f} s, "
                 f"phase 1 {t.get('prefix_phase', 0):.1f} s, phase 2 "
                 f"{t.get('full_phase', 0):.1f} s); {run['lines']} lines of output; "
                 f"load avg {load()}",
@@ -175,18 +186,29 @@ def demo_side_by_side(rounds: int) -> None:
     ratio = median(walls["auto"]) / median(walls["compiled"])
     tokens = last["auto"]["manifest"]["tokens"]["total_sampled"]
     print(
-        f"demo      : {tokens:,} tokens sampled; compiled {median(walls['compiled']):.1f} s, "
-        f"auto {median(walls['auto']):.1f} s (medians of {rounds})"
+        f"demo      : {tokens:,} tokens sampled; before (compiled, bfloat16) "
+        f"{median(walls['compiled']):.1f} s, now (auto) {median(walls['auto']):.1f} s "
+        f"(medians of {rounds})"
     )
-    print(
-        f"target    : auto / compiled = {ratio:.3f} (<= 0.5: {'MET' if ratio <= 0.5 else 'MISSED'})"
-    )
+    if decompose:
+        now = median(walls["compiled-now"])
+        print(
+            f"decompose : shipped recipe compiled {now:.1f} s; the compile choice alone gives "
+            f"{median(walls['auto']) / now:.3f}, the recipe's dtype alone "
+            f"{now / median(walls['compiled']):.3f}"
+        )
+    print(f"target    : now / before = {ratio:.3f} (<= 0.5: {'MET' if ratio <= 0.5 else 'MISSED'})")
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=1, help="demo builds per arm (default 1)")
     ap.add_argument("--only", choices=("demo", "crossover"), help="run one part only")
+    ap.add_argument(
+        "--decompose",
+        action="store_true",
+        help="a third demo arm: the shipped recipe compiled (splits the gain by cause)",
+    )
     ap.add_argument("--probe", choices=("eager", "compiled"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.probe:
@@ -197,7 +219,7 @@ def main(argv: list[str]) -> int:
         [sys.argv[0], *argv],
     )
     if args.only in (None, "demo"):
-        demo_side_by_side(args.rounds)
+        demo_side_by_side(args.rounds, args.decompose)
     if args.only in (None, "crossover"):
         crossover()
     print(f"load      : {load()} at the end")

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from builder.clikit import handle_errors, on_error
+from builder.clikit import handle_errors, on_error, run_and_exit
 from builder.logs import build_log_path, capture, setup_logging
 
 __all__ = ["build_main", "push_main"]
@@ -272,3 +272,13 @@ def push_main(
                 )
         click.echo(f"commit: {result.commit}")
     click.echo(result.url)
+
+
+def build_entry() -> None:
+    """The ``upft-build`` console script."""
+    run_and_exit(build_main)
+
+
+def push_entry() -> None:
+    """The ``push-to-hub`` console script."""
+    run_and_exit(push_main)

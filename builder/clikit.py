@@ -5,15 +5,22 @@
 path of the engine log when one was written), Ctrl-C exits 130 with a hint on how to resume, and
 a full or read-only disk names the path instead of a traceback. Anything else is a bug and keeps
 its traceback.
+
+The console scripts start through :func:`run_and_exit`: once a command has finished, its files
+are closed and the interpreter's exit handlers have run, the process ends without tearing the
+interpreter down. Freeing a loaded engine's tensors and modules one by one took 2.2 s after
+every vLLM command on the 2-core machine, after all of its work was done.
 """
 
 from __future__ import annotations
 
+import atexit
 import errno
 import functools
+import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -65,3 +72,31 @@ def handle_errors(fn: F) -> F:
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+def run_and_exit(command: click.Command) -> NoReturn:
+    """Run a console script's command, then end the process with its exit code.
+
+    The command runs exactly as click runs it (``standalone_mode``: our messages, exit codes,
+    ``--help``). Then the exit handlers registered with :mod:`atexit` run (log files are
+    flushed and closed, Ray and engine processes are shut down) and the process exits with
+    ``os._exit``, which skips only the interpreter's own teardown. An unexpected exception
+    keeps its traceback and the normal exit.
+    """
+    try:
+        command.main(standalone_mode=True)
+        code: Any = 0
+    except SystemExit as exc:
+        code = exc.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed, exit status 1
+        click.echo(str(code), err=True)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing left to deliver
+            pass
+    os._exit(code)

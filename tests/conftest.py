@@ -166,6 +166,14 @@ def demo_build(hf_build):
     return hf_build.path
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test on a real Ray cluster is slow whatever it samples with: Ray starts a worker
+    process for every replica (seconds each on 2 cores), so ``make test-fast`` leaves it out."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[Any]:
     """A local Ray instance with 2 CPUs; its workers can import ``tests`` (scripted engines)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from builder.clikit import handle_errors
+from builder.clikit import handle_errors, run_and_exit
 from builder.logs import setup_logging
 from upft.config import FIELDS, TrainConfig, field_type, flag_name, resolve_config
 
@@ -118,3 +118,8 @@ def main(config_file: str | None, resume: bool, quiet: bool, verbose: bool, **fl
             f"final loss {summary['final_loss']}; model in {config.output}",
             err=True,
         )
+
+
+def entry() -> None:
+    """The ``upft-train`` console script."""
+    run_and_exit(main)

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from builder.clikit import handle_errors
+from builder.clikit import handle_errors, run_and_exit
 from builder.logs import setup_logging
 from upft.evaluation import benchmarks
 
@@ -209,3 +209,8 @@ def compare_cmd(runs: tuple[str, ...], output: str | None, as_json: bool, seed: 
 
 if __name__ == "__main__":
     main()
+
+
+def entry() -> None:
+    """The ``upft-eval`` console script."""
+    run_and_exit(main)

@@ -1,0 +1,103 @@
+"""builder/clikit.py: errors become messages and exit codes; console scripts end fast but clean.
+
+``run_and_exit`` ends the process with ``os._exit``, so it is tested in child processes: the
+exit code is the command's, the atexit handlers ran, and buffered output reached the pipe.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from builder.clikit import handle_errors
+from builder.errors import RecipeError
+
+SCRIPT = textwrap.dedent(
+    """
+    import atexit, sys
+    import click
+    from builder.clikit import handle_errors, run_and_exit
+    from builder.errors import RecipeError
+
+    marker = sys.argv[1]
+    atexit.register(lambda: open(marker, "w").write("atexit ran"))
+
+    @click.command()
+    @click.argument("marker")
+    @click.argument("how")
+    @handle_errors
+    def cmd(marker, how):
+        sys.stdout.write("unflushed output")  # no newline, no flush: must still arrive
+        if how == "recipe":
+            raise RecipeError("model.dtype: 'f8' is not a dtype; use float32 or bfloat16")
+        if how == "exit3":
+            sys.exit(3)
+        if how == "message":
+            sys.exit("plain message")
+
+    run_and_exit(cmd)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("how", "code", "stderr"),
+    [
+        ("ok", 0, ""),
+        ("exit3", 3, ""),
+        ("message", 1, "plain message\n"),
+        (
+            "recipe",
+            2,
+            "error: model.dtype: 'f8' is not a dtype; use float32 or bfloat16\n",
+        ),
+    ],
+)
+def test_run_and_exit_keeps_code_output_and_exit_handlers(
+    tmp_path: Path, how: str, code: int, stderr: str
+) -> None:
+    marker = tmp_path / "marker.txt"
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(marker), how],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=60,
+    )
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout == "unflushed output"
+    assert proc.stderr == stderr
+    assert marker.read_text() == "atexit ran"
+
+
+def test_handle_errors_maps_our_errors_to_exit_2_without_traceback() -> None:
+    @click.command()
+    @handle_errors
+    def cmd() -> None:
+        raise RecipeError("sampling.seed: 'x' is not an integer; write a whole number")
+
+    result = CliRunner().invoke(cmd, [])
+    assert result.exit_code == 2
+    assert result.output == "error: sampling.seed: 'x' is not an integer; write a whole number\n"
+    assert "Traceback" not in result.output
+
+
+def test_handle_errors_ctrl_c_exits_130_with_the_resume_hint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("builder.clikit.on_error", {})  # no command has named its output yet
+
+    @click.command()
+    @handle_errors
+    def cmd() -> None:
+        raise KeyboardInterrupt
+
+    result = CliRunner().invoke(cmd, [])
+    assert result.exit_code == 130
+    assert result.output == "interrupted: completed shards are kept; re-run to resume\n"
