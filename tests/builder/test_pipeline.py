@@ -157,18 +157,18 @@ def test_prefixes_are_sampled_with_the_plain_question_and_echo_no_more(built):
 
 
 @pytest.mark.slow
-def test_sampling_under_the_instruction_makes_samples_echo_it(hf_sampler, tmp_path):
+def test_sampling_under_the_instruction_makes_samples_echo_it(vllm_sampler, tmp_path):
     """The measured reason for the plain prompt: under the instruction, SmolLM2's samples
     repeat its wording more often than under the plain question (same seed, engine, L=32)."""
     echo = {}
     for mode in ("plain", "instruction"):
         recipe = demo_recipe(
             tmp_path / mode,
-            backend="transformers",
+            backend="vllm",
             prefix={"sample_prompt": mode, "length": 32},
             mixture={"full_trace_ratio": 0.0},
         )
-        echo[mode] = build(recipe, None, quiet=True, sampler=hf_sampler).manifest.instruction_echo
+        echo[mode] = build(recipe, None, quiet=True, sampler=vllm_sampler).manifest.instruction_echo
     under, plain = echo["instruction"], echo["plain"]
     assert under is not None and plain is not None and under.sample_prompt == "instruction"
     assert under.measured_on == plain.measured_on == "first 32 tokens"
@@ -290,22 +290,22 @@ def test_full_trace_from_prefix_starts_with_prefix(hf_sampler, tmp_path):
 
 
 @pytest.mark.slow
-def test_paper_label_filter_cuts_the_prefix_from_a_checked_complete_answer(hf_sampler, tmp_path):
+def test_paper_label_filter_cuts_the_prefix_from_a_checked_complete_answer(vllm_sampler, tmp_path):
     # SmolLM2 almost never reaches the gold answer, so keep unverified questions (sample 0)
     # and check the choice against the verdicts the build recorded.
     recipe = demo_recipe(
         tmp_path,
         limit=3,
-        backend="transformers",
+        backend="vllm",
         prefix={"vote": "first", "samples": 1, "length": L},
         label_filter={"enabled": True, "samples": 2, "on_no_correct": "unfiltered"},
         mixture={"full_trace_ratio": 0.0},
     )
-    result = build(recipe, None, quiet=True, sampler=hf_sampler)
+    result = build(recipe, None, quiet=True, sampler=vllm_sampler)
     traces = _load(result.path, "traces")
     assert set(traces["phase"]) == {"prefix"} and len(traces) == 3 * 2
     assert all(r["is_correct"] is not None for r in traces)
-    tok = hf_sampler.tokenizer
+    tok = vllm_sampler.tokenizer
     prefixes = {r["question_id"]: r for r in _load(result.path, "prefixes")}
     for qid, row in prefixes.items():
         answers = [t for t in traces if t["question_id"] == qid]

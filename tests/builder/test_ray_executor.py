@@ -378,9 +378,11 @@ def test_more_replicas_than_the_cluster_holds_is_refused(ray_cluster: Any) -> No
 # --- real builds on SmolLM2 ---------------------------------------------------------------------
 
 # 8 questions in shards of 2: 4 prefix shards, so replicas share them and a kill lands mid-phase.
-# Short full traces, one try: what is compared is where shards run, not how answers end.
+# 4 samples per prefix, short full traces, one try: what is compared is where shards run, not
+# how well a vote or an answer turns out.
 REAL = {
     "output": {"shard_size": 2},
+    "prefix": {"samples": 4},
     "model": {"dtype": "float32", "cpu_kvcache_gib": 1},
     "sampling": {"max_tokens": 64},
     "mixture": {"full_trace_tries": 1},
