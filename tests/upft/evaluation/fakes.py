@@ -19,8 +19,11 @@ class FakeTokenizer:
     unk_token_id = None
     chat_template = "fake"
 
-    def __init__(self) -> None:
-        self.texts: dict[int, str] = {}
+    # One vocabulary for the whole process, so that every fake tokenizer (a resumed run makes a
+    # new one) gives a word the same id; ids are handed out in order, so two words never share
+    # one (a hash of the word did, depending on PYTHONHASHSEED, and decoded the wrong word).
+    ids: dict[str, int] = {}
+    texts: dict[int, str] = {}
 
     def apply_chat_template(
         self, msgs: list[dict[str, str]], add_generation_prompt: bool, tokenize: bool
@@ -31,7 +34,7 @@ class FakeTokenizer:
     def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, Any]:
         ids = []
         for word in text.split():
-            key = abs(hash(word)) % 100000 + 1
+            key = self.ids.setdefault(word, len(self.ids) + 1)  # 0 is the end-of-sequence id
             self.texts[key] = word
             ids.append(key)
         return {"input_ids": ids}
