@@ -17,7 +17,7 @@ import click
 from builder.clikit import handle_errors, on_error, run_and_exit
 from builder.logs import build_log_path, capture, setup_logging
 
-__all__ = ["build_main", "push_main"]
+__all__ = ["build_entry", "build_main", "push_entry", "push_main"]
 
 # --- upft-build -------------------------------------------------------------------------------
 
