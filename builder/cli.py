@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from builder.clikit import handle_errors, on_error, run_and_exit
+from builder.clikit import handle_errors, on_error, process_ends_after_command, run_and_exit
 from builder.logs import build_log_path, capture, setup_logging
 
 __all__ = ["build_entry", "build_main", "push_entry", "push_main"]
@@ -92,7 +92,9 @@ def build_main(
     # The engines' own output goes to this log (shown on failure); --verbose shows it all.
     log = build_log_path(parsed.output.dir, parsed.name, parsed.version)
     with capture(log, enabled=not verbose):
-        result = build(parsed, base_dir, force=force, quiet=quiet)
+        result = build(
+            parsed, base_dir, force=force, quiet=quiet, process_exiting=process_ends_after_command()
+        )
     m = result.manifest
     if result.status == "unchanged":
         click.echo(

@@ -72,8 +72,9 @@ class Executor(ABC):
         """How the shards were run (for the manifest)."""
         return {"kind": "local", "replicas": 1, "resubmitted_shards": 0}
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release engines this executor started."""
+    def close(self, process_exiting: bool = False) -> None:  # noqa: B027 - optional hook
+        """Release engines this executor started (``process_exiting``: the process ends right
+        after, so an engine that the exit frees anyway may be left to it)."""
 
 
 class LocalExecutor(Executor):
@@ -120,7 +121,8 @@ class LocalExecutor(Executor):
     def engine_info(self) -> dict[str, Any]:
         return {} if self._sampler is None else self._sampler.engine_info()
 
-    def close(self) -> None:
+    def close(self, process_exiting: bool = False) -> None:
         if self._owns and self._sampler is not None:
-            self._sampler.close()
+            if not (process_exiting and self._sampler.freed_by_exit):
+                self._sampler.close()
             self._sampler = None

@@ -162,11 +162,14 @@ def build(
     quiet: bool = False,
     sampler: Sampler | None = None,
     executor: Executor | None = None,
+    process_exiting: bool = False,
 ) -> BuildResult:
     """Run the whole build; returns the version directory (new or already complete).
 
     ``sampler`` runs every shard on an engine the caller owns (tests, benchmarks);
     ``executor`` hands the shards to another executor (e.g. a pool of engine replicas).
+    ``process_exiting``: the caller's process ends right after (the console script), so an
+    engine this build loaded in-process is left to the exit instead of being shut down.
     """
     t0 = time.monotonic()
     timings: dict[str, float] = {}
@@ -208,7 +211,7 @@ def build(
     try:
         return _run(b, loaded, final, fp, replace=final.exists(), t0=t0)
     finally:
-        executor.close()
+        executor.close(process_exiting=process_exiting)
         b.store.close()  # release the build lock; the shards stay for a resume
 
 

@@ -562,7 +562,8 @@ class RayExecutor(Executor):
             "lost_replicas": self.lost,
         }
 
-    def close(self) -> None:
+    def close(self, process_exiting: bool = False) -> None:
+        # Replicas and a cluster this build started live in other processes: always shut down.
         ray = self._ray
         for slot in self._slots:
             try:

@@ -98,6 +98,12 @@ class Sampler(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine (processes, memory)."""
 
+    @property
+    def freed_by_exit(self) -> bool:
+        """True if ending this process frees all the engine holds (no other process, nothing
+        outside it), so a process about to exit may skip :meth:`close`."""
+        return False
+
     def stop_token_ids(self) -> set[int]:
         """Token ids that end a turn: eos plus the template's end-of-turn token if it has one."""
         tok = self.tokenizer

@@ -15,7 +15,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from builder.clikit import handle_errors
+from builder.clikit import handle_errors, process_ends_after_command
 from builder.errors import RecipeError
 
 SCRIPT = textwrap.dedent(
@@ -74,6 +74,37 @@ def test_run_and_exit_keeps_code_output_and_exit_handlers(
     assert proc.stdout == "unflushed output"
     assert proc.stderr == stderr
     assert marker.read_text() == "atexit ran"
+
+
+def test_only_a_command_run_and_exit_started_is_told_the_process_ends_after_it() -> None:
+    script = textwrap.dedent(
+        """
+        import click
+        from builder.clikit import process_ends_after_command, run_and_exit
+
+        @click.command()
+        def cmd():
+            print(f"inside: {process_ends_after_command()}")
+
+        print(f"before: {process_ends_after_command()}")
+        run_and_exit(cmd)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "before: False\ninside: True\n"
+
+    @click.command()
+    def cmd() -> None:
+        click.echo(f"inside: {process_ends_after_command()}")
+
+    assert CliRunner().invoke(cmd, []).output == "inside: False\n"  # tests go on after it
 
 
 def test_handle_errors_maps_our_errors_to_exit_2_without_traceback() -> None:

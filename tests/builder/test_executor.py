@@ -56,6 +56,44 @@ def test_engine_loads_once_lazily_and_a_given_sampler_is_not_closed():
     assert not closed
 
 
+class _Held(FakeSampler):
+    def __init__(self, freed_by_exit: bool) -> None:
+        super().__init__(lambda t, j, s: "x")
+        self._freed = freed_by_exit
+        self.closed = 0
+
+    @property
+    def freed_by_exit(self) -> bool:
+        return self._freed
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.parametrize(
+    ("process_exiting", "freed_by_exit", "closed"),
+    [
+        (False, True, 1),  # a library caller goes on: always released
+        (True, True, 0),  # the console script ends right after: left to the exit
+        (True, False, 1),  # an engine in another process must be shut down anyway
+    ],
+)
+def test_an_engine_it_started_is_left_to_the_exit_only_when_that_frees_it(
+    process_exiting: bool, freed_by_exit: bool, closed: int
+) -> None:
+    made: list[_Held] = []
+
+    def factory() -> _Held:
+        made.append(_Held(freed_by_exit))
+        return made[-1]
+
+    ex = LocalExecutor(factory=factory)
+    ex.prepare()
+    ex.close(process_exiting=process_exiting)
+    assert made[0].closed == closed
+    assert ex.tokenizer is None  # the executor lets go of it either way
+
+
 def test_needs_a_sampler_or_a_factory():
     with pytest.raises(ValueError, match="needs a sampler factory or a sampler"):
         LocalExecutor()

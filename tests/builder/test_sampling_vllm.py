@@ -16,7 +16,7 @@ import pytest
 from builder.errors import RecipeError, SamplingError
 from builder.recipe import parse_recipe
 from builder.sampling.base import ProgressFn, Sample, Sampler, seed_for
-from builder.sampling.vllm import CPU_COMPILE_MIN_TOKENS, choose_compile
+from builder.sampling.vllm import CPU_COMPILE_MIN_TOKENS, choose_compile, eager_rank_counts
 from tests.conftest import demo_recipe
 
 # --- compile choice ---------------------------------------------------------------------------
@@ -62,6 +62,25 @@ def test_recipe_compile_rejects_other_values(tmp_path: Path) -> None:
     }
     with pytest.raises(RecipeError, match=r"model\.compile"):
         parse_recipe(data, "r.yaml")
+
+
+# --- the eager rank helper -------------------------------------------------------------------
+
+
+def test_eager_rank_counts_match_vllms_formula() -> None:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 1000, generator=gen)
+    x[:, 10:20] = float("-inf")  # entries masked out by top-k / top-p
+    x[2, :5] = x[2, 0]  # ties with the row's value count, as in vLLM (>=)
+    values = x[:, :1].clone()
+    values[3] = float("-inf")  # every entry is >= -inf
+    counts = eager_rank_counts(x, values)
+    assert counts.dtype == torch.int64
+    assert counts.tolist() == (x >= values).sum(-1).tolist()  # vLLM's compiled body
+    assert counts[3].item() == 1000
+    assert counts[2].item() >= 5
 
 
 # --- per-call seeds ---------------------------------------------------------------------------
@@ -110,6 +129,35 @@ def test_shards_sample_the_same_in_any_order(vllm_sampler: Sampler) -> None:
         "eager",
         "per_call",
     )
+    # In this process, so the console script may leave it to the exit.
+    assert vllm_sampler.freed_by_exit
+
+
+@pytest.mark.slow
+def test_eager_engine_ranks_sampled_tokens_without_torch_compile(
+    vllm_sampler: Sampler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from vllm.v1.sample import sampler as v1_sampler
+    from vllm.v1.sample.ops.logprobs import batched_count_greater_than as compiled
+
+    # The session engine is eager: vLLM's sampler now calls our helper, not the compiled one.
+    assert v1_sampler.batched_count_greater_than is eager_rank_counts
+    calls: list[int] = []
+
+    def counting(x: Any, values: Any) -> Any:
+        calls.append(x.shape[0])
+        return eager_rank_counts(x, values)
+
+    monkeypatch.setattr(v1_sampler, "batched_count_greater_than", counting)
+    results = vllm_sampler.generate(_prompts(vllm_sampler, SHARD_A), 3, 5)
+    assert calls and max(calls) == 6  # one call per decoding step, 2 prompts x 3 samples
+    assert all(s.cumulative_logprob is not None for r in results for s in r)
+    # What it replaces is still vLLM's one-line rank count (a vLLM upgrade that changes it
+    # would show here): the compiled function wraps the same body.
+    original = getattr(compiled, "_torchdynamo_orig_callable", compiled)
+    x = torch.randn(4, 50)
+    assert original(x, x[:, :1]).tolist() == eager_rank_counts(x, x[:, :1]).tolist()
 
 
 class _Interrupted(Exception):
