@@ -468,13 +468,6 @@ def test_real_build_round_trips_through_the_hub(
 # --- a slow Hub and rate limits -----------------------------------------------------------------
 
 
-def _settle(seconds: float) -> None:
-    """Let the test Hub finish requests a client gave up on (they still run to the end)."""
-    import time
-
-    time.sleep(seconds)
-
-
 def test_slow_server_beyond_the_client_timeout_is_retried(
     hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -486,7 +479,7 @@ def test_slow_server_beyond_the_client_timeout_is_retried(
     hub.fail_next("commit", delay=2.5)  # answers after the client's 1 s timeout
     result = push_version(version_dir, token=ALICE)
     assert result.status == "pushed"
-    _settle(2.5)
+    hub.wait_for_calls("commit", 2)  # the slow first commit, given up on, still ends
     calls = hub.calls("commit")
     assert len(calls) == 2 and calls[1].time - calls[0].time < 2.5  # retried, not waited out
     # The late first commit could not land on top of ours (parent moved): one commit, tagged.
@@ -512,7 +505,7 @@ def test_slow_server_every_time_fails_clearly_and_rerun_completes(
     assert message.startswith("failed while creating tag v1.0.0 on commit ")
     assert "the Hub kept failing (ReadTimeout: " in message
     assert "re-running push-to-hub is safe" in message
-    _settle(2.5)
+    hub.wait_for_calls("create_tag", 2)  # both slow tag requests, given up on, still end
     # The slow server carried out the first tag request late: the tag is on the commit that
     # holds exactly the version directory, never on anything partial.
     head, tags = refs()

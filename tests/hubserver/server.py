@@ -246,6 +246,18 @@ class HubServer:
     def calls(self, endpoint: str) -> list[RequestRecord]:
         return [r for r in self.requests if r.endpoint == endpoint]
 
+    def wait_for_calls(self, endpoint: str, count: int, timeout: float = 60) -> None:
+        """Wait until ``count`` calls to ``endpoint`` have ended: a call whose client gave up
+        (timed out) still runs to the end here, and is recorded only then."""
+        deadline = time.monotonic() + timeout
+        while len(self.calls(endpoint)) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{len(self.calls(endpoint))} of {count} {endpoint!r} calls ended "
+                    f"within {timeout} s"
+                )
+            time.sleep(0.02)
+
     def record(self, entry: RequestRecord) -> None:
         with self._lock:
             self._log.append(entry)
