@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from builder.clikit import handle_errors, run_and_exit
+from builder.clikit import handle_errors, process_ends_after_command, run_and_exit
 from builder.logs import setup_logging
 from upft.evaluation import benchmarks
 
@@ -148,7 +148,7 @@ def main(
     # The engine's own output goes to eval.log in the output folder (its path is printed on
     # failure); --verbose shows everything.
     with capture_into(cfg.output or ".", "eval.log", enabled=not verbose and bool(cfg.output)):
-        run = evaluate(cfg, force=force, quiet=quiet)
+        run = evaluate(cfg, force=force, quiet=quiet, process_exiting=process_ends_after_command())
     s = run.summary
     if run.status == "unchanged":
         click.echo(

@@ -502,6 +502,7 @@ def evaluate(
     sampler: Sampler | None = None,
     executor: Executor | None = None,
     replace_other: bool = False,
+    process_exiting: bool = False,
 ) -> EvalRun:
     """Run (or resume, or find finished) the eval that ``cfg`` describes.
 
@@ -509,6 +510,8 @@ def evaluate(
     (always re-run) or ``replace_other`` (re-run only then: ``upft-train --eval --overwrite``).
     ``sampler`` runs every shard on an engine the caller owns (tests); ``executor`` hands the
     shards to that executor instead of the one ``cfg.executor`` describes (closed here).
+    ``process_exiting``: the process ends right after (the console script), so an in-process
+    engine loaded here is left to the exit instead of being shut down.
     """
     if not cfg.output:
         raise EvalError("no output folder given; pass --output DIR (or set 'output:' in the file)")
@@ -560,7 +563,7 @@ def evaluate(
                 shard_rows |= _generate(cfg, executor, tok, parts, pending, store, advance, timings)
         engine_info = executor.engine_info() if pending else None
     finally:
-        executor.close()
+        executor.close(process_exiting=process_exiting)
     rows = [row for i in range(len(parts)) for row in shard_rows[i]]
     resume = {"shards_reused": len(parts) - len(pending), "shards_evaluated": len(pending)}
     if executor.engine_load_s:
