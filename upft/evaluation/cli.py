@@ -207,10 +207,10 @@ def compare_cmd(runs: tuple[str, ...], output: str | None, as_json: bool, seed: 
         click.echo(f"wrote {folder / 'comparison.md'} and {png}", err=True)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def entry() -> None:
     """The ``upft-eval`` console script."""
     run_and_exit(main)
+
+
+if __name__ == "__main__":
+    entry()
