@@ -146,15 +146,18 @@ def resolve_model(spec: str, revision: str | None = None) -> ResolvedModel:
 
 
 def load_tokenizer(model: ResolvedModel, pinned: bool, chat_template: str | None) -> Any:
-    """The model's own tokenizer (for prompts when no engine runs in this process).
+    """The model's own tokenizer: the one loader of the builder, the evaluation and the trainer.
 
-    ``pinned``: the recipe named a revision (else a local folder is read as it is);
+    ``pinned``: read a Hub model at ``model.revision`` (a local folder is read as it is);
     ``chat_template`` replaces the model's template when given.
     """
     from transformers import AutoTokenizer
 
-    rev = {"revision": model.revision} if pinned else {}
-    tok = AutoTokenizer.from_pretrained(model.path, **rev)
+    rev = {"revision": model.revision} if pinned and not Path(model.path).is_dir() else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(model.path, **rev)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the tokenizer of {model.spec!r}: {exc}") from None
     if chat_template is not None:
         tok.chat_template = chat_template
     return tok

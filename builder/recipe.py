@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from builder.errors import RecipeError
 from builder.hubclient import is_repo_id
 from builder.sampling.base import EngineOptions, SamplingSettings
+from builder.yamlfile import Strict as _Strict
 from builder.yamlfile import format_errors, read_mapping
 
 DEFAULT_INSTRUCTION = (
@@ -30,10 +31,6 @@ _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 # A field placeholder in a question template: "{Body} {Question}".
 PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class SourceConfig(_Strict):

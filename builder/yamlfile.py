@@ -1,10 +1,11 @@
 """Strict YAML files for every config upft reads: recipes, eval configs, training configs.
 
-One reader, so every command treats its YAML the same way: a missing file, bytes that are not
-UTF-8, a syntax error or a key written twice (which PyYAML would silently resolve to the last
-one) is a one-line error naming the file, the line and the fix; and pydantic validation errors
-become one line per problem with its field path, its YAML line and, for an unknown key, the
-closest valid one.
+:class:`Strict` is the one pydantic base of those configs: unknown keys are errors and
+assignments are validated. One reader, so every command treats its YAML the same way: a missing
+file, bytes that are not UTF-8, a syntax error or a key written twice (which PyYAML would
+silently resolve to the last one) is a one-line error naming the file, the line and the fix; and
+pydantic validation errors become one line per problem with its field path, its YAML line and,
+for an unknown key, the closest valid one.
 """
 
 from __future__ import annotations
@@ -14,9 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from builder.errors import UpftError
+
+
+class Strict(BaseModel):
+    """The base of every config model: unknown keys are rejected, assignments validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 def read_mapping(

@@ -1,7 +1,7 @@
 """``upft-train``: the command line of the trainer.
 
-One flag per :class:`upft.config.TrainConfig` field (generated from the dataclass, so the two
-cannot drift apart), plus ``--config FILE``, ``--quiet`` and ``--verbose``. Flag values are
+One flag per :class:`upft.config.TrainConfig` field (generated from the model's fields, so the
+two cannot drift apart), plus ``--config FILE``, ``--quiet`` and ``--verbose``. Flag values are
 taken as text and checked by ``upft.config``, so a bad value gets the same "error: ..." line
 and exit code 2 as every other ``TrainError``. Only click, yaml and our config module are
 imported at start-up: ``--help`` works without torch or transformers.
@@ -18,7 +18,7 @@ import click
 
 from builder.clikit import handle_errors, run_and_exit
 from builder.logs import setup_logging
-from upft.config import FIELDS, TrainConfig, field_type, flag_name, resolve_config
+from upft.config import FIELDS, default_value, field_type, flag_name, resolve_config
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ _METAVARS = {int: "INT", float: "NUM", str: "TEXT", list: "A,B,..."}
 
 
 def _default_text(key: str) -> str:
-    default = TrainConfig().to_dict()[key]
+    default = default_value(key)
     if default is None:
         return ""
     if isinstance(default, list):
@@ -52,7 +52,7 @@ def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add one click option per config field, all defaulting to None (= not given)."""
     for key in reversed(list(FIELDS)):
         kind, _ = field_type(key)
-        help_text = FIELDS[key].metadata.get("help", "") + _default_text(key)
+        help_text = (FIELDS[key].description or "") + _default_text(key)
         if kind is bool:
             option = click.option(
                 f"{flag_name(key)}/--no-{key.replace('_', '-')}",

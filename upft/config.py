@@ -1,137 +1,208 @@
 """Training configuration for ``upft-train``: paper defaults, a YAML file, command-line flags.
 
-This is the first stage of the trainer. :class:`TrainConfig` holds every setting with the
+This is the first stage of the trainer. :class:`TrainConfig` is a strict pydantic model on the
+base every upft config shares (``builder.yamlfile.Strict``) and holds every setting with the
 defaults of the UPFT paper (AdamW, constant learning rate after a 3% warm-up, lr 1e-6, an
 effective batch of 64 reached by gradient accumulation, one epoch, bf16 where the GPU supports
 it, sequences up to 4096 tokens, each example counting once in the loss), plus how often to
-save checkpoints. :func:`resolve_config` layers a YAML file and then the flags on top of the
-defaults (defaults < file < flags), checks every value and says where a bad one came from. The
-resolved config is written into the output folder as ``train_config.yaml`` when a run starts,
-which ``--config`` accepts again to repeat the run (or, with ``--resume``, to continue it).
+save checkpoints. Types and ranges are declared on the fields; pydantic converts flag text and
+YAML scalars. :func:`resolve_config` layers a YAML file and then the flags on top of the
+defaults (defaults < file < flags) and turns a validation failure into one :class:`TrainError`
+line per problem that names the setting, where it came from (the flag, or ``file:line``) and
+the fix. The resolved config is written into the output folder as ``train_config.yaml`` when a
+run starts, which ``--config`` accepts again to repeat the run (or, with ``--resume``, to
+continue it).
 
-Each field has a flag of the same name with dashes (``learning_rate`` -> ``--learning-rate``).
+Each field has a flag of the same name with dashes (``learning_rate`` -> ``--learning-rate``);
+a field's ``fix`` (``json_schema_extra``) is appended to its range errors.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import (
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from builder.errors import TrainError
 from builder.hubclient import is_repo_id
-from builder.yamlfile import read_mapping
+from builder.yamlfile import Strict, node_line, read_mapping
 
-# transformers scheduler names that make sense for UPFT runs; the paper uses the first.
-LR_SCHEDULERS = ("constant_with_warmup", "constant", "linear", "cosine")
-# How the loss averages over the effective batch; the first is the paper's (each example once).
-LOSS_AVERAGING = ("example", "token")
+# Flag text that means "no value" (e.g. ``--max-steps none``), for settings that may be empty.
+_EMPTY = ("none", "null", "")
 
 
-@dataclass
-class TrainConfig:
-    """Every setting of one training run; field docs are the ``--help`` texts."""
+def _fix(text: str) -> dict[str, Any]:
+    """A field's ``json_schema_extra``: what to write instead, appended to its range errors."""
+    return {"fix": text}
 
-    dataset: str | None = field(
-        default=None, metadata={"help": "UPFT dataset: a Hub repo id or a local version folder"}
+
+class TrainConfig(Strict):
+    """Every setting of one training run; field descriptions are the ``--help`` texts."""
+
+    # YAML reads `revision: 1.0` as a number; settings that are names take it as text.
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    dataset: str = Field(description="UPFT dataset: a Hub repo id or a local version folder")
+    revision: str | None = Field(None, description="Hub dataset revision (tag, branch or commit)")
+    dataset_config: str = Field("mixture", description="dataset config to train on")
+    model: str | None = Field(
+        None,
+        description="model to fine-tune: local folder, Hub id or embedded:smollm2 "
+        "(default: the model the dataset was sampled with, from its manifest)",
     )
-    revision: str | None = field(
-        default=None, metadata={"help": "Hub dataset revision (tag, branch or commit)"}
+    model_revision: str | None = Field(None, description="Hub revision of the model")
+    output: str = Field(description="folder for the trained model")
+    learning_rate: float = Field(1e-6, gt=0, description="peak learning rate (AdamW)")
+    lr_scheduler: Literal["constant_with_warmup", "constant", "linear", "cosine"] = Field(
+        "constant_with_warmup",
+        description="learning-rate schedule: constant_with_warmup (the paper's), constant, "
+        "linear, cosine",
     )
-    dataset_config: str = field(default="mixture", metadata={"help": "dataset config to train on"})
-    model: str | None = field(
-        default=None,
-        metadata={
-            "help": "model to fine-tune: local folder, Hub id or embedded:smollm2 "
-            "(default: the model the dataset was sampled with, from its manifest)"
-        },
+    warmup_ratio: float = Field(
+        0.03,
+        ge=0,
+        lt=1,
+        description="share of the steps spent warming up, in [0, 1)",
+        json_schema_extra=_fix("e.g. 0.03 for a 3% warm-up"),
     )
-    model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the model"})
-    output: str | None = field(default=None, metadata={"help": "folder for the trained model"})
-    learning_rate: float = field(default=1e-6, metadata={"help": "peak learning rate (AdamW)"})
-    lr_scheduler: str = field(
-        default="constant_with_warmup",
-        metadata={"help": "learning-rate schedule: " + ", ".join(LR_SCHEDULERS)},
+    optimizer: str = Field(
+        "adamw_torch", description="transformers optimizer name (AdamW variants)"
     )
-    warmup_ratio: float = field(
-        default=0.03, metadata={"help": "share of the steps spent warming up, in [0, 1)"}
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    batch_size: int = Field(
+        64, ge=1, description="effective batch: micro-batch x accumulation x number of processes"
     )
-    optimizer: str = field(
-        default="adamw_torch", metadata={"help": "transformers optimizer name (AdamW variants)"}
+    micro_batch_size: int = Field(1, ge=1, description="examples per device per forward pass")
+    epochs: float = Field(1.0, gt=0, description="passes over the dataset")
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        description="stop after this many optimizer steps (smoke runs)",
+        json_schema_extra=_fix("leave it out to train full epochs"),
     )
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    batch_size: int = field(
-        default=64,
-        metadata={"help": "effective batch: micro-batch x accumulation x number of processes"},
+    max_length: int = Field(
+        4096,
+        ge=16,
+        description="longest example in tokens; longer ones are left out, not cut",
+        json_schema_extra=_fix("a shorter one cannot hold a chat prompt (the paper uses 4096)"),
     )
-    micro_batch_size: int = field(
-        default=1, metadata={"help": "examples per device per forward pass"}
+    bf16: bool | None = Field(
+        None, description="bf16 mixed precision (default: on where CUDA has bf16)"
     )
-    epochs: float = field(default=1.0, metadata={"help": "passes over the dataset"})
-    max_steps: int | None = field(
-        default=None, metadata={"help": "stop after this many optimizer steps (smoke runs)"}
+    gradient_checkpointing: bool = Field(
+        False, description="trade compute for memory on long sequences"
     )
-    max_length: int = field(
-        default=4096,
-        metadata={"help": "longest example in tokens; longer ones are left out, not cut"},
+    seed: int = Field(42, description="seed for shuffling, dropout and init")
+    logging_steps: int = Field(1, ge=1, description="log the loss every N steps")
+    loss_averaging: Literal["example", "token"] = Field(
+        "example",
+        description="example: each example counts once (mean over its supervised tokens, then "
+        "over the examples of the effective batch; the paper's setup); token: mean over all "
+        "supervised tokens of the effective batch",
     )
-    bf16: bool | None = field(
-        default=None, metadata={"help": "bf16 mixed precision (default: on where CUDA has bf16)"}
+    save_steps: int = Field(
+        50,
+        ge=0,
+        description="save a checkpoint every N optimizer steps (0: none); see --resume",
+        json_schema_extra=_fix("0 saves no checkpoints"),
     )
-    gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "trade compute for memory on long sequences"}
+    save_total_limit: int = Field(
+        1,
+        ge=1,
+        description="checkpoints kept; older ones are deleted",
+        json_schema_extra=_fix("--resume needs the newest checkpoint"),
     )
-    seed: int = field(default=42, metadata={"help": "seed for shuffling, dropout and init"})
-    logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps"})
-    loss_averaging: str = field(
-        default="example",
-        metadata={
-            "help": "example: each example counts once (mean over its supervised tokens, then "
-            "over the examples of the effective batch; the paper's setup); token: mean over all "
-            "supervised tokens of the effective batch"
-        },
-    )
-    save_steps: int = field(
-        default=50,
-        metadata={"help": "save a checkpoint every N optimizer steps (0: none); see --resume"},
-    )
-    save_total_limit: int = field(
-        default=1, metadata={"help": "checkpoints kept; older ones are deleted"}
-    )
-    lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (merged on save)"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
-    lora_target_modules: list[str] = field(
+    lora: bool = Field(False, description="train a LoRA adapter (merged on save)")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    lora_target_modules: list[str] = Field(
         default_factory=lambda: ["all-linear"],
-        metadata={"help": "modules LoRA adapts, comma-separated (default all-linear)"},
+        min_length=1,
+        description="modules LoRA adapts, comma-separated (default all-linear)",
+        json_schema_extra=_fix("e.g. q_proj,v_proj or all-linear"),
     )
-    eos_token: str | None = field(
-        default=None,
-        metadata={"help": "end-of-turn token (default: the tokenizer's and generation config's)"},
+    eos_token: str | None = Field(
+        None, description="end-of-turn token (default: the tokenizer's and generation config's)"
     )
-    push_to_hub: str | None = field(
-        default=None, metadata={"help": "upload the trained model to this Hub repo (org/name)"}
+    push_to_hub: str | None = Field(
+        None, description="upload the trained model to this Hub repo (org/name)"
     )
-    private: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
-    overwrite: bool = field(
-        default=False, metadata={"help": "write into an output folder that is not empty"}
+    private: bool = Field(False, description="create the Hub repo as private")
+    overwrite: bool = Field(False, description="write into an output folder that is not empty")
+    eval: str | None = Field(
+        None, description="upft-eval YAML run on the saved model; results go into its card"
     )
-    eval: str | None = field(
-        default=None,
-        metadata={"help": "upft-eval YAML run on the saved model; results go into its card"},
-    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _from_text(cls, value: Any, info: ValidationInfo) -> Any:
+        """What pydantic's conversions leave open: empty text, booleans as numbers, lists."""
+        name = str(info.field_name)
+        kind, nullable = field_type(name)
+        if value is None or isinstance(value, str) and value.strip().lower() in _EMPTY:
+            if nullable:
+                return None
+            raise PydanticCustomError("empty", "must not be empty; give a value or remove it")
+        if kind in (int, float) and isinstance(value, bool):  # pydantic would read True as 1
+            raise PydanticCustomError("bool_as_number", "is not a number")
+        if kind is list:
+            items = value.split(",") if isinstance(value, str) else value
+            if isinstance(items, list) and all(isinstance(i, str) for i in items):
+                return [i.strip() for i in items if i.strip()]
+        return value
+
+    @field_validator("push_to_hub")
+    @classmethod
+    def _repo_id(cls, value: str | None) -> str | None:
+        if value is not None and not is_repo_id(value):
+            raise ValueError("is not a Hub repo id; write it as org/name")
+        return value
+
+    @field_validator("eval")
+    @classmethod
+    def _eval_file(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).expanduser().is_file():
+            raise ValueError("is not a file; pass an upft-eval YAML config (see upft-eval --help)")
+        return value
+
+    @model_validator(mode="after")
+    def _combinations(self) -> TrainConfig:
+        per_step = self.micro_batch_size * self.world_size()
+        if self.batch_size % per_step:
+            raise _combination(
+                "batch_size",
+                self.batch_size,
+                f"is not a multiple of micro_batch_size x processes = {self.micro_batch_size} x "
+                f"{self.world_size()}; choose a batch size divisible by {per_step}",
+            )
+        if self.revision is not None and Path(self.dataset).expanduser().exists():
+            raise _combination(
+                "revision",
+                self.revision,
+                f"only applies to Hub datasets, but {self.dataset!r} is a local folder",
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
@@ -145,8 +216,14 @@ class TrainConfig:
         return self.batch_size // per_step
 
 
-FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_HINTS = typing.get_type_hints(TrainConfig)
+def _combination(key: str, value: Any, problem: str) -> PydanticCustomError:
+    """A check over several settings, reported against ``key`` (where it was set)."""
+    return PydanticCustomError(
+        "combination", "{problem}", {"key": key, "value": value, "problem": problem}
+    )
+
+
+FIELDS: dict[str, FieldInfo] = dict(TrainConfig.model_fields)
 
 
 def flag_name(key: str) -> str:
@@ -155,75 +232,92 @@ def flag_name(key: str) -> str:
 
 
 def field_type(key: str) -> tuple[type, bool]:
-    """(the value type, whether None is allowed) of a field."""
-    hint = _HINTS[key]
-    args = typing.get_args(hint)
+    """(the value type, whether None is allowed) of a field; ``Literal`` choices are ``str``."""
+    hint: Any = TrainConfig.model_fields[key].annotation
+    nullable = False
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        inner = [a for a in args if a is not type(None)]
-        return inner[0], True
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint, nullable = inner[0], True
+    if typing.get_origin(hint) is Literal:
+        return str, nullable
     if typing.get_origin(hint) is list:
-        return list, False
-    return hint, False
+        return list, nullable
+    return hint, nullable
 
 
-def _convert(key: str, value: Any, where: str) -> Any:
-    """Coerce one raw value (YAML scalar or flag string) to the field's type, or explain."""
-    kind, nullable = field_type(key)
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-        if nullable:
-            return None
-        raise TrainError(f"{key} (from {where}) must not be empty; give a value or remove it")
-    bad = f"{key} = {value!r} (from {where})"
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise TrainError(f"{bad} is not true/false; write true or false")
-    if kind is int:
-        if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
-            raise TrainError(f"{bad} is not a whole number; write e.g. {flag_name(key)} 8")
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise TrainError(
-                f"{bad} is not a whole number; write e.g. {flag_name(key)} 8"
-            ) from None
-    if kind is float:
-        if isinstance(value, bool):
-            raise TrainError(f"{bad} is not a number; write e.g. 1e-6")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise TrainError(f"{bad} is not a number; write e.g. 1e-6") from None
-    if kind is list:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise TrainError(f"{bad} must be a list of names or a comma-separated string")
-        names = [i.strip() for i in items if i.strip()]
-        if not names:
-            raise TrainError(f"{bad} names no modules; e.g. q_proj,v_proj or all-linear")
-        return names
-    if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise TrainError(f"{bad} must be text")
-    return str(value)
+def default_value(key: str) -> Any:
+    """A field's default (``None`` for the required ``dataset`` and ``output``)."""
+    info = FIELDS[key]
+    if info.is_required():
+        return None
+    return info.get_default(call_default_factory=True)
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into raw key -> value pairs; unknown keys are an error."""
-    path = Path(path)
-    data, _ = read_mapping(path, TrainError, "training config")
-    unknown = [k for k in data if k not in FIELDS]
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(str(key), FIELDS, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise TrainError(
-            f"{path}: unknown setting(s) {', '.join(hints)}; known settings are: "
-            + ", ".join(FIELDS)
-        )
-    return data
+def _bounds(info: FieldInfo) -> str:
+    """The allowed range of a numeric field, in words, from its declared constraints."""
+    low = next((m for m in info.metadata if isinstance(m, Ge | Gt)), None)
+    high = next((m for m in info.metadata if isinstance(m, Le | Lt)), None)
+    if low is not None and high is not None:
+        left = f"[{low.ge}" if isinstance(low, Ge) else f"({low.gt}"
+        right = f"{high.le}]" if isinstance(high, Le) else f"{high.lt})"
+        return f"must be in {left}, {right}"
+    if isinstance(low, Ge):
+        return "must not be negative" if low.ge == 0 else f"must be at least {low.ge}"
+    if isinstance(low, Gt):
+        return f"must be greater than {low.gt}"
+    if isinstance(high, Le):
+        return f"must be at most {high.le}"
+    if isinstance(high, Lt):
+        return f"must be less than {high.lt}"
+    return "is out of range"
+
+
+def _example(key: str, where: str, fallback: Any) -> str:
+    value = default_value(key)
+    value = fallback if value is None else value
+    return f"{flag_name(key)} {value}" if where.startswith("--") else f"{key}: {value}"
+
+
+def _problem(err: Any, key: str, where: str) -> str:
+    """What is wrong with one value, and how to write it, from a pydantic error."""
+    kind = err["type"]
+    info = FIELDS[key]
+    if kind.startswith("int_"):
+        return f"is not a whole number; write e.g. {_example(key, where, 8)}"
+    if kind.startswith("float_") or kind == "bool_as_number":
+        return f"is not a number; write e.g. {_example(key, where, 1e-6)}"
+    if kind.startswith("bool_"):
+        return "is not true/false; write true or false"
+    if kind == "literal_error":
+        return f"is not one of {', '.join(map(str, typing.get_args(info.annotation)))}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        problem = _bounds(info)
+    elif kind == "too_short":
+        problem = "names nothing"
+    elif kind == "string_type":
+        problem = "must be text"
+    elif kind == "list_type":
+        problem = "must be a list of names or a comma-separated string"
+    else:
+        return str(err["msg"]).removeprefix("Value error, ")
+    extra = info.json_schema_extra
+    fix = extra.get("fix") if isinstance(extra, dict) else None
+    return f"{problem}; {fix}" if fix else problem
+
+
+def _explain(err: Any, sources: dict[str, str], values: dict[str, Any]) -> str:
+    """One validation error as one line: setting = value (from where) problem; fix."""
+    ctx = err.get("ctx") or {}
+    key = str(err["loc"][0]) if err["loc"] else str(ctx.get("key"))
+    where = sources.get(key, "default")
+    if err["type"] == "missing":
+        return f"no {key} given; pass {flag_name(key)} or set '{key}:' in the --config file"
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, list(FIELDS), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "upft-train --help lists the settings"
+        return f"unknown setting {key!r} (from {where}); {hint}"
+    value = ctx["value"] if "value" in ctx else values.get(key)
+    return f"{key} = {value!r} (from {where}) {_problem(err, key, where)}"
 
 
 def resolve_config(
@@ -233,69 +327,27 @@ def resolve_config(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     if config_file is not None:
-        for key, raw in load_config_file(config_file).items():
-            values[key] = _convert(key, raw, f"config file {config_file}")
-            sources[key] = f"config file {config_file}"
+        data, root = read_mapping(config_file, TrainError, "training config")
+        for key, raw in data.items():
+            line = node_line(root, (key,))
+            values[str(key)] = raw
+            sources[str(key)] = f"{config_file}:{line}" if line else str(config_file)
     for key, raw in (flags or {}).items():
         if key not in FIELDS:
             raise TrainError(f"unknown setting {key!r}")  # a programming error in the CLI layer
         if raw is None:
             continue
-        values[key] = _convert(key, raw, flag_name(key))
+        values[key] = raw
         sources[key] = flag_name(key)
-    config = TrainConfig(**values)
-    validate(config, sources)
-    return config
-
-
-def validate(config: TrainConfig, sources: dict[str, str] | None = None) -> None:
-    """Check ranges and combinations; messages name the setting and where it was set."""
-    sources = sources or {}
-
-    def fail(key: str, problem: str) -> typing.NoReturn:
-        where = sources.get(key, "default")
-        raise TrainError(f"{key} = {getattr(config, key)!r} (from {where}) {problem}")
-
-    for key in ("dataset", "output"):
-        if not getattr(config, key):
-            raise TrainError(
-                f"no {key} given; pass {flag_name(key)} or set '{key}:' in the --config file"
-            )
-    if config.eval is not None and not Path(config.eval).expanduser().is_file():
-        fail("eval", "is not a file; pass an upft-eval YAML config (see upft-eval --help)")
-    positive = ("learning_rate", "batch_size", "micro_batch_size", "epochs", "max_length")
-    for key in positive + ("logging_steps", "lora_r", "lora_alpha", "max_grad_norm"):
-        if getattr(config, key) <= 0:
-            fail(key, "must be greater than 0")
-    if config.max_steps is not None and config.max_steps <= 0:
-        fail("max_steps", "must be at least 1 (or leave it out to train full epochs)")
-    if not 0 <= config.warmup_ratio < 1:
-        fail("warmup_ratio", "must be in [0, 1), e.g. 0.03 for a 3% warm-up")
-    if not 0 <= config.lora_dropout < 1:
-        fail("lora_dropout", "must be in [0, 1)")
-    if config.weight_decay < 0:
-        fail("weight_decay", "must not be negative")
-    if config.lr_scheduler not in LR_SCHEDULERS:
-        fail("lr_scheduler", f"is not one of {', '.join(LR_SCHEDULERS)}")
-    if config.loss_averaging not in LOSS_AVERAGING:
-        fail("loss_averaging", f"is not one of {', '.join(LOSS_AVERAGING)}")
-    if config.save_steps < 0:
-        fail("save_steps", "must not be negative (0 saves no checkpoints)")
-    if config.save_total_limit < 1:
-        fail("save_total_limit", "must be at least 1 (--resume needs the newest checkpoint)")
-    if config.max_length < 16:
-        fail("max_length", "is too short for a chat prompt; use at least 16 (paper: 4096)")
-    per_step = config.micro_batch_size * config.world_size()
-    if config.batch_size % per_step:
-        fail(
-            "batch_size",
-            f"is not a multiple of micro_batch_size x processes = {config.micro_batch_size} x "
-            f"{config.world_size()}; choose a batch size divisible by {per_step}",
-        )
-    if config.push_to_hub is not None and not is_repo_id(config.push_to_hub):
-        fail("push_to_hub", "is not a Hub repo id; write it as org/name")
-    if config.revision is not None and Path(str(config.dataset)).expanduser().exists():
-        fail("revision", f"only applies to Hub datasets, but {config.dataset!r} is a local folder")
+    try:
+        return TrainConfig.model_validate(values)
+    except ValidationError as exc:
+        problems = [_explain(err, sources, values) for err in exc.errors()]
+    if len(problems) == 1:
+        raise TrainError(problems[0])
+    raise TrainError(
+        f"{len(problems)} problems with the training settings:\n  - " + "\n  - ".join(problems)
+    )
 
 
 def write_config(config: TrainConfig, folder: str | Path) -> Path:

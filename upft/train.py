@@ -22,7 +22,6 @@ The checkpoints are removed once the finished model is written.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import ModelError, TrainError
-from builder.models import ResolvedModel, resolve_model
+from builder.models import ResolvedModel, load_tokenizer, resolve_model
 from upft.config import TrainConfig, resolve_config, write_config
 from upft.data import CompletionCollator, DatasetSource, encode_rows, open_dataset, turn_end
 
@@ -135,21 +134,6 @@ def choose_model(config: TrainConfig, source: DatasetSource) -> tuple[str, str |
 def _hub_revision(model: ResolvedModel) -> str | None:
     # Local folders (and converted embedded models) carry a descriptive revision, not a Hub one.
     return None if Path(model.path).is_dir() else model.revision
-
-
-def load_tokenizer(model: ResolvedModel, chat_template: str | None) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model.path, revision=_hub_revision(model))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the tokenizer of {model.spec!r}: {exc}") from None
-    if chat_template is not None:
-        logger.info("using the chat template the dataset was sampled with (from its recipe)")
-        tokenizer.chat_template = chat_template
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def generation_eos(model: ResolvedModel) -> list[int]:
@@ -362,14 +346,16 @@ def run_training(
     else:  # rank 0 checks and prepares the folder; the others must not see its first writes
         checkpoint = last_checkpoint(folder / TRAINER_DIR) if resume else None
     bf16 = use_bf16(config)
-    config = dataclasses.replace(config, bf16=bf16)  # written out resolved, not "auto"
+    config = config.model_copy(update={"bf16": bf16})  # written out resolved, not "auto"
     if checkpoint is not None:
         check_resume(config, folder)
         logger.info("resuming from %s", checkpoint)
     rows, source = open_dataset(str(config.dataset), config.revision, config.dataset_config)
     spec, revision = choose_model(config, source)
     model = resolve_model(spec, revision)
-    tokenizer = load_tokenizer(model, source.chat_template)
+    tokenizer = load_tokenizer(model, True, source.chat_template)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
     eot = turn_end(tokenizer, config.eos_token, generation_eos(model))
     encoded, stats = encode_rows(rows, tokenizer, eot, config.max_length)
     logger.info(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,47 +87,114 @@ def test_unknown_key_in_file_is_rejected_with_a_suggestion(tmp_path: Path) -> No
     path = write(tmp_path, "dataset: a/b\noutput: o\nlearnig_rate: 1e-5\n")
     with pytest.raises(TrainError) as err:
         resolve_config(path, {})
-    message = str(err.value)
-    assert str(path) in message
-    assert "unknown setting(s) 'learnig_rate' (did you mean 'learning_rate'?)" in message
+    assert str(err.value) == (
+        f"unknown setting 'learnig_rate' (from {path}:3); did you mean 'learning_rate'?"
+    )
 
 
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        ({"learning_rate": "abc"}, "learning_rate = 'abc' (from --learning-rate) is not a number"),
-        ({"batch_size": "6.5"}, "batch_size = '6.5' (from --batch-size) is not a whole number"),
-        ({"warmup_ratio": "1.5"}, "warmup_ratio = 1.5 (from --warmup-ratio) must be in [0, 1)"),
-        ({"learning_rate": "0"}, "learning_rate = 0.0 (from --learning-rate) must be greater"),
+        (
+            {"learning_rate": "abc"},
+            "learning_rate = 'abc' (from --learning-rate) is not a number; write e.g. "
+            "--learning-rate 1e-06",
+        ),
+        (
+            {"batch_size": "6.5"},
+            "batch_size = '6.5' (from --batch-size) is not a whole number; write e.g. "
+            "--batch-size 64",
+        ),
+        (
+            {"epochs": True},
+            "epochs = True (from --epochs) is not a number; write e.g. --epochs 1.0",
+        ),
+        (
+            {"warmup_ratio": "1.5"},
+            "warmup_ratio = '1.5' (from --warmup-ratio) must be in [0, 1); e.g. 0.03 for a 3% "
+            "warm-up",
+        ),
+        (
+            {"learning_rate": "0"},
+            "learning_rate = '0' (from --learning-rate) must be greater than 0",
+        ),
         (
             {"batch_size": "64", "micro_batch_size": "3"},
             "batch_size = 64 (from --batch-size) is not a multiple of micro_batch_size x "
-            "processes = 3 x 1",
+            "processes = 3 x 1; choose a batch size divisible by 3",
         ),
-        ({"lr_scheduler": "cosine_restarts"}, "is not one of constant_with_warmup, constant"),
-        ({"push_to_hub": "just-a-name"}, "push_to_hub = 'just-a-name' (from --push-to-hub)"),
-        ({"max_steps": "0"}, "max_steps = 0 (from --max-steps) must be at least 1"),
-        ({"lora_target_modules": " , "}, "names no modules"),
-        ({"max_length": "8"}, "max_length = 8 (from --max-length) is too short"),
+        (
+            {"lr_scheduler": "cosine_restarts"},
+            "lr_scheduler = 'cosine_restarts' (from --lr-scheduler) is not one of "
+            "constant_with_warmup, constant, linear, cosine",
+        ),
+        (
+            {"push_to_hub": "just-a-name"},
+            "push_to_hub = 'just-a-name' (from --push-to-hub) is not a Hub repo id; write it as "
+            "org/name",
+        ),
+        (
+            {"max_steps": "0"},
+            "max_steps = '0' (from --max-steps) must be at least 1; leave it out to train full "
+            "epochs",
+        ),
+        (
+            {"lora_target_modules": " , "},
+            "lora_target_modules = ' , ' (from --lora-target-modules) names nothing; e.g. "
+            "q_proj,v_proj or all-linear",
+        ),
+        (
+            {"max_length": "8"},
+            "max_length = '8' (from --max-length) must be at least 16; a shorter one cannot hold "
+            "a chat prompt (the paper uses 4096)",
+        ),
         (
             {"loss_averaging": "batch"},
             "loss_averaging = 'batch' (from --loss-averaging) is not one of example, token",
         ),
-        ({"save_steps": "-1"}, "save_steps = -1 (from --save-steps) must not be negative"),
-        ({"save_total_limit": "0"}, "save_total_limit = 0 (from --save-total-limit) must be"),
+        (
+            {"save_steps": "-1"},
+            "save_steps = '-1' (from --save-steps) must not be negative; 0 saves no checkpoints",
+        ),
+        (
+            {"save_total_limit": "0"},
+            "save_total_limit = '0' (from --save-total-limit) must be at least 1; --resume needs "
+            "the newest checkpoint",
+        ),
+        (
+            {"dataset_config": "none"},
+            "dataset_config = 'none' (from --dataset-config) must not be empty; give a value or "
+            "remove it",
+        ),
     ],
 )
-def test_bad_flag_values_name_the_flag(flags: dict[str, str], expected: str) -> None:
+def test_bad_flag_values_name_the_flag(flags: dict[str, Any], expected: str) -> None:
     with pytest.raises(TrainError) as err:
         resolve_config(None, {**REQUIRED, **flags})
-    assert expected in str(err.value)
+    assert str(err.value) == expected
+
+
+def test_several_problems_are_reported_together(tmp_path: Path) -> None:
+    path = write(tmp_path, "dataset: a/b\nlearning_rate: fast\nepochs: -1\n")
+    with pytest.raises(TrainError) as err:
+        resolve_config(path, {"seed": "x"})
+    assert str(err.value).splitlines() == [
+        "4 problems with the training settings:",
+        "  - no output given; pass --output or set 'output:' in the --config file",
+        f"  - learning_rate = 'fast' (from {path}:2) is not a number; write e.g. "
+        "learning_rate: 1e-06",
+        f"  - epochs = -1 (from {path}:3) must be greater than 0",
+        "  - seed = 'x' (from --seed) is not a whole number; write e.g. --seed 42",
+    ]
 
 
 def test_bad_file_value_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "dataset: a/b\noutput: o\nlora: maybe\n")
     with pytest.raises(TrainError) as err:
         resolve_config(path, {})
-    assert f"lora = 'maybe' (from config file {path}) is not true/false" in str(err.value)
+    assert str(err.value) == (
+        f"lora = 'maybe' (from {path}:3) is not true/false; write true or false"
+    )
 
 
 def test_missing_required_settings() -> None:

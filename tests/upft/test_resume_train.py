@@ -8,7 +8,6 @@ resumed through the command line with the settings file the run wrote at its sta
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -122,7 +121,7 @@ def test_resume_refuses_changed_settings(
         f"({out / 'train_config.yaml'}): learning_rate (0.001 -> 0.002)"
     )
     # settings that do not change the computation may differ (here: how often to save)
-    changed = dataclasses.replace(config, save_steps=5)
+    changed = config.model_copy(update={"save_steps": 5})
     summary = run_training(changed, quiet=True, resume=True)
     assert summary["steps"] == STEPS
 

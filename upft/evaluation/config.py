@@ -18,8 +18,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -30,14 +28,11 @@ from builder.errors import EvalError
 from builder.hubclient import is_repo_id
 from builder.recipe import DEFAULT_INSTRUCTION, ExecutorConfig
 from builder.sampling.base import EngineOptions, SamplingSettings
+from builder.yamlfile import Strict as _Strict
 from builder.yamlfile import format_errors, read_mapping
 from upft.evaluation import benchmarks
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelSection(_Strict):
