@@ -212,21 +212,31 @@ def write_card(config: TrainConfig, summary: dict[str, Any], folder: Path) -> Pa
 
 
 def push_folder(folder: Path, repo_id: str, private: bool) -> dict[str, str]:
-    """Create ``repo_id`` (model repo) if needed and upload ``folder`` in one commit."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError
+    """Create ``repo_id`` (model repo) if needed and upload ``folder`` in one commit.
 
-    from builder.hubclient import configure_timeout, hub_errors, with_retries
+    Retries, timeouts and error messages come from the Hub layer every command shares
+    (``builder.hubclient``); a failure is a TrainError that says where the model is kept
+    and how to upload it later."""
+    from huggingface_hub import HfApi, get_token
+
+    from builder.hubclient import Advice, configure_timeout, explained, with_retries
 
     configure_timeout()
-    api = HfApi()
-    endpoint = constants.ENDPOINT
-    try:
+    token = get_token()
+    api = HfApi(token=token)
+    advice = Advice(
+        rerun=f"`hf upload {repo_id} {folder} --exclude 'trainer/**'`",
+        state=f"The trained model is kept in {folder}",
+        repo_flag="--push-to-hub ORG/NAME",
+        token_flag=None,
+    )
+    with explained("creating the model repository", repo_id, token, TrainError, advice):
         with_retries(
             f"creating model repo {repo_id}",
             lambda: api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True),
-            rerun="the upload",
+            advice=advice,
         )
+    with explained(f"uploading {folder}", repo_id, token, TrainError, advice):
         info = with_retries(
             f"uploading {folder} to {repo_id}",
             lambda: api.upload_folder(
@@ -236,25 +246,8 @@ def push_folder(folder: Path, repo_id: str, private: bool) -> dict[str, str]:
                 commit_message=f"upft-train: {folder.name}",
                 ignore_patterns=["trainer/**"],
             ),
-            rerun="the upload",
+            advice=advice,
         )
-    except HfHubHTTPError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status in (401, 403):
-            raise TrainError(
-                f"the Hub at {endpoint} refused to create or write model repo {repo_id!r} "
-                f"(HTTP {status}); set HF_TOKEN or run `hf auth login` with a write token for "
-                f"that namespace. The trained model is kept in {folder}"
-            ) from None
-        raise TrainError(
-            f"uploading to model repo {repo_id!r} on {endpoint} failed: {exc}. The trained "
-            f"model is kept in {folder}; upload it later with: hf upload {repo_id} {folder}"
-        ) from None
-    except hub_errors() as exc:
-        raise TrainError(
-            f"cannot reach the Hub at {endpoint} to push {repo_id!r}: {exc}. The trained model "
-            f"is kept in {folder}"
-        ) from None
     result = {"repo_id": repo_id, "commit": str(info.oid), "url": str(info.commit_url)}
     logger.info("pushed %s to %s (commit %s)", folder, repo_id, result["commit"])
     return result

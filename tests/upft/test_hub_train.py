@@ -55,16 +55,39 @@ def test_push_folder_is_one_commit(hub: HubServer, tmp_path: Path, monkeypatch) 
 
 def test_push_refusals_become_train_errors(hub: HubServer, tmp_path: Path, monkeypatch) -> None:
     folder = small_model_folder(tmp_path / "model")
+    kept = f"The trained model is kept in {folder}"
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(TrainError) as err:
         push_folder(folder, "alice/upft-model", private=False)
-    assert "refused to create or write model repo 'alice/upft-model' (HTTP 401)" in str(err.value)
+    assert str(err.value) == (
+        "failed while creating the model repository for alice/upft-model: the Hub asks for a "
+        "token and none was found (HTTP 401); set HF_TOKEN or run `hf auth login`. " + kept
+    )
     monkeypatch.setenv("HF_TOKEN", BOB)
     with pytest.raises(TrainError) as err:
         push_folder(folder, "alice/upft-model", private=False)
-    message = str(err.value)
-    assert "(HTTP 403)" in message and f"The trained model is kept in {folder}" in message
-    assert BOB not in message
+    assert str(err.value) == (
+        "failed while creating the model repository for alice/upft-model: this token may not "
+        "write to alice/upft-model (HTTP 403). Publish to your own namespace or an organization "
+        "you can write to (--push-to-hub ORG/NAME). " + kept
+    )
+    # The upload itself keeps failing (the repo exists): retried, then the way to finish it.
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    monkeypatch.setenv("UPFT_HUB_RETRY_ATTEMPTS", "2")
+    hub.fail_next("commit", status=503, times=2)
+    with pytest.raises(TrainError) as err:
+        push_folder(folder, "alice/upft-model", private=False)
+    assert str(err.value).startswith(
+        f"failed while uploading {folder} for alice/upft-model: the Hub kept failing "
+        "(HfHubHTTPError: "
+    )
+    assert str(err.value).endswith(
+        f"{kept}; re-running `hf upload alice/upft-model {folder} --exclude 'trainer/**'` is "
+        "safe and resumes where this run stopped"
+    )
+    assert [r.status for r in hub.calls("commit")] == [503, 503]
+    for message in (str(err.value),):
+        assert ALICE not in message and BOB not in message
 
 
 def test_missing_repo_and_revision(hub: HubServer, tmp_path: Path) -> None:
