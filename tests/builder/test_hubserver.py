@@ -450,3 +450,39 @@ def test_repositories_persist_on_disk(tmp_path: Path) -> None:
         assert api.dataset_info("alice/kept").sha == oid
         path = api.hf_hub_download("alice/kept", "k.txt", repo_type="dataset", revision=oid)
         assert Path(path).read_bytes() == b"kept"
+
+
+def test_byte_counts_and_an_outage_after_some_bytes(hub: HubServer) -> None:
+    import httpx2 as httpx
+
+    auth = {"Authorization": f"Bearer {ALICE}"}
+    api_for(ALICE).create_repo("alice/demo", repo_type="dataset")
+    content = bytes(range(256)) * 4
+    oid = hashlib.sha256(content).hexdigest()
+    body = json.dumps({"operation": "upload", "objects": [{"oid": oid, "size": 1024}]})
+    batch = httpx.post(
+        f"{hub.url}/datasets/alice/demo.git/info/lfs/objects/batch", headers=auth, content=body
+    )
+    upload = batch.json()["objects"][0]["actions"]["upload"]["href"]
+    assert hub.calls("lfs_batch")[0].received == len(body)  # request bodies are counted
+
+    hub.go_offline_after(300)
+    assert not hub.offline
+    with pytest.raises(httpx.TransportError):  # reset after 300 bytes, no reply
+        httpx.put(upload, content=content)
+    hub.wait_offline(timeout=5)
+    with pytest.raises(httpx.TransportError):  # and the network stays down for every call
+        httpx.get(f"{hub.url}/api/whoami-v2", headers=auth)
+    hub.wait_idle()
+    put, whoami = hub.calls("lfs_upload")[-1], hub.calls("whoami")[-1]
+    assert (put.status, put.received) == (None, 300)
+    assert (whoami.status, whoami.received) == (None, 0)
+    assert not hub.store.has_lfs(oid)
+    assert hub.received("lfs_upload") == 300 and hub.received("lfs_batch") == len(body)
+
+    hub.clear_faults()  # the network is back
+    assert httpx.put(upload, content=content).status_code == 200
+    assert hub.store.has_lfs(oid, 1024)
+    assert hub.received("lfs_upload", since=len(hub.requests) - 1) == 1024
+    with pytest.raises(ValueError, match="unknown endpoint"):
+        hub.go_offline_after(10, endpoint="lfs_uplaod")

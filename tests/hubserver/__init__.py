@@ -4,9 +4,9 @@ The publishing tests (``tests/builder/test_hub*.py``) run the real ``huggingface
 ``datasets`` clients against this server instead of huggingface.co, which cannot be reached
 from CI. It implements the calls those clients make to create repositories, commit files
 (regular and git-LFS), tag, list refs and commits, and download with ``resolve`` URLs,
-with the Hub's auth rules and error headers. See ``server.py`` (HTTP, routing, auth,
-faults), ``api.py`` (API endpoints), ``transfer.py`` (LFS uploads, downloads) and
-``store.py`` (repositories on disk).
+with the Hub's auth rules and error headers, and counts the bytes each request sent. See
+``server.py`` (HTTP, auth, faults, outages, byte counts), ``routes.py`` (URLs), ``api.py`` (API
+endpoints), ``transfer.py`` (LFS uploads, downloads) and ``store.py`` (repositories on disk).
 
 The clients read ``HF_*`` variables when they are imported, so:
 

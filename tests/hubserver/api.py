@@ -1,8 +1,8 @@
 """Endpoint logic of the test Hub: one function per Hub API call the real clients make.
 
-Sits between the HTTP plumbing (``server.py``: parsing, auth header, fault injection,
-writing replies; ``routes.py`` maps URLs here) and the storage (``store.py``); file
-transfers (LFS, downloads) live in ``transfer.py``. Each function receives a :class:`Call`
+Sits between the HTTP plumbing (``server.py``: routing URLs here, parsing, auth header, fault
+injection, writing replies) and the storage (``store.py``); file transfers (LFS, downloads)
+live in ``transfer.py``. Each function receives a :class:`Call`
 (route parameters, query, body, authenticated user) and returns a :class:`Reply` or raises
 :class:`~tests.hubserver.store.HubError`, which the handler turns into the Hub's error
 status and ``X-Error-Code`` / ``X-Error-Message`` headers.

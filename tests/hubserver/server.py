@@ -5,7 +5,9 @@ thread and point the real clients at ``server.url`` through ``HF_ENDPOINT``. The
 parses requests (including chunked bodies), authenticates the ``Authorization: Bearer``
 token against the server's token table, applies queued faults, routes to the endpoint
 functions in ``api.py`` / ``transfer.py`` and writes the reply with the headers the clients
-look for.
+look for. Every request is logged with the body bytes the server read (``received``), so
+tests can count what a client sent; an outage (:meth:`HubServer.go_offline_after`) cuts the
+network after a given number of uploaded bytes and keeps it down until cleared.
 """
 
 from __future__ import annotations
@@ -13,76 +15,26 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import shutil
 import socket
 import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from tests.hubserver import api, transfer
-from tests.hubserver.api import Call, Reply
+from tests.hubserver import api
+from tests.hubserver.routes import ENDPOINTS, route
 from tests.hubserver.store import HubError, RepoStore
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOKENS = {"hf_test_alice_0123456789": "alice", "hf_test_bob_9876543210": "bob"}
 DEFAULT_ORGS = {"upft-org": {"alice"}}
-
-
-# -- routing: endpoint names are what fail_next() and calls() take ---------------------------
-
-_API = r"^/api/(?P<type>models|datasets|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)"
-_GIT = r"^/(?:(?P<type>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+?)\.git/info/lfs/objects"
-ROUTES: list[tuple[str, re.Pattern[str], str, Callable[[Call], Reply]]] = [
-    (m, re.compile(p), name, fn)
-    for m, p, name, fn in (
-        ("GET", r"^/api/whoami-v2$", "whoami", api.whoami),
-        ("POST", r"^/api/repos/create$", "create_repo", api.create_repo),
-        ("POST", r"^/api/repos/delete$", "delete_repo", api.delete_repo),
-        ("POST", r"^/api/validate-yaml$", "validate_yaml", api.validate_yaml),
-        ("GET", _API + r"$", "repo_info", api.repo_info),
-        ("GET", _API + r"/revision/(?P<rev>[^/]+)$", "repo_info", api.repo_info),
-        ("GET", _API + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$", "tree", api.tree),
-        ("POST", _API + r"/paths-info/(?P<rev>[^/]+)$", "paths_info", api.paths_info),
-        ("POST", _API + r"/preupload/(?P<rev>[^/]+)$", "preupload", api.preupload),
-        ("POST", _API + r"/commit/(?P<rev>[^/]+)$", "commit", api.commit),
-        ("GET", _API + r"/refs$", "refs", api.list_refs),
-        ("GET", _API + r"/commits/(?P<rev>[^/]+)$", "commits", api.list_commits),
-        ("POST", _API + r"/tag/(?P<rev>[^/]+)$", "create_tag", api.create_tag),
-        ("DELETE", _API + r"/tag/(?P<rev>[^/]+)$", "delete_tag", api.delete_ref("tags")),
-        ("POST", _API + r"/branch/(?P<rev>[^/]+)$", "create_branch", api.create_branch),
-        ("DELETE", _API + r"/branch/(?P<rev>[^/]+)$", "delete_branch", api.delete_ref("branches")),
-        ("POST", _GIT + r"/batch$", "lfs_batch", transfer.lfs_batch),
-        ("POST", _GIT + r"/verify$", "lfs_verify", transfer.lfs_verify),
-        ("PUT", r"^/_lfs/upload/(?P<ticket>[0-9a-f]+)$", "lfs_upload", transfer.lfs_upload),
-        (
-            "GET",
-            r"^/(?:(?P<type>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+)"
-            r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)$",
-            "resolve",
-            transfer.resolve_file,
-        ),
-    )
-]
-ENDPOINTS = frozenset(name for _, _, name, _ in ROUTES)
-
-
-def route(method: str, path: str) -> tuple[str, Callable[[Call], Reply], dict[str, str]] | None:
-    """(endpoint name, function, path parameters) for a request; HEAD is served as GET."""
-    lookup = "GET" if method == "HEAD" else method
-    for verb, pattern, name, fn in ROUTES:
-        match = pattern.match(path)
-        if verb == lookup and match:
-            params = {k: v for k, v in match.groupdict().items() if v is not None}
-            return name, fn, params
-    return None
 
 
 @dataclass
@@ -106,6 +58,16 @@ class RequestRecord:
     status: int | None  # None: connection dropped by fault injection
     user: str | None
     time: float = 0.0  # time.monotonic() when the request arrived
+    received: int = 0  # bytes of the request body the server read (all of it, or up to a drop)
+
+
+@dataclass
+class Outage:
+    """The network fails once the server has read ``budget`` more body bytes of ``endpoint``."""
+
+    endpoint: str
+    budget: int
+    down: threading.Event = field(default_factory=threading.Event)
 
 
 class HubServer:
@@ -132,6 +94,8 @@ class HubServer:
         self.lfs_tickets: dict[str, tuple[str, int]] = {}
         self._host, self._port = host, port
         self._faults: dict[str, list[Fault]] = {}
+        self._outage: Outage | None = None
+        self._active = 0  # requests being handled right now
         self._log: list[RequestRecord] = []
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -177,6 +141,7 @@ class HubServer:
             self.store = RepoStore(self.root / "store")
             self.lfs_tickets.clear()
             self._faults.clear()
+            self._outage = None
             self._log.clear()
 
     # -- users -----------------------------------------------------------------------------
@@ -224,8 +189,50 @@ class HubServer:
             )
 
     def clear_faults(self) -> None:
+        """Forget queued faults and end an outage (the network is back)."""
         with self._lock:
             self._faults.clear()
+            self._outage = None
+
+    def go_offline_after(self, received: int, endpoint: str = "lfs_upload") -> None:
+        """Let the network fail once the server has read ``received`` more body bytes of
+        ``endpoint`` requests (counted across parallel requests): the request that reads the
+        last of them is reset right there (RST, no reply), and from then on every request, of
+        any endpoint, is reset unanswered until :meth:`clear_faults`. A connection lost late
+        in a big upload, and the network staying down past the client's retries."""
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r}; known: {sorted(ENDPOINTS)}")
+        if received < 1:
+            raise ValueError("received must be at least 1 byte")
+        with self._lock:
+            self._outage = Outage(endpoint, received)
+
+    @property
+    def offline(self) -> bool:
+        outage = self._outage
+        return outage is not None and outage.down.is_set()
+
+    def wait_offline(self, timeout: float = 60) -> None:
+        """Wait until an outage set by :meth:`go_offline_after` has begun."""
+        outage = self._outage
+        if outage is None or not outage.down.wait(timeout):
+            raise AssertionError(f"the test Hub did not go offline within {timeout} s")
+
+    def allow_read(self, endpoint: str, wanted: int) -> int:
+        """How many of ``wanted`` body bytes the handler may read before the network fails."""
+        with self._lock:
+            outage = self._outage
+            if outage is None:
+                return wanted
+            if outage.down.is_set():
+                return 0
+            if outage.endpoint != endpoint:
+                return wanted
+            allowed = min(wanted, outage.budget)
+            outage.budget -= allowed
+            if outage.budget == 0:
+                outage.down.set()
+            return allowed
 
     def take_fault(self, endpoint: str) -> Fault | None:
         with self._lock:
@@ -246,6 +253,13 @@ class HubServer:
     def calls(self, endpoint: str) -> list[RequestRecord]:
         return [r for r in self.requests if r.endpoint == endpoint]
 
+    def received(self, endpoint: str | None = None, since: int = 0) -> int:
+        """Request body bytes the server read, for ``endpoint`` (None: all), counting the
+        requests logged from index ``since`` of :attr:`requests` on."""
+        return sum(
+            r.received for r in self.requests[since:] if endpoint is None or r.endpoint == endpoint
+        )
+
     def wait_for_calls(self, endpoint: str, count: int, timeout: float = 60) -> None:
         """Wait until ``count`` calls to ``endpoint`` have ended: a call whose client gave up
         (timed out) still runs to the end here, and is recorded only then."""
@@ -258,9 +272,22 @@ class HubServer:
                 )
             time.sleep(0.02)
 
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Wait until no request is being handled (a call whose client is gone still ends
+        here: an LFS object read in full is stored although nobody hears the reply)."""
+        deadline = time.monotonic() + timeout
+        while self._active:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the test Hub still handles requests after {timeout} s")
+            time.sleep(0.02)
+
     def record(self, entry: RequestRecord) -> None:
         with self._lock:
             self._log.append(entry)
+
+
+class _NetworkDown(Exception):
+    """Raised inside the handler where the network fails (fault injection)."""
 
 
 class _Httpd(ThreadingHTTPServer):
@@ -275,6 +302,8 @@ class _Httpd(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Httpd
+    _endpoint = "unknown"
+    _received = 0  # body bytes read for the current request
 
     def setup(self) -> None:
         super().setup()
@@ -286,7 +315,14 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("hubserver: " + format, *args)
 
     def do_GET(self) -> None:
-        self._dispatch()
+        hub = self.server.hub
+        with hub._lock:
+            hub._active += 1
+        try:
+            self._dispatch()
+        finally:
+            with hub._lock:
+                hub._active -= 1
 
     do_HEAD = do_POST = do_PUT = do_DELETE = do_GET
 
@@ -298,7 +334,18 @@ class _Handler(BaseHTTPRequestHandler):
         user: str | None = None
         fault: Fault | None = None
         arrived = time.monotonic()
+        self._endpoint, self._received = endpoint, 0
+
+        def record(status: int | None) -> None:
+            hub.record(
+                RequestRecord(
+                    self.command, parts.path, endpoint, status, user, arrived, self._received
+                )
+            )
+
         try:
+            if hub.offline:
+                raise _NetworkDown
             if found is None:
                 self._read_body()
                 raise HubError(
@@ -308,7 +355,7 @@ class _Handler(BaseHTTPRequestHandler):
             fault = hub.take_fault(endpoint)
             if fault is not None and fault.drop and not fault.after:
                 self._drop_mid_body()
-                hub.record(RequestRecord(self.command, parts.path, endpoint, None, None, arrived))
+                record(None)
                 return
             body = self._read_body()
             if fault is not None and fault.delay:
@@ -328,6 +375,10 @@ class _Handler(BaseHTTPRequestHandler):
                 base_url=f"http://{self.headers.get('Host', '')}",
             )
             reply = fn(call)
+        except _NetworkDown:
+            record(None)
+            self._reset_connection()
+            return
         except HubError as exc:
             headers = {**exc.headers, "X-Error-Message": exc.message}
             if exc.code:
@@ -337,10 +388,10 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("test Hub failed on %s %s", self.command, parts.path)
             reply = api.Reply(500, {"error": f"internal error in the test Hub: {exc!r}"})
         if fault is not None and fault.after:
-            hub.record(RequestRecord(self.command, parts.path, endpoint, None, user, arrived))
+            record(None)
             self._reset_connection()
             return
-        hub.record(RequestRecord(self.command, parts.path, endpoint, reply.status, user, arrived))
+        record(reply.status)
         with contextlib.suppress(OSError):  # a client that timed out has hung up
             self._write(reply)
 
@@ -354,6 +405,24 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(401, "Invalid credentials in Authorization header")
         return user
 
+    def _read(self, size: int) -> bytes:
+        """Read ``size`` body bytes, counting them; raise _NetworkDown where an outage
+        (``HubServer.go_offline_after``) begins."""
+        hub = self.server.hub
+        parts: list[bytes] = []
+        left = size
+        while left > 0:
+            allowed = hub.allow_read(self._endpoint, min(left, 1 << 20))
+            chunk = self.rfile.read(allowed) if allowed else b""
+            self._received += len(chunk)
+            parts.append(chunk)
+            left -= len(chunk)
+            if hub.offline:
+                raise _NetworkDown
+            if len(chunk) < allowed:
+                break  # the client closed the connection early
+        return b"".join(parts)
+
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks: list[bytes] = []
@@ -363,16 +432,16 @@ class _Handler(BaseHTTPRequestHandler):
                     while self.rfile.readline().strip():  # trailers
                         pass
                     return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
+                chunks.append(self._read(size))
                 self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        return self._read(length) if length else b""
 
     def _drop_mid_body(self) -> None:
         """Read about half of the body, then reset the connection (RST, no reply)."""
         length = int(self.headers.get("Content-Length") or 0)
         if length:
-            self.rfile.read(max(1, length // 2))
+            self._read(max(1, length // 2))
         elif self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             self.rfile.readline()
         self._reset_connection()
