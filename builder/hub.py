@@ -6,17 +6,20 @@ already laid out like a Hub dataset repo, so publishing is one commit of the who
 Before uploading, the card's Versions section is refreshed with the versions already tagged
 on the Hub; nothing else in the README changes, so its ``configs:`` block survives.
 
-Re-running is always safe: a tag that already holds identical content is reported as
-published, a tag with different content is refused (tags never move), and a commit that
-landed without its tag is detected on the branch head and only tagged. Transient Hub errors
-are retried and failures explained by ``builder.hubclient``, the Hub layer every command
-shares.
+This module checks what it is given (the version directory, the repo id, branch, message
+and token, dry runs included) and decides what to do; ``builder.hubremote`` carries it out
+(resumable LFS upload, then one commit, then the tag). Re-running is always safe: a tag
+that already holds identical content is reported as published, a tag with different
+content is refused (tags never move), a commit that landed without its tag is detected on
+the branch head and only tagged, and files an interrupted push uploaded are not sent again.
+Transient Hub errors are retried and failures explained by ``builder.hubclient``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,12 +28,23 @@ import yaml
 
 from builder.errors import ManifestError, PublishError
 from builder.hubclient import (
+    REF_RULE,
+    REPO_ID_RULE,
     configure_timeout,
     explained,
     first_line,
-    is_transient,
-    status_of,
+    is_ref_name,
+    repo_id_problem,
     with_retries,
+)
+from builder.hubremote import (
+    commit_files,
+    ensure_repo,
+    mask_versions,
+    published_versions,
+    remote_matches,
+    tag_commit,
+    upload_files,
 )
 from builder.manifest import ManifestHeader
 from builder.writer import CONFIGS as DATA_CONFIGS
@@ -38,9 +52,7 @@ from builder.writer import REQUIRED_FILES
 
 logger = logging.getLogger(__name__)
 
-# Files the Hub adds to a repository by itself; they are not part of a version.
-_HUB_OWN_FILES = frozenset({".gitattributes"})
-_MASK = "<!-- upft:versions:masked -->"
+_REBUILD = "rebuild the version with upft-build (or copy the whole directory again)"
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,31 @@ class LocalFile:
 
 
 @dataclass(frozen=True)
+class VersionDir:
+    root: Path
+    manifest: ManifestHeader  # identity only: versions of any builder release can be published
+    publish: Any  # the recipe's ``publish`` section (builder.recipe.PublishConfig)
+    readme: str
+    files: tuple[LocalFile, ...]
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.version)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how a version is published; every field checked by :func:`resolve_target`."""
+
+    repo_id: str
+    branch: str
+    tag: str
+    private: bool
+    title: str  # the commit message's first line
+    description: str  # the rest of it ("" when none)
+
+
+@dataclass(frozen=True)
 class PushResult:
     repo_id: str
     tag: str
@@ -62,19 +99,6 @@ class PushResult:
     status: Literal["pushed", "unchanged", "dry-run"]
     files: tuple[LocalFile, ...]
     detail: str = ""  # one line about the remote state, for the CLI
-
-
-@dataclass(frozen=True)
-class VersionDir:
-    root: Path
-    manifest: ManifestHeader  # identity only: versions of any builder release can be published
-    publish: dict[str, Any]  # the recipe's ``publish`` section ({} when absent)
-    readme: str
-    files: tuple[LocalFile, ...]
-
-    @property
-    def version(self) -> str:
-        return str(self.manifest.version)
 
 
 # --- the version directory ---------------------------------------------------------------------
@@ -90,9 +114,7 @@ def _hash_file(path: Path) -> tuple[str, str]:
     return sha256.hexdigest(), sha1.hexdigest()
 
 
-def load_version_dir(version_dir: str | Path) -> VersionDir:
-    """Check that ``version_dir`` is a complete build and read what publishing needs."""
-    root = Path(version_dir)
+def _check_complete(root: Path) -> None:
     if not root.is_dir():
         raise PublishError(
             f"version directory {str(root)!r} does not exist or is not a directory; pass the "
@@ -104,233 +126,215 @@ def load_version_dir(version_dir: str | Path) -> VersionDir:
         for config in DATA_CONFIGS
         if not any((root / "data" / config).glob("*.parquet"))
     ]
-    if missing:
+    if not missing:
+        return
+    versions = sorted(p.parent for p in root.glob("*/manifest.json"))
+    if versions and not (root / "manifest.json").is_file():
+        names = ", ".join(p.name for p in versions)
         raise PublishError(
-            f"{root} is not a complete version directory: missing {', '.join(missing)}. "
-            "upft-build writes all of these at once, so this looks like a partial copy; "
-            "rebuild the version (or copy the whole directory) before publishing"
+            f"{root} is the folder above the versions ({names}), not a version directory; "
+            f"pass one of them, e.g. {versions[-1]}"
         )
+    raise PublishError(
+        f"{root} is not a complete version directory: missing {', '.join(missing)}. "
+        "upft-build writes all of these at once, so this looks like a partial copy; "
+        f"{_REBUILD} before publishing"
+    )
+
+
+def _check_parquet(root: Path) -> None:
+    """Every data file has a readable parquet footer, and a config's files one schema."""
+    import pyarrow.parquet as pq
+
+    for config in DATA_CONFIGS:
+        first: tuple[Path, Any] | None = None
+        for path in sorted((root / "data" / config).glob("*.parquet")):
+            try:
+                schema = pq.read_schema(path)
+            except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
+                raise PublishError(
+                    f"{path} is not a readable parquet file ({first_line(exc)}); the version "
+                    f"directory is damaged: {_REBUILD} before publishing"
+                ) from None
+            if first is None:
+                first = (path, schema)
+            elif not schema.equals(first[1]):
+                raise PublishError(
+                    f"{path} has columns {schema.names} but {first[0].name} has "
+                    f"{first[1].names}: the files of data/{config}/ come from different builds; "
+                    f"{_REBUILD}"
+                )
+
+
+def _check_card(root: Path, readme: str) -> None:
+    where = f"{root}/README.md"
+    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", readme, re.DOTALL)
+    try:
+        meta = yaml.safe_load(match.group(1)) if match else None
+    except yaml.YAMLError as exc:
+        raise PublishError(
+            f"{where}: its metadata block is not valid YAML ({first_line(exc)}); regenerate "
+            "the card with upft-build"
+        ) from None
+    if not isinstance(meta, dict) or not meta.get("configs"):
+        raise PublishError(
+            f"{where} has no metadata block with configs: (without it the Hub cannot load "
+            "the mixture, prefixes and traces configs); regenerate the card with upft-build"
+        )
+    if mask_versions(readme) is None:
+        raise PublishError(
+            f"{where} has no Versions section (the upft:versions start and end markers, "
+            "once each, in that order); regenerate the card with upft-build"
+        )
+
+
+def _publish_section(root: Path) -> Any:
+    """The recipe's ``publish`` section, checked like upft-build checks it."""
+    from pydantic import ValidationError
+
+    from builder.manifest_schema import field_errors
+    from builder.recipe import PublishConfig
+
+    where = f"{root}/recipe.yaml"
+    try:
+        recipe = yaml.safe_load((root / "recipe.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PublishError(f"cannot read {where}: {first_line(exc)}; {_REBUILD}") from None
+    publish = recipe.get("publish") if isinstance(recipe, dict) else None
+    try:
+        return PublishConfig.model_validate(publish or {})
+    except ValidationError as exc:
+        raise PublishError(
+            f"{where}: publish.{field_errors(exc)}; fix the publish section there (upft-build "
+            "writes it valid: was the file edited?)"
+        ) from None
+
+
+def load_version_dir(version_dir: str | Path) -> VersionDir:
+    """Check that ``version_dir`` is a complete, undamaged build and read what publishing
+    needs; every problem is a PublishError naming the file and the fix."""
+    root = Path(version_dir)
+    _check_complete(root)
     try:
         manifest = ManifestHeader.read(root / "manifest.json")
-        recipe = yaml.safe_load((root / "recipe.yaml").read_text(encoding="utf-8"))
-    except (ManifestError, ValueError, yaml.YAMLError) as exc:
-        raise PublishError(f"cannot read {root}/manifest.json or recipe.yaml: {exc}") from exc
+    except ManifestError as exc:
+        raise PublishError(str(exc)) from None
     for key in ("version", "fingerprint", "created_at"):
         if not getattr(manifest, key):
             raise PublishError(
                 f"{root}/manifest.json has no {key!r}; it must be the manifest upft-build wrote"
             )
-    files = []
+    publish = _publish_section(root)
+    try:
+        readme = (root / "README.md").read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PublishError(
+            f"{root}/README.md is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+            "regenerate the card with upft-build"
+        ) from None
+    _check_card(root, readme)
+    _check_parquet(root)
+    files = []  # hashed last: the only step that reads every byte
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
         # Hidden files (editor backups, .DS_Store, locks) are never part of a build.
         if path.is_file() and not any(part.startswith(".") for part in rel.parts):
-            sha256, git_oid = _hash_file(path)
+            try:
+                sha256, git_oid = _hash_file(path)
+            except OSError as exc:
+                raise PublishError(
+                    f"cannot read {path} ({exc.strerror or exc}); check its permissions"
+                ) from None
             files.append(LocalFile(rel.as_posix(), path.stat().st_size, sha256, git_oid))
-    readme = (root / "README.md").read_text(encoding="utf-8")
-    if mask_versions(readme) is None:
-        raise PublishError(
-            f"{root}/README.md has no Versions section (the upft:versions start and end "
-            "markers, once each, in that order); regenerate the card with upft-build"
-        )
-    publish = recipe.get("publish") if isinstance(recipe, dict) else None
     return VersionDir(
-        root=root,
-        manifest=manifest,
-        readme=readme,
-        files=tuple(files),
-        publish=publish if isinstance(publish, dict) else {},
+        root=root, manifest=manifest, readme=readme, files=tuple(files), publish=publish
     )
 
 
-def mask_versions(readme: str) -> str | None:
-    """The README with its Versions section replaced by a fixed mark (None: no section)."""
-    from builder.card import VERSIONS_END, VERSIONS_START
-
-    if readme.count(VERSIONS_START) != 1 or readme.count(VERSIONS_END) != 1:
-        return None
-    start, end = readme.index(VERSIONS_START), readme.index(VERSIONS_END)
-    if end < start:
-        return None
-    return readme[:start] + _MASK + readme[end + len(VERSIONS_END) :]
+# --- what the user asked for -------------------------------------------------------------------
 
 
-# --- retries and error messages ----------------------------------------------------------------
-
-
-# --- reading the Hub ---------------------------------------------------------------------------
-
-
-def _remote_files(api: Any, repo_id: str, commit: str) -> dict[str, Any]:
-    from huggingface_hub.hf_api import RepoFile
-
-    return {
-        item.path: item
-        for item in api.list_repo_tree(
-            repo_id, repo_type="dataset", revision=commit, recursive=True
-        )
-        if isinstance(item, RepoFile) and item.path not in _HUB_OWN_FILES
-    }
-
-
-def _download_text(api: Any, repo_id: str, commit: str, filename: str) -> str:
-    path = api.hf_hub_download(repo_id, filename, repo_type="dataset", revision=commit)
-    return Path(path).read_text(encoding="utf-8")
-
-
-def remote_matches(api: Any, repo_id: str, commit: str, local: VersionDir) -> bool:
-    """Whether the repo at ``commit`` holds exactly the version directory's files.
-
-    LFS files are compared by the sha256 the Hub reports, regular files by git blob id,
-    and README.md by content with the Versions section masked (it lists later versions).
-    """
-    remote = _remote_files(api, repo_id, commit)
-    if set(remote) != {f.path for f in local.files}:
-        return False
-    for item in local.files:
-        entry = remote[item.path]
-        same = entry.lfs.sha256 == item.sha256 if entry.lfs else entry.blob_id == item.git_oid
-        if item.path != "README.md" and not same:
-            return False
-    theirs = mask_versions(_download_text(api, repo_id, commit, "README.md"))
-    return theirs is not None and theirs == mask_versions(local.readme)
-
-
-def _published_versions(api: Any, repo_id: str, tags: dict[str, str]) -> list[Any]:
-    """A VersionEntry for each ``v*`` tag whose commit has a readable manifest.json."""
-    from builder.card import VersionEntry
-
-    entries = []
-    for tag, commit in sorted(tags.items()):
-        if not tag.startswith("v"):
+def _repo_id(local: VersionDir, given: str | None) -> str:
+    """The target repo id: ``--repo-id``, else the recipe's, else the manifest's; checked."""
+    elsewhere = "; fix it there or pass --repo-id"
+    candidates = (
+        (given, "--repo-id", ""),
+        (local.publish.repo_id, f"publish.repo_id in {local.root}/recipe.yaml", elsewhere),
+        (local.manifest.repo_id, f"repo_id in {local.root}/manifest.json", elsewhere),
+    )
+    for value, origin, fix in candidates:
+        if value is None or (not value and origin != "--repo-id"):
             continue
-        try:
-            # Older tags may hold manifests of older builder releases: read the identity only.
-            manifest = ManifestHeader.parse(
-                _download_text(api, repo_id, commit, "manifest.json"), f"manifest.json of {tag}"
+        problem = repo_id_problem(value)
+        if problem:
+            raise PublishError(
+                f"{origin}: {value!r} is not a Hub repo id: {problem}{fix}. {REPO_ID_RULE}"
             )
-            if not (manifest.version and manifest.created_at and manifest.fingerprint):
-                raise ManifestError("it names no version, created_at or fingerprint")
-            entries.append(
-                VersionEntry(
-                    tag=tag,
-                    version=manifest.version,
-                    date=manifest.created_at[:10],
-                    fingerprint=manifest.fingerprint,
-                )
-            )
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            logger.warning(
-                "tag %s of %s has no usable manifest.json (%s); not listing it in the card",
-                tag,
-                repo_id,
-                first_line(exc),
-            )
-    return entries
+        return value
+    raise PublishError(
+        f"no target repository for {local.root}: pass --repo-id ORG/NAME or set "
+        "publish.repo_id in the recipe"
+    )
+
+
+def resolve_target(
+    local: VersionDir,
+    repo_id: str | None,
+    *,
+    private: bool,
+    revision: str,
+    message: str | None,
+) -> Target:
+    """Check the repo id (flag, else recipe, else manifest), branch, tag and message."""
+    repo = _repo_id(local, repo_id)
+    if not is_ref_name(revision):
+        raise PublishError(
+            f"--revision {revision!r} is not a branch name the Hub accepts; {REF_RULE}"
+        )
+    tag = f"v{local.version}"
+    if not is_ref_name(tag):
+        raise PublishError(
+            f"{local.root}/manifest.json has version {local.version!r}, which cannot name a "
+            f"Hub tag ({tag!r}); set a version like 1.0.0 in the recipe and rebuild"
+        )
+    if message is not None and not message.strip():
+        raise PublishError("--message is empty; give a commit message or leave the flag out")
+    text = message or (
+        f"Publish {local.manifest.name or local.root.parent.name} "
+        f"{local.version} (fingerprint {str(local.manifest.fingerprint)[:12]})"
+    )
+    title, _, description = text.strip().partition("\n")
+    return Target(
+        repo_id=repo,
+        branch=revision,
+        tag=tag,
+        private=private or local.publish.private,
+        title=title.strip(),
+        description=description.strip(),
+    )
+
+
+def resolve_token(token: str | None) -> str | None:
+    """The token to use (``--token``, else HF_TOKEN or the login cache), checked; None: none."""
+    from huggingface_hub import get_token
+
+    origin = "--token"
+    if token is not None and not token:
+        raise PublishError(
+            "--token is empty; pass a Hugging Face token, or leave the flag out to use "
+            "HF_TOKEN or the `hf auth login` cache"
+        )
+    if token is None:
+        token, origin = get_token(), "HF_TOKEN (or the `hf auth login` cache)"
+    if token is not None and any(c.isspace() or not c.isprintable() for c in token):
+        raise PublishError(
+            f"the token from {origin} contains white space or control characters (pasted "
+            "with a line break?); set it again without them"
+        )
+    return token
 
 
 # --- publishing --------------------------------------------------------------------------------
-
-
-def _refreshed_readme(
-    api: Any, repo_id: str, tags: dict[str, str], local: VersionDir, tag: str
-) -> str:
-    from builder.card import VersionEntry, replace_versions
-
-    new = VersionEntry(
-        tag=tag,
-        version=local.version,
-        date=str(local.manifest.created_at)[:10],
-        fingerprint=str(local.manifest.fingerprint),
-    )
-    versions = [*_published_versions(api, repo_id, tags), new]
-    try:
-        return replace_versions(local.readme, versions)
-    except ValueError as exc:
-        raise PublishError(f"{local.root}/README.md: {exc}") from exc
-
-
-def _commit(
-    api: Any, repo_id: str, local: VersionDir, readme: str, *, branch: str, head: str, message: str
-) -> str:
-    """One commit holding exactly the version directory; returns its id."""
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-
-    tries = 0
-
-    def attempt() -> str:
-        nonlocal tries
-        tries += 1
-        if tries > 1:
-            # A commit whose reply was lost may have landed: look before committing twice.
-            current = api.list_repo_refs(repo_id, repo_type="dataset")
-            now = {b.name: b.target_commit for b in current.branches}.get(branch)
-            if now and now != head and remote_matches(api, repo_id, now, local):
-                return str(now)
-        stale = set(_remote_files(api, repo_id, head)) - {f.path for f in local.files}
-        operations: list[Any] = [CommitOperationDelete(path) for path in sorted(stale)]
-        for item in local.files:
-            content: Any = (
-                readme.encode("utf-8") if item.path == "README.md" else str(local.root / item.path)
-            )
-            operations.append(CommitOperationAdd(item.path, content))
-        info = api.create_commit(
-            repo_id,
-            operations,
-            commit_message=message,
-            repo_type="dataset",
-            revision=branch,
-            parent_commit=head,
-        )
-        return str(info.oid)
-
-    return with_retries(f"uploading to {repo_id}", attempt)
-
-
-def _tag(api: Any, repo_id: str, tag: str, commit: str, message: str) -> None:
-    from huggingface_hub.utils import HfHubHTTPError
-
-    def create() -> None:
-        try:
-            api.create_tag(
-                repo_id, tag=tag, revision=commit, tag_message=message, repo_type="dataset"
-            )
-        except HfHubHTTPError as exc:
-            # 409 after a retried call whose first reply was lost: our own tag is fine.
-            refs = (
-                api.list_repo_refs(repo_id, repo_type="dataset") if status_of(exc) == 409 else None
-            )
-            if refs is None or {t.name: t.target_commit for t in refs.tags}.get(tag) != commit:
-                raise
-
-    with_retries(f"creating tag {tag}", create)
-
-
-def _ensure_repo(api: Any, repo_id: str, private: bool) -> None:
-    """Create the dataset repo unless it exists (an existing repo keeps its visibility)."""
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    try:
-        info = with_retries(
-            "reading the repository", lambda: api.repo_info(repo_id, repo_type="dataset")
-        )
-    except RepositoryNotFoundError:
-        logger.info(
-            "creating %s dataset repository %s", "private" if private else "public", repo_id
-        )
-        with_retries(
-            "creating the repository",
-            lambda: api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True),
-        )
-        return
-    if private and not info.private:
-        logger.warning(
-            "%s already exists and is public; --private only applies when the "
-            "repository is created",
-            repo_id,
-        )
 
 
 def push_version(
@@ -348,116 +352,124 @@ def push_version(
     ``repo_id`` defaults to the recipe's ``publish.repo_id``; ``private`` (or the recipe's
     ``publish.private``) applies when the repo is created. ``token`` defaults to what
     huggingface_hub finds (HF_TOKEN, then the ``hf auth login`` cache). Raises
-    PublishError for anything the user must fix; the token never appears in its message.
+    PublishError for anything the user must fix, dry runs included; the token never
+    appears in its message.
     """
-    from huggingface_hub import HfApi, get_token
+    from huggingface_hub import HfApi
 
     local = load_version_dir(version_dir)
-    repo_id = repo_id or local.publish.get("repo_id") or local.manifest.repo_id
-    if not repo_id:
-        raise PublishError(
-            f"no target repository for {local.root}: pass --repo-id ORG/NAME or set "
-            "publish.repo_id in the recipe"
-        )
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise PublishError(f"repo id {repo_id!r} must look like ORG/NAME")
-    private = private or bool(local.publish.get("private"))
-    token = token or get_token()
-    tag = f"v{local.version}"
+    target = resolve_target(local, repo_id, private=private, revision=revision, message=message)
+    token = resolve_token(token)
     configure_timeout()
     api = HfApi(token=token)
-    url = f"{api.endpoint}/datasets/{repo_id}/tree/{tag}"
+    url = f"{api.endpoint}/datasets/{target.repo_id}/tree/{target.tag}"
 
     def outcome(
         status: Literal["pushed", "unchanged", "dry-run"], commit: str | None, detail: str = ""
     ) -> PushResult:
-        return PushResult(
-            repo_id=repo_id,
-            tag=tag,
-            commit=commit,
-            url=url,
-            status=status,
-            files=local.files,
-            detail=detail,
-        )
-
-    message = message or (
-        f"Publish {local.manifest.name or local.root.parent.name} "
-        f"{local.version} (fingerprint {str(local.manifest.fingerprint)[:12]})"
-    )
+        return PushResult(target.repo_id, target.tag, commit, url, status, local.files, detail)
 
     if dry_run:
-        return outcome("dry-run", None, _dry_run_detail(api, repo_id, tag, local, token))
+        return outcome("dry-run", None, _dry_run_detail(api, target, local, token))
     if not token:
         raise PublishError(
             "no Hugging Face token found: set HF_TOKEN, run `hf auth login`, or pass --token"
         )
+    tags, branches = _read_remote(api, target, token)
+    if target.tag in tags:
+        return outcome("unchanged", _check_published(api, target, local, tags[target.tag], token))
+    with explained("uploading the version directory", target.repo_id, token):
+        commit = _upload_and_commit(api, target, local, tags, branches)
+    with explained(f"creating tag {target.tag} on commit {commit}", target.repo_id, token):
+        tag_commit(api, target.repo_id, target.tag, commit, target.title)
+    logger.info("published %s %s at commit %s", target.repo_id, target.tag, commit)
+    return outcome("pushed", commit)
 
+
+def _read_remote(api: Any, target: Target, token: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Check the token, create the repo if needed, and read its tags and branches."""
+    repo_id = target.repo_id
     with explained("checking the token", repo_id, token):
         with_retries("checking the token", api.whoami)
     with explained("creating the dataset repository", repo_id, token):
-        _ensure_repo(api, repo_id, private)
+        ensure_repo(api, repo_id, target.private)
     with explained("reading tags and branches", repo_id, token):
         refs = with_retries(
             "listing refs", lambda: api.list_repo_refs(repo_id, repo_type="dataset")
         )
-        tags = {t.name: t.target_commit for t in refs.tags}
+    tags = {t.name: t.target_commit for t in refs.tags}
+    return tags, {b.name: b.target_commit for b in refs.branches}
+
+
+def _check_published(api: Any, target: Target, local: VersionDir, commit: str, token: str) -> str:
+    """The tag exists: fine when it holds exactly this version, refused otherwise."""
+    with explained(f"comparing {target.tag} with {local.root}", target.repo_id, token):
+        same = with_retries(
+            f"comparing {target.tag} with {local.root}",
+            lambda: remote_matches(api, target.repo_id, commit, local),
+        )
+    if not same:
+        raise PublishError(
+            f"tag {target.tag} already exists on {target.repo_id} with different content; tags "
+            f"are never moved. Bump `version` in the recipe (e.g. past {local.version}), rebuild "
+            "with upft-build and publish the new version"
+        )
+    logger.info("%s %s is already published with identical content", target.repo_id, target.tag)
+    return commit
+
+
+def _upload_and_commit(
+    api: Any, target: Target, local: VersionDir, tags: dict[str, str], branches: dict[str, str]
+) -> str:
+    """The commit that holds the version on the target branch: the branch head when a
+    previous run committed it but stopped before tagging, else a new one."""
+    from builder.card import VersionEntry, replace_versions
+
+    repo_id, branch = target.repo_id, target.branch
+    if branch not in branches:
+        logger.info("creating branch %s of %s from main", branch, repo_id)
+        with_retries(
+            "creating the branch",
+            lambda: api.create_branch(repo_id, branch=branch, repo_type="dataset", exist_ok=True),
+        )
+        refs = with_retries(
+            "listing refs", lambda: api.list_repo_refs(repo_id, repo_type="dataset")
+        )
         branches = {b.name: b.target_commit for b in refs.branches}
-        if tag in tags:
-            if with_retries(
-                f"comparing {tag} with {local.root}",
-                lambda: remote_matches(api, repo_id, tags[tag], local),
-            ):
-                logger.info("%s %s is already published with identical content", repo_id, tag)
-                return outcome("unchanged", tags[tag])
-            raise PublishError(
-                f"tag {tag} already exists on {repo_id} with different content; tags are never "
-                f"moved. Bump `version` in the recipe (e.g. past {local.version}), rebuild "
-                "with upft-build and publish the new version"
-            )
-        if revision not in branches:
-            logger.info("creating branch %s of %s from main", revision, repo_id)
-            with_retries(
-                "creating the branch",
-                lambda: api.create_branch(
-                    repo_id, branch=revision, repo_type="dataset", exist_ok=True
-                ),
-            )
-            branches[revision] = branches["main"]
-        head = branches[revision]
-    with explained("uploading the version directory", repo_id, token):
-        if with_retries(
-            f"comparing {revision} with {local.root}",
-            lambda: remote_matches(api, repo_id, head, local),
-        ):
-            logger.info(
-                "%s already holds this version (a previous run stopped before tagging); tagging it",
-                revision,
-            )
-            commit = head
-        else:
-            readme = _refreshed_readme(api, repo_id, tags, local, tag)
-            total = sum(f.size for f in local.files)
-            logger.info(
-                "uploading %d files (%s bytes) to %s@%s",
-                len(local.files),
-                f"{total:,}",
-                repo_id,
-                revision,
-            )
-            commit = _commit(
-                api, repo_id, local, readme, branch=revision, head=head, message=message
-            )
-    with explained(f"creating tag {tag} on commit {commit}", repo_id, token):
-        _tag(api, repo_id, tag, commit, message)
-    logger.info("published %s %s at commit %s", repo_id, tag, commit)
-    return outcome("pushed", commit)
+    head = branches[branch]
+    if with_retries(
+        f"comparing {branch} with {local.root}", lambda: remote_matches(api, repo_id, head, local)
+    ):
+        logger.info("%s already holds this version (a previous run stopped before tagging)", branch)
+        return head
+    new = VersionEntry(
+        tag=target.tag,
+        version=local.version,
+        date=str(local.manifest.created_at)[:10],
+        fingerprint=str(local.manifest.fingerprint),
+    )
+    try:
+        readme = replace_versions(local.readme, [*published_versions(api, repo_id, tags), new])
+    except ValueError as exc:
+        raise PublishError(f"{local.root}/README.md: {exc}") from exc
+    additions = upload_files(api, repo_id, local, readme, branch)
+    return commit_files(
+        api,
+        repo_id,
+        local,
+        additions,
+        branch=branch,
+        head=head,
+        title=target.title,
+        description=target.description,
+    )
 
 
-def _dry_run_detail(api: Any, repo_id: str, tag: str, local: VersionDir, token: str | None) -> str:
+def _dry_run_detail(api: Any, target: Target, local: VersionDir, token: str | None) -> str:
     """What a real push would find on the Hub (reads only; failures become a note)."""
     from huggingface_hub.errors import RepositoryNotFoundError
 
+    repo_id, tag = target.repo_id, target.tag
     try:
         refs = api.list_repo_refs(repo_id, repo_type="dataset")
     except RepositoryNotFoundError:

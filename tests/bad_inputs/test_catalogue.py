@@ -1,5 +1,6 @@
-"""The bad-input catalogue: every mistake a user can make in a recipe, a source, a model folder,
-an output location or a push, each driven through the real command line (click's CliRunner).
+"""The bad-input catalogue of ``upft-build``: every mistake a user can make in a recipe, a source,
+a model folder or an output location, each driven through the real command line (click's
+CliRunner). Other commands have a catalogue module of their own here (``test_push_to_hub.py``).
 
 Each case gives its input (recipe text, files, flags), a fragment the message must contain and
 the exit code: 2 for every error, with ``error: ...`` on stderr, no traceback, and nothing
@@ -27,11 +28,11 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from tests.hubserver import ALICE, HubServer, configure_process_env
+from tests.hubserver import HubServer, configure_process_env
 
 configure_process_env()  # before anything imports huggingface_hub (see tests/hubserver)
 
-from builder.cli import build_main, push_main  # noqa: E402
+from builder.cli import build_main  # noqa: E402
 
 GOOD_ROWS = [
     {"question": "What is 2 + 3?", "answer": "5"},
@@ -77,7 +78,6 @@ class Case:
     args: tuple[str, ...] = ("--dry-run",)
     exit_code: int = 2
     setup: Callable[[Path], None] | None = None
-    command: str = "build"  # or "push" (args then start with the version directory)
 
 
 def _model_folder(tmp: Path, template: bool = True, config: bool = True) -> Path:
@@ -109,36 +109,6 @@ def _make_file(path: str) -> Callable[[Path], None]:
 
     return setup
 
-
-def _incomplete_version(tmp: Path) -> None:
-    from tests.builder.test_hub import make_version
-
-    root = make_version(tmp / "v", "1.0.0")
-    (root / "manifest.json").unlink()
-
-
-def _version(tmp: Path) -> None:
-    from tests.builder.test_hub import make_version
-
-    make_version(tmp / "v", "1.0.0")
-
-
-def _published_then_changed(tmp: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from builder.hub import push_version
-    from tests.builder.test_hub import make_version
-
-    root = make_version(tmp / "v", "1.0.0")
-    push_version(root, token=ALICE)
-    table = pa.table(
-        {"question_id": ["changed"], "text": ["x"], "num_tokens": pa.array([1], pa.int32())}
-    )
-    pq.write_table(table, root / "data" / "traces" / "train-00000-of-00001.parquet")
-
-
-VERSION = str(Path("v") / "demo-upft" / "1.0.0")
 
 CASES = [
     # --- the recipe file ---------------------------------------------------------------------
@@ -483,48 +453,6 @@ CASES = [
         files={"q.jsonl": jsonl([{"question": "How many pens? " * 20, "answer": "1"}])},
         args=(),
     ),
-    # --- publishing --------------------------------------------------------------------------
-    Case(
-        "push-incomplete-directory",
-        ("is not a complete version directory: missing manifest.json",),
-        command="push",
-        args=(VERSION, "--token", ALICE),
-        setup=_incomplete_version,
-    ),
-    Case(
-        "push-missing-directory",
-        ("version directory 'nowhere' does not exist",),
-        command="push",
-        args=("nowhere", "--token", ALICE),
-    ),
-    Case(
-        "push-without-token",
-        ("no Hugging Face token found",),
-        command="push",
-        args=(VERSION,),
-        setup=_version,
-    ),
-    Case(
-        "push-rejected-token",
-        ("the Hub rejected the token (HTTP 401)",),
-        command="push",
-        args=(VERSION, "--token", "hf_wrong"),
-        setup=_version,
-    ),
-    Case(
-        "push-bad-repo-id",
-        ("repo id 'no-slash' must look like ORG/NAME",),
-        command="push",
-        args=(VERSION, "--repo-id", "no-slash", "--token", ALICE),
-        setup=_version,
-    ),
-    Case(
-        "push-other-content-under-tag",
-        ("tag v1.0.0 already exists on alice/demo-upft with different content",),
-        command="push",
-        args=(VERSION, "--token", ALICE),
-        setup=_published_then_changed,
-    ),
 ]
 
 
@@ -556,13 +484,10 @@ def test_bad_input(
         case.setup(tmp_path)
     before = _tree(tmp_path / FINAL)
 
-    if case.command == "push":
-        result: Result = CliRunner().invoke(push_main, list(case.args), prog_name="push-to-hub")
-    else:
-        args = list(case.args)
-        if not args or args[0].startswith("-"):
-            args = ["r.yaml", *args]
-        result = CliRunner().invoke(build_main, args, prog_name="upft-build")
+    args = list(case.args)
+    if not args or args[0].startswith("-"):
+        args = ["r.yaml", *args]
+    result: Result = CliRunner().invoke(build_main, args, prog_name="upft-build")
 
     out = result.output
     assert result.exit_code == case.exit_code, out
@@ -572,7 +497,6 @@ def test_bad_input(
     assert result.exception is None or isinstance(result.exception, SystemExit), out
     if (
         case.exit_code == 2
-        and case.command == "build"
         and "Invalid value" not in out
         and "is a directory" not in out.splitlines()[-1]
     ):

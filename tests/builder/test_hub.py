@@ -286,7 +286,7 @@ def test_recipe_publish_section_gives_repo_and_privacy(hub: HubServer, tmp_path:
     nowhere = make_version(tmp_path / "b", "1.0.0", repo_id=None)
     with pytest.raises(PublishError, match="pass --repo-id ORG/NAME or set publish.repo_id"):
         push_version(nowhere, token=ALICE)
-    with pytest.raises(PublishError, match="must look like ORG/NAME"):
+    with pytest.raises(PublishError, match="--repo-id: 'no-slash' is not a Hub repo id: it needs"):
         push_version(nowhere, "no-slash", token=ALICE)
 
 
@@ -544,7 +544,7 @@ def test_429_asking_too_long_or_forever_stops_and_rerun_completes(
     with pytest.raises(PublishError) as waited:
         push_version(version_dir, token=ALICE)
     assert str(waited.value) == (
-        f"the Hub asked to wait 3600 s before uploading to {REPO} (HTTP 429, Retry-After); "
+        f"the Hub asked to wait 3600 s before committing to {REPO} (HTTP 429, Retry-After); "
         "nothing was tagged. Re-run push-to-hub after that time"
     )
     assert [r.status for r in hub.calls("commit")] == [429]  # no pointless waiting
