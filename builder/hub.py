@@ -22,7 +22,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
@@ -50,6 +50,9 @@ from builder.manifest import ManifestHeader
 from builder.writer import CONFIGS as DATA_CONFIGS
 from builder.writer import REQUIRED_FILES
 
+if TYPE_CHECKING:
+    from builder.recipe import PublishConfig
+
 logger = logging.getLogger(__name__)
 
 _REBUILD = "rebuild the version with upft-build (or copy the whole directory again)"
@@ -69,7 +72,7 @@ class LocalFile:
 class VersionDir:
     root: Path
     manifest: ManifestHeader  # identity only: versions of any builder release can be published
-    publish: Any  # the recipe's ``publish`` section (builder.recipe.PublishConfig)
+    publish: PublishConfig  # the recipe's ``publish`` section
     readme: str
     files: tuple[LocalFile, ...]
 
@@ -188,7 +191,7 @@ def _check_card(root: Path, readme: str) -> None:
         )
 
 
-def _publish_section(root: Path) -> Any:
+def _publish_section(root: Path) -> PublishConfig:
     """The recipe's ``publish`` section, checked like upft-build checks it."""
     from pydantic import ValidationError
 
