@@ -14,7 +14,12 @@ from typing import Any
 
 import click
 
-from builder.clikit import handle_errors, on_error, process_ends_after_command, run_and_exit
+from builder.clikit import (
+    handle_errors,
+    note_for_errors,
+    process_ends_after_command,
+    run_and_exit,
+)
 from builder.logs import build_log_path, capture, setup_logging
 
 __all__ = ["build_entry", "build_main", "push_entry", "push_main"]
@@ -71,16 +76,16 @@ def build_main(
     parsed, base_dir = load_recipe(recipe)
     parsed = apply_overrides(parsed, out=out, limit=limit, backend=backend)
     _check_inputs(parsed)
-    on_error["output"] = str(Path(parsed.output.dir) / parsed.name)
     resume = ["upft-build", recipe] + [
         f"--{k}={v}"
         for k, v in (("out", out), ("limit", limit), ("backend", backend))
         if v is not None
     ]
-    on_error["interrupted"] = (
-        f"interrupted: sampled shards are kept in "
+    note_for_errors(
+        output=str(Path(parsed.output.dir) / parsed.name),
+        interrupted=f"interrupted: sampled shards are kept in "
         f"{Path(parsed.output.dir) / parsed.name / ('.' + parsed.version + '.partial')}; "
-        f"resume with: {shlex.join(resume)}"
+        f"resume with: {shlex.join(resume)}",
     )
     if dry_run:
         from builder.pipeline import plan

@@ -3,15 +3,17 @@
 ``upft-build``, ``push-to-hub``, ``upft-train`` and ``upft-eval`` wrap their click commands in
 :func:`handle_errors`: an ``UpftError`` becomes ``error: ...`` on stderr and exit code 2 (with the
 path of the engine log when one was written), Ctrl-C exits 130 with a hint on how to resume, and
-a full or read-only disk names the path instead of a traceback. Anything else is a bug and keeps
-its traceback.
+a full or read-only disk names the path instead of a traceback. What the handler says about the
+command in progress (:func:`note_for_errors`) lives in click's context of that invocation. Anything
+else is a bug and keeps its traceback.
 
 The console scripts start through :func:`run_and_exit`: once a command has finished, its files
 are closed and the interpreter's exit handlers have run, the process ends without tearing the
-interpreter down. Freeing a loaded engine's tensors and modules one by one took 2.2 s after
-every vLLM command on the 2-core machine, after all of its work was done. A command started
-this way may also leave an in-process engine to the exit instead of shutting it down
-(:func:`process_ends_after_command`; ~0.9 s for vLLM).
+interpreter down (freeing a loaded engine's tensors and modules one by one), and a command may
+leave an in-process engine to the exit (:func:`process_ends_after_command`).
+Kept on a private hook, ``atexit._run_exitfuncs``: Python has no public "run the exit handlers
+now"; the saving per engine command is seconds (bench/README.md, "Console exit") and
+``tests/builder/test_clikit.py`` fails at once if an upgrade renames or drops the hook.
 """
 
 from __future__ import annotations
@@ -32,9 +34,7 @@ from builder.logs import failure_hint
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-# What the error handler says about the command in progress (set once its inputs are known):
-# "output" (the folder a disk error most likely concerns) and "interrupted" (the resume hint).
-on_error: dict[str, str] = {}
+_NOTES = "upft.on_error"  # the key of the notes in click's context (``Context.meta``)
 _DISK_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 )
@@ -48,6 +48,21 @@ def process_ends_after_command() -> bool:
     so what the process alone holds (an in-process engine) need not be released first. False
     elsewhere (click's ``CliRunner``, a caller that goes on)."""
     return _ends_process
+
+
+def note_for_errors(output: str | None = None, interrupted: str | None = None) -> None:
+    """What the error handler says about the command in progress, once its inputs are known:
+    ``output`` (the folder a disk error most likely concerns) and ``interrupted`` (the resume
+    hint after Ctrl-C). Kept in click's context, so they end with the invocation."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        notes = ctx.meta.setdefault(_NOTES, {})
+        notes.update({k: v for k, v in (("output", output), ("interrupted", interrupted)) if v})
+
+
+def _notes() -> dict[str, str]:
+    ctx = click.get_current_context(silent=True)
+    return dict(ctx.meta.get(_NOTES, {})) if ctx is not None else {}
 
 
 def handle_errors(fn: F) -> F:
@@ -65,7 +80,7 @@ def handle_errors(fn: F) -> F:
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo(
-                on_error.get(
+                _notes().get(
                     "interrupted", "interrupted: completed shards are kept; re-run to resume"
                 ),
                 err=True,
@@ -75,7 +90,7 @@ def handle_errors(fn: F) -> F:
             # A full disk or an unwritable folder while writing: say where, not a traceback.
             if exc.errno not in _DISK_ERRNOS:
                 raise
-            where = exc.filename or on_error.get("output", "the output folder")
+            where = exc.filename or _notes().get("output", "the output folder")
             click.echo(
                 f"error: cannot write {where}: {exc.strerror or exc}; free some space "
                 "or fix its permissions, then re-run (finished shards are kept)",

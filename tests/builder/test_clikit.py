@@ -15,7 +15,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from builder.clikit import handle_errors, process_ends_after_command
+from builder.clikit import handle_errors, note_for_errors, process_ends_after_command
 from builder.errors import RecipeError
 
 SCRIPT = textwrap.dedent(
@@ -119,16 +119,44 @@ def test_handle_errors_maps_our_errors_to_exit_2_without_traceback() -> None:
     assert "Traceback" not in result.output
 
 
-def test_handle_errors_ctrl_c_exits_130_with_the_resume_hint(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr("builder.clikit.on_error", {})  # no command has named its output yet
+def test_handle_errors_ctrl_c_exits_130_with_the_resume_hint() -> None:
+    @click.command()
+    @click.option("--note", is_flag=True)
+    @handle_errors
+    def cmd(note: bool) -> None:
+        if note:
+            note_for_errors(interrupted="interrupted: resume with: upft-build r.yaml")
+        raise KeyboardInterrupt
+
+    noted = CliRunner().invoke(cmd, ["--note"])
+    assert (noted.exit_code, noted.output) == (130, "interrupted: resume with: upft-build r.yaml\n")
+    # The note belonged to that invocation: the next one says the general hint.
+    result = CliRunner().invoke(cmd, [])
+    assert result.exit_code == 130
+    assert result.output == "interrupted: completed shards are kept; re-run to resume\n"
+
+
+def test_a_disk_error_names_the_noted_output_folder() -> None:
+    import errno
 
     @click.command()
     @handle_errors
     def cmd() -> None:
-        raise KeyboardInterrupt
+        note_for_errors(output="out/demo-upft")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     result = CliRunner().invoke(cmd, [])
-    assert result.exit_code == 130
-    assert result.output == "interrupted: completed shards are kept; re-run to resume\n"
+    assert result.exit_code == 2
+    assert result.output.startswith(
+        "error: cannot write out/demo-upft: No space left on device; free some space"
+    )
+
+
+def test_the_private_exit_hook_run_and_exit_relies_on_exists() -> None:
+    """run_and_exit calls ``atexit._run_exitfuncs`` (no public equivalent; the module docstring
+    says why it is kept): an upgrade that renames or drops it must fail here, in the fast suite,
+    rather than every console script at its end. (It is not called here: it would run the
+    test session's own exit handlers; the subprocess tests above run it.)"""
+    import atexit
+
+    assert callable(getattr(atexit, "_run_exitfuncs", None))
