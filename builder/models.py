@@ -46,6 +46,10 @@ _EMBEDDED = {
 }
 
 
+# Files of which a model folder's tokenizer needs at least one.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """Where a model lives and what identifies its weights (recorded in the manifest)."""
@@ -157,6 +161,13 @@ def load_tokenizer(model: ResolvedModel, pinned: bool, chat_template: str | None
     try:
         tok = AutoTokenizer.from_pretrained(model.path, **rev)
     except (OSError, ValueError) as exc:
+        folder = Path(model.path)
+        if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+            raise ModelError(
+                f"model folder {model.spec!r} has no tokenizer (none of "
+                f"{', '.join(TOKENIZER_FILES)}); save it next to the weights: "
+                "tokenizer.save_pretrained(folder)"
+            ) from None
         raise ModelError(f"cannot load the tokenizer of {model.spec!r}: {exc}") from None
     if chat_template is not None:
         tok.chat_template = chat_template

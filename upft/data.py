@@ -2,7 +2,10 @@
 
 Second stage of the trainer, between the config (``upft.config``) and the training run
 (``upft.train``). :func:`open_dataset` reads a local version folder or a Hub dataset repo at a
-revision (pinned to the resolved commit) and its ``manifest.json`` / ``recipe.yaml``.
+revision (pinned to the resolved commit) and its ``manifest.json`` / ``recipe.yaml``, and
+checks what it read before any model loads: a damaged parquet file, a folder without its card,
+a config without the mixture's columns, a manifest that does not validate, or fewer rows than
+the manifest counts is one error naming the file and the fix.
 :func:`encode_rows` turns each row into ``input_ids`` and ``labels``:
 
 * the context is the prompt rendered by the chat template with the generation prompt, tokenised
@@ -35,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from builder.errors import ManifestError, TrainError
+from builder.errors import TrainError
 from builder.hubclient import hub_errors, is_repo_id, with_retries
 from builder.manifest import Manifest, ManifestHeader
 
@@ -100,10 +103,12 @@ def _read_local(folder: Path, name: str) -> str | None:
 def _parse_extras(
     manifest: str | None, recipe: str | None, where: str
 ) -> tuple[Manifest | None, ManifestHeader, dict[str, Any]]:
-    """The typed manifest (None unless it validates), its header, and the recipe as a dict.
+    """The typed manifest (None for an older builder's), its header, and the recipe as a dict.
 
-    A manifest of an older builder (or a hand-made one) still gives the header -- name, version,
-    fingerprint and sampling model, all the trainer and its model card use -- so training goes on.
+    A manifest of a builder from before typed manifests (no ``manifest_version``) still gives
+    the header -- name, version, fingerprint and sampling model, all the trainer and its model
+    card use -- so training goes on. A header that does not validate, or a typed manifest that
+    does not match its schema, is an error naming the file and the field (as for push-to-hub).
     """
     full, header = None, ManifestHeader()
     if manifest:
@@ -112,15 +117,17 @@ def _parse_extras(
             data = json.loads(manifest)
         except json.JSONDecodeError as exc:
             raise TrainError(f"{name} is not valid JSON ({exc}); rebuild it") from None
-        try:
-            header = ManifestHeader.from_dict(data, name)
-            full = Manifest.from_dict(data, name)
-        except ManifestError as exc:
+        header = ManifestHeader.from_dict(data, name)
+        if data.get("manifest_version") is None:
             logger.warning(
-                "%s -- training goes on, reading only the manifest's name, version, "
+                "%s has no manifest_version (written by upft builder %s, before manifests were "
+                "typed) -- training goes on, reading only the manifest's name, version, "
                 "fingerprint and model",
-                exc,
+                name,
+                data.get("builder_version", "of an unknown version"),
             )
+        else:
+            full = Manifest.from_dict(data, name)
     try:
         rec = yaml.safe_load(recipe) if recipe else {}
     except yaml.YAMLError:
@@ -129,8 +136,45 @@ def _parse_extras(
     return full, header, (rec if isinstance(rec, dict) else {})
 
 
+# The columns every mixture row needs (``finish_reason`` is optional: older builds lack it).
+MIXTURE_COLUMNS = ("question_id", "kind", "prompt", "completion", "num_tokens")
+
+
+def _check_parquet_files(folder: Path, config: str) -> None:
+    """Every parquet file of ``config`` must be whole before ``datasets`` reads it: a file cut
+    short (a copy or download that stopped) would end in a ``DatasetGenerationError``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in sorted((folder / "data" / config).glob("*.parquet")):
+        try:
+            names = pq.read_schema(path).names
+        except (OSError, pa.ArrowException) as exc:
+            raise TrainError(
+                f"dataset file {str(path)!r} is damaged ({exc}); the version folder is "
+                "incomplete: copy or download it again, or rebuild it with upft-build"
+            ) from None
+        # The card's features would fill a missing column with nulls: name the file instead.
+        missing = [c for c in MIXTURE_COLUMNS if c not in names]
+        if config == "mixture" and missing:
+            raise TrainError(
+                f"dataset file {str(path)!r} has no column(s) {', '.join(missing)} (it has: "
+                f"{', '.join(names)}); it is not a mixture written by upft-build: rebuild it"
+            )
+
+
+def _check_local_folder(folder: Path) -> None:
+    if not (folder / "README.md").is_file():
+        raise TrainError(
+            f"dataset folder {str(folder)!r} has no README.md, the dataset card whose configs: "
+            "tell datasets where the mixture's files are; pass a complete version folder "
+            "written by upft-build (data/, README.md, manifest.json)"
+        )
+
+
 def _load_rows(path_or_repo: str, config: str, revision: str | None, where: str) -> Any:
     import datasets
+    from datasets.exceptions import DatasetGenerationError, SplitsVerificationError
 
     try:
         return datasets.load_dataset(path_or_repo, config, revision=revision, split="train")
@@ -146,8 +190,43 @@ def _load_rows(path_or_repo: str, config: str, revision: str | None, where: str)
             f"cannot read {where}: {exc}; is it a UPFT version folder written by upft-build "
             "(README.md with configs, data/mixture/*.parquet)?"
         ) from None
+    except DatasetGenerationError as exc:
+        # datasets names the file in the cause ("Failed to read file '...' with error ...").
+        cause = exc.__cause__ or exc.__context__ or exc
+        raise TrainError(
+            f"cannot read config {config!r} of {where}: {cause}; a data file is damaged or not "
+            "parquet: download or copy the dataset again, or rebuild it with upft-build"
+        ) from None
+    except SplitsVerificationError as exc:
+        raise TrainError(
+            f"the {config!r} rows of {where} do not match what its card (README.md) records "
+            f"({exc}): data files are missing or were changed; download or copy the whole "
+            "version folder again, or rebuild it with upft-build"
+        ) from None
     except hub_errors() as exc:
         raise TrainError(f"cannot download {where}: {exc}") from None
+
+
+def _check_rows(rows: Any, config: str, where: str, manifest: Manifest | None) -> None:
+    """The rows are a UPFT mixture, and as many as the manifest says were written."""
+    missing = [c for c in MIXTURE_COLUMNS if c not in rows.column_names]
+    if missing:
+        hint = (
+            "upft-train reads a UPFT mixture: leave --dataset-config at 'mixture'"
+            if config != "mixture"
+            else "it is not a mixture written by upft-build; rebuild the dataset"
+        )
+        raise TrainError(
+            f"config {config!r} of {where} has no column(s) {', '.join(missing)} (it has: "
+            f"{', '.join(rows.column_names)}); {hint}"
+        )
+    expected = manifest.counts.mixture_rows if manifest is not None else None
+    if config == "mixture" and expected is not None and rows.num_rows != expected:
+        raise TrainError(
+            f"the mixture of {where} has {rows.num_rows} rows but its manifest.json says "
+            f"{expected}: data files are missing or were changed; download or copy the whole "
+            "version folder again, or rebuild it with upft-build"
+        )
 
 
 def _hub_error(exc: BaseException, repo: str, revision: str | None) -> TrainError:
@@ -194,10 +273,14 @@ def open_dataset(
         if not folder.is_dir():
             raise TrainError(f"dataset {spec!r} is a file; pass the version folder that holds it")
         folder = folder.resolve()
+        _check_local_folder(folder)
         manifest, header, recipe = _parse_extras(
             _read_local(folder, "manifest.json"), _read_local(folder, "recipe.yaml"), str(folder)
         )
-        rows = _load_rows(str(folder), config, None, f"dataset folder {str(folder)!r}")
+        _check_parquet_files(folder, config)
+        where = f"dataset folder {str(folder)!r}"
+        rows = _load_rows(str(folder), config, None, where)
+        _check_rows(rows, config, where, manifest)
         if header.fingerprint is None:
             logger.warning(
                 "%s has no manifest.json naming a fingerprint; the model card cannot name one",
@@ -235,7 +318,9 @@ def open_dataset(
         return Path(path).read_text(encoding="utf-8")
 
     manifest, header, recipe = _parse_extras(fetch("manifest.json"), fetch("recipe.yaml"), spec)
-    rows = _load_rows(spec, config, sha, f"dataset repo {spec!r} at {sha}")
+    where = f"dataset repo {spec!r} at {sha}"
+    rows = _load_rows(spec, config, sha, where)
+    _check_rows(rows, config, where, manifest)
     source = DatasetSource("hub", spec, config, revision, sha, manifest, recipe, header)
     return rows, source
 
@@ -297,6 +382,8 @@ class EncodeStats:
     dropped_too_long: int = 0
     dropped_truncated: int = 0  # full traces that did not end (finish_reason "length")
     full_count_mismatch: int = 0
+    # --teacher-prefixes: (question_id, sampled tokens, tokens here) of every trained prefix row
+    retokenised: list[tuple[str, int, int]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -337,8 +424,14 @@ def _messages(value: Any, qid: str, column: str) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
-def encode_row(row: dict[str, Any], tokenizer: Any, end: TurnEnd) -> dict[str, Any]:
-    """One mixture row -> ``{input_ids, labels, kind, question_id, content_tokens}``."""
+def encode_row(
+    row: dict[str, Any], tokenizer: Any, end: TurnEnd, retokenise: bool = False
+) -> dict[str, Any]:
+    """One mixture row -> ``{input_ids, labels, kind, question_id, count_matches, ...}``.
+
+    ``retokenise`` (``--teacher-prefixes``): the row was sampled by another model, so its prefix
+    text is tokenised with this tokenizer as it is, whatever its sampled token count.
+    """
     qid = str(row.get("question_id", "<no question_id>"))
     kind = _field(row, "kind", qid)
     if kind not in KINDS:
@@ -359,11 +452,13 @@ def encode_row(row: dict[str, Any], tokenizer: Any, end: TurnEnd) -> dict[str, A
             f"row {qid!r}: the completion already contains an end-of-turn token; the trainer "
             "adds it, so the dataset must store the content without it"
         )
-    if kind == "prefix" and len(content_ids) != num_tokens:
+    if kind == "prefix" and len(content_ids) != num_tokens and not retokenise:
         raise TrainError(
             f"row {qid!r}: the prefix completion re-tokenises to {len(content_ids)} tokens but "
             f"num_tokens is {num_tokens}; the dataset was probably sampled with another "
-            "tokenizer -- train the model the dataset was built with (see its manifest)"
+            "tokenizer -- train the model the dataset was built with (see its manifest), or "
+            "pass --teacher-prefixes to train this model on the other model's prefix texts "
+            "(not the paper's self-generated setting)"
         )
     input_ids = prompt_ids + content_ids + list(end.supervised) + list(end.tail)
     labels = (
@@ -375,6 +470,8 @@ def encode_row(row: dict[str, Any], tokenizer: Any, end: TurnEnd) -> dict[str, A
         "kind": kind,
         "question_id": qid,
         "count_matches": len(content_ids) == num_tokens,
+        "sampled_tokens": num_tokens,
+        "content_tokens": len(content_ids),
     }
 
 
@@ -385,11 +482,16 @@ def ended(row: dict[str, Any]) -> bool:
 
 
 def encode_rows(
-    rows: Iterable[dict[str, Any]], tokenizer: Any, end: TurnEnd, max_length: int
+    rows: Iterable[dict[str, Any]],
+    tokenizer: Any,
+    end: TurnEnd,
+    max_length: int,
+    retokenise: bool = False,
 ) -> tuple[list[dict[str, list[int]]], EncodeStats]:
     """Encode every row; rows longer than ``max_length`` are left out (cutting one would drop
     its end-of-turn token and teach the model not to stop), and so are full traces that hit
-    the token limit (``finish_reason`` other than ``"stop"``)."""
+    the token limit (``finish_reason`` other than ``"stop"``). ``retokenise``: see
+    :func:`encode_row`; each prefix row's two token counts go into ``stats.retokenised``."""
     stats = EncodeStats()
     encoded: list[dict[str, list[int]]] = []
     truncated: list[str] = []
@@ -398,12 +500,16 @@ def encode_rows(
             stats.dropped_truncated += 1
             truncated.append(f"{row.get('question_id')} ({row.get('finish_reason')})")
             continue
-        item = encode_row(row, tokenizer, end)
+        item = encode_row(row, tokenizer, end, retokenise)
         if len(item["input_ids"]) > max_length:
             stats.dropped_too_long += 1
             logger.debug("leaving out %s: %d tokens", item["question_id"], len(item["input_ids"]))
             continue
-        if not item["count_matches"]:
+        if retokenise and item["kind"] == "prefix":
+            stats.retokenised.append(
+                (item["question_id"], item["sampled_tokens"], item["content_tokens"])
+            )
+        elif not item["count_matches"] and not retokenise:
             stats.full_count_mismatch += 1
         stats.examples[item["kind"]] += 1
         stats.supervised_tokens[item["kind"]] += sum(1 for x in item["labels"] if x != IGNORE)

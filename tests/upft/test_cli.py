@@ -98,8 +98,8 @@ def test_dataset_folder_that_is_not_a_upft_dataset(tmp_path: Path) -> None:
     empty.mkdir()
     result = run("--dataset", str(empty), "--output", str(tmp_path / "run"), "--quiet")
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"error: cannot read dataset folder '{empty}'")
-    assert "is it a UPFT version folder written by upft-build" in result.stderr
+    assert result.stderr.startswith(f"error: dataset folder '{empty}' has no README.md")
+    assert "pass a complete version folder written by upft-build" in result.stderr
 
 
 def test_output_folder_that_is_not_empty(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from builder.clikit import handle_errors, process_ends_after_command, run_and_exit
+from builder.errors import EvalError
 from builder.logs import setup_logging
 from upft.evaluation import benchmarks
 
@@ -142,6 +143,7 @@ def main(
     from upft.evaluation.config import resolve_config
 
     cfg = resolve_config(config_file, flags)
+    check_inputs(cfg)
     from builder.logs import capture_into
     from upft.evaluation.runner import evaluate, write_card
 
@@ -173,6 +175,29 @@ def main(
     click.echo(str(run.path))
 
 
+def check_inputs(cfg: Any, card: bool = True) -> None:
+    """Files and folders the settings name, checked before any model loads (a missing --base
+    would otherwise be found only after the whole eval has run; ``upft-train --eval`` checks
+    its eval config this way before training, ``card=False`` as its card folder comes later)."""
+    path = cfg.data.path
+    if path is not None and not Path(path).expanduser().is_file():
+        problem = "is a folder" if Path(path).expanduser().is_dir() else "not found"
+        raise EvalError(
+            f"data file {path!r} {problem}; pass an existing .jsonl/.json/.parquet/.csv file "
+            f"with --data (or data.path in the config), a benchmark ({benchmarks.known()}) or "
+            "a Hub dataset id"
+        )
+    if card and cfg.card is not None and not Path(cfg.card).expanduser().is_dir():
+        raise EvalError(
+            f"--card {cfg.card!r} is not a folder; pass the model folder whose README.md gets "
+            "the results (e.g. the --output of upft-train)"
+        )
+    if cfg.base is not None:
+        from upft.evaluation.compare import load_run
+
+        load_run(cfg.base)  # a finished eval of the base model, or a clear error now
+
+
 @main.command("compare")
 @click.argument("runs", nargs=-1, required=True, metavar="EVAL_DIR EVAL_DIR...")
 @click.option(
@@ -193,6 +218,8 @@ def compare_cmd(runs: tuple[str, ...], output: str | None, as_json: bool, seed: 
     """
     from upft.evaluation import compare, report
 
+    if output and Path(output).exists() and not Path(output).is_dir():
+        raise EvalError(f"--output {output!r} is a file; pass a folder for the comparison")
     result = compare.compare(list(runs), seed=seed)
     table = compare.format_table(result)
     click.echo(json.dumps(result, indent=2) if as_json else table)

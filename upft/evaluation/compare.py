@@ -1,7 +1,9 @@
 """``upft-eval compare A B ...``: finished evals side by side, with paired significance.
 
-Reads the ``summary.json`` and ``results.jsonl`` of each run. Runs are only comparable on the
-same questions (same ids and texts); anything else is refused, because an accuracy difference
+Reads the ``summary.json`` and ``results.jsonl`` of each run, checked before anything is
+computed: a missing field, a damaged line, a duplicated question id or a row count other than
+the summary's is one error naming the file, the line and the fix. Runs are only comparable on
+the same questions (same ids and texts); anything else is refused, because an accuracy difference
 between different question sets says nothing about the models. The first run is the baseline:
 every other run gets its accuracy delta, a paired bootstrap 95% interval of that delta
 (questions resampled together for both runs) and McNemar's exact p-value on the questions where
@@ -15,6 +17,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
 
 from builder.errors import EvalError
 from upft.evaluation import report, scoring
@@ -38,9 +42,59 @@ class Run:
         return self.path.name
 
 
+class _Model(BaseModel):
+    spec: str
+
+
+class _Counts(BaseModel):
+    questions: int = Field(ge=0)
+
+
+class _Prefix(BaseModel):
+    stop_within_rate: float | None = None
+
+
+class _Summary(BaseModel):
+    """The part of a ``summary.json`` that compare reads (other keys are left alone)."""
+
+    model: _Model
+    counts: _Counts
+    accuracy: float
+    accuracy_ci95: tuple[float, float]
+    mean_answer_tokens: float | None
+    truncation_rate: float | None
+    final_answer_rate: float | None
+    prefix_behaviour: _Prefix | None = None
+
+
+class _Row(BaseModel):
+    """The part of a ``results.jsonl`` row that compare reads."""
+
+    id: str
+    question: str
+    correct: bool
+    n: int = Field(ge=1)
+    n_correct: int = Field(ge=0)
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(document)'}: {err['msg']}"
+        for err in exc.errors()[:3]
+    )
+
+
 def load_run(path: str | Path) -> Run:
+    """A finished eval, checked: every field compare reads is there, ids are unique, and the
+    summary counts the questions that results.jsonl holds."""
     folder = Path(path).expanduser()
     summary_path = folder / "summary.json"
+    rerun = f"re-run the eval into that folder (upft-eval ... --output {folder} --force)"
+    if not folder.is_dir():
+        raise EvalError(
+            f"eval folder {str(folder)!r} does not exist or is not a folder; pass a folder "
+            "that upft-eval wrote (its --output)"
+        )
     if not summary_path.is_file():
         raise EvalError(
             f"{str(folder)!r} is not a finished eval (no summary.json); run upft-eval with "
@@ -48,9 +102,39 @@ def load_run(path: str | Path) -> Run:
         )
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise EvalError(f"{summary_path}: not valid JSON ({exc.msg})") from None
-    rows = {r["id"]: r for r in report.read_rows(folder)}
+        _Summary.model_validate(summary)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EvalError(f"{summary_path}: not valid JSON ({exc}); {rerun}") from None
+    except ValidationError as exc:
+        raise EvalError(
+            f"{summary_path} is not a summary written by upft-eval ({_problems(exc)}); {rerun}"
+        ) from None
+    rows: dict[str, dict[str, Any]] = {}
+    lines: dict[str, int] = {}
+    try:
+        found = report.read_rows(folder)
+    except UnicodeDecodeError as exc:
+        raise EvalError(f"{folder / 'results.jsonl'}: not UTF-8 ({exc}); {rerun}") from None
+    for line, row in enumerate(found, start=1):
+        try:
+            qid = _Row.model_validate(row).id
+        except ValidationError as exc:
+            raise EvalError(
+                f"{folder / 'results.jsonl'}:{line}: not a result row of upft-eval "
+                f"({_problems(exc)}); {rerun}"
+            ) from None
+        if qid in rows:
+            raise EvalError(
+                f"{folder / 'results.jsonl'}:{line}: question id {qid!r} appears twice (first "
+                f"at line {lines[qid]}); {rerun}"
+            )
+        rows[qid], lines[qid] = row, line
+    if len(rows) != summary["counts"]["questions"]:
+        raise EvalError(
+            f"{folder} holds {len(rows)} result rows but its summary.json counts "
+            f"{summary['counts']['questions']} questions: the eval is incomplete or was changed; "
+            f"{rerun}"
+        )
     return Run(folder, summary, rows)
 
 

@@ -58,7 +58,7 @@ def test_compare_refuses_other_questions(
         in result.output
     )
     missing = CliRunner().invoke(main, ["compare", str(a), str(tmp_path / "nothing")])
-    assert missing.exit_code == 2 and "is not a finished eval (no summary.json)" in missing.output
+    assert missing.exit_code == 2 and "does not exist or is not a folder" in missing.output
 
 
 def test_model_card(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
