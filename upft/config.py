@@ -67,6 +67,12 @@ class TrainConfig(Strict):
         "(default: the model the dataset was sampled with, from its manifest)",
     )
     model_revision: str | None = Field(None, description="Hub revision of the model")
+    teacher_prefixes: bool = Field(
+        False,
+        description="train --model on a dataset another model (the teacher) sampled: each "
+        "prefix text is kept whole and re-tokenised with the student's tokenizer (not the "
+        "paper's self-generated setting)",
+    )
     output: str = Field(description="folder for the trained model")
     learning_rate: float = Field(1e-6, gt=0, description="peak learning rate (AdamW)")
     lr_scheduler: Literal["constant_with_warmup", "constant", "linear", "cosine"] = Field(

@@ -18,6 +18,7 @@ import yaml
 
 from builder.errors import TrainError
 from upft.config import TrainConfig
+from upft.teacher import card_text
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,12 @@ _CARD = """---
 
 `{{ summary.model.spec }}` ({{ summary.model.name }}) fine-tuned with **Unsupervised Prefix
 Fine-Tuning** (UPFT, Ji et al. 2025, arXiv:2503.02875): the model is trained on the first tokens
-of its own sampled solutions, each followed by the end-of-turn token, mixed with a small share of
-complete sampled traces. No gold answers are used.
+of {{ "another model's" if teacher else "its own" }} sampled solutions, each followed by the
+end-of-turn token, mixed with a small share of complete sampled traces. No gold answers are used.
+{% if teacher %}
+
+{{ teacher_text }}
+{% endif %}
 
 ## Training data
 
@@ -57,7 +62,7 @@ complete sampled traces. No gold answers are used.
 | Manifest fingerprint | `{{ ds.fingerprint or "none (no manifest.json)" }}` |
 {% if ds.built_with %}
 | Sampled with | `{{ ds.built_with.id }}`
-{%- if ds.built_with.revision %} @ `{{ ds.built_with.revision }}`{% endif %} |
+{%- if ds.built_with.get("revision") %} @ `{{ ds.built_with.revision }}`{% endif %} |
 {% endif %}
 | Examples | {{ ex.prefix }} prefix + {{ ex.full }} full trace = {{ ex.total }}
 {%- if summary.dropped_too_long %}
@@ -202,6 +207,8 @@ def render_card(config: TrainConfig, summary: dict[str, Any], folder: Path) -> s
         citation=CITATION,
         eot_supervised=_show(summary["end_of_turn"]["supervised"]),
         eot_tail=_show(summary["end_of_turn"]["masked_after"]),
+        teacher=summary.get("teacher_prefixes"),
+        teacher_text=card_text(summary.get("teacher_prefixes")),
     )
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from builder.errors import ModelError, TrainError
 from builder.models import ResolvedModel, load_tokenizer, resolve_model
+from upft import teacher
 from upft.config import TrainConfig, resolve_config, write_config
 from upft.data import CompletionCollator, DatasetSource, encode_rows, open_dataset, turn_end
 
@@ -43,6 +44,7 @@ RESUME_FIXED = (
     "lr_scheduler", "warmup_ratio", "optimizer", "weight_decay", "max_grad_norm", "batch_size",
     "micro_batch_size", "epochs", "max_steps", "max_length", "bf16", "seed", "loss_averaging",
     "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "eos_token",
+    "teacher_prefixes",
 )  # fmt: skip
 
 
@@ -118,7 +120,7 @@ def choose_model(config: TrainConfig, source: DatasetSource) -> tuple[str, str |
             )
         logger.info("training the model the dataset was sampled with: %s", built["id"])
         return str(built["id"]), config.model_revision or built.get("revision")
-    if built.get("id") and built["id"] != config.model:
+    if built.get("id") and built["id"] != config.model and not config.teacher_prefixes:
         logger.warning(
             "the dataset was sampled with %s but you train %s; UPFT trains a model on its own "
             "prefixes",
@@ -338,9 +340,10 @@ def run_training(
         _quiet_progress_bars()
     folder = Path(str(config.output)).expanduser()
     if config.eval:  # a bad eval config must fail before training, not after
+        from upft.evaluation.cli import check_inputs
         from upft.evaluation.config import resolve_config as resolve_eval
 
-        resolve_eval(config.eval, {"model": str(folder), "card": str(folder)})
+        check_inputs(resolve_eval(config.eval, {"model": str(folder), "card": str(folder)}), False)
     if _main_process():
         checkpoint = prepare_output(folder, config.overwrite, resume)
     else:  # rank 0 checks and prepares the folder; the others must not see its first writes
@@ -351,13 +354,16 @@ def run_training(
         check_resume(config, folder)
         logger.info("resuming from %s", checkpoint)
     rows, source = open_dataset(str(config.dataset), config.revision, config.dataset_config)
+    teacher.check(config, source)
     spec, revision = choose_model(config, source)
     model = resolve_model(spec, revision)
-    tokenizer = load_tokenizer(model, True, source.chat_template)
+    # A teacher's chat template (from its recipe) is not the student's: the student keeps its own.
+    template = None if config.teacher_prefixes else source.chat_template
+    tokenizer = load_tokenizer(model, True, template)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     eot = turn_end(tokenizer, config.eos_token, generation_eos(model))
-    encoded, stats = encode_rows(rows, tokenizer, eot, config.max_length)
+    encoded, stats = encode_rows(rows, tokenizer, eot, config.max_length, config.teacher_prefixes)
     logger.info(
         "%d examples (%d prefix, %d full), %d supervised tokens",
         sum(stats.examples.values()),
@@ -427,6 +433,7 @@ def run_training(
         },
         "loss_history": [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e],
     }
+    summary["teacher_prefixes"] = teacher.summary(config, source, summary["model"], stats)
     state = None
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         # The weights are sharded over the processes: every rank takes part in gathering them
@@ -438,6 +445,8 @@ def run_training(
     shutil.rmtree(trainer_dir, ignore_errors=True)
     write_config(config, folder)
     output.write_summary(summary, folder)
+    if config.teacher_prefixes:
+        teacher.write_counts(stats, folder)
     output.write_card(config, summary, folder)
     logger.info("model written to %s (final loss %s)", folder, summary["final_loss"])
     if config.eval:
