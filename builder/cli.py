@@ -178,6 +178,12 @@ def _print_plan(p: dict[str, Any]) -> None:
         f"empty {counts['empty']}, duplicate {counts['duplicate']}, "
         f"over limit {counts['limited']}, kept {counts['kept']}"
     )
+    gold = p.get("gold_answers")
+    if gold is not None:
+        click.echo(
+            f"gold answers: {gold['with_gold']} in field {gold['field']!r}, "
+            f"{gold['unparsed']} parse to nothing comparable"
+        )
     phases = (("prefix_phase", "phase 1 (prefixes)"), ("full_phase", "phase 2 (full traces)"))
     for key, label in phases:
         ph = p[key]

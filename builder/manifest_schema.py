@@ -198,6 +198,25 @@ class Accuracy(ManifestSection):
     accuracy: float | None
 
 
+class GoldExample(ManifestSection):
+    """One gold answer that matches nothing, and why."""
+
+    question_id: str
+    answer: str  # as the source gives it
+    reason: str
+
+
+class GoldAnswers(ManifestSection):
+    """The source's gold answers: how many questions carry one, and how many of those parse to
+    nothing comparable after the normalisation rules (no model answer can match them)."""
+
+    field: str | None  # the answer field
+    pattern: str | None  # source.answer_pattern
+    with_gold: int
+    unparsed: int
+    examples: list[GoldExample]  # at most three
+
+
 class Timings(ManifestSection):
     """Seconds per step; ``engine_load`` only when the build loaded the engine itself."""
 
@@ -272,6 +291,7 @@ class Manifest(ManifestSection):
     agreement: Agreement
     instruction_echo: InstructionEcho | None
     accuracy: Accuracy | None  # None: the source has no gold answers
+    gold_answers: GoldAnswers | None = None  # None: no answer field (or an older build)
     timings: Timings
     resume: Resume
     executor: ExecutorInfo | None = None  # None: not recorded (builds before the executor seam)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from builder import answers
-from builder.prefixes import LabelFilterPicks, PrefixChoice, gold_answers, verify
+from builder.prefixes import LabelFilterPicks, PrefixChoice, verify
 from builder.prompts import messages
 from builder.recipe import Recipe
 from builder.sampling.base import Sample
@@ -175,7 +175,7 @@ def assemble(
     tuning = {"prefix": 0, "full": 0}
     method = "label_filter" if lf.enabled else recipe.prefix.vote
     for q in questions:
-        golds = gold_answers(q)
+        golds = q.answers
         verdicts = filtered.verdicts.get(q.id) if filtered else None
         for j, s in enumerate(phase1[q.id]):
             ok = verdicts[j] if verdicts is not None else None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from builder.answers import GoldAudit, audit_source
 from builder.errors import OutputError, SamplingError, SourceError
 from builder.executor import Executor, LocalExecutor
 from builder.manifest import (
@@ -32,6 +33,7 @@ from builder.manifest import (
     fingerprint,
     token_accounting,
 )
+from builder.manifest_schema import GoldAnswers
 from builder.mixture import full_trace_share
 from builder.models import ResolvedModel, load_tokenizer, resolve_model
 from builder.phases import PhaseRunner, Shards, sample_full_traces
@@ -71,6 +73,7 @@ class _Build:
     timings: dict[str, float]
     decoding_sources: dict[str, str]
     _tokenizer: Any = None
+    gold: GoldAudit | None = None  # the source's gold answers (manifest.gold_answers)
 
     def __post_init__(self) -> None:
         self.runner = PhaseRunner(self.executor, self.store, self.quiet)
@@ -102,12 +105,15 @@ def plan(recipe: Recipe, base_dir: Path | None) -> dict[str, Any]:
     loaded = load_questions(recipe.source, base_dir)
     q = len(loaded.questions)
     lf = recipe.label_filter.enabled
+    src = recipe.source
+    gold = audit_source(loaded.questions, src.answer, src.answer_pattern, lf)
     budget = token_budget(recipe, q)
     n_full = budget["full_questions"]
     rft_bound = RFT_SAMPLES_PER_QUESTION * q * recipe.sampling.max_tokens
     return {
         "output": str(Path(recipe.output.dir) / recipe.name / recipe.version),
         "source": loaded.manifest_entry(),
+        "gold_answers": gold.as_dict() if gold is not None else None,
         "questions": q,
         "prefix_phase": {
             "prompts": q,
@@ -198,6 +204,8 @@ def build(
             "build a new version, or pass --force to replace it"
         )
 
+    src, lf = recipe.source, recipe.label_filter.enabled
+    gold = audit_source(loaded.questions, src.answer, src.answer_pattern, lf)
     if executor is None and sampler is None and recipe.executor.kind == "ray":
         from builder.ray_executor import RayExecutor
 
@@ -208,6 +216,7 @@ def build(
     b = _Build(
         recipe, model, executor, ShardStore(staging, fp, fresh=force), quiet, timings, sources
     )
+    b.gold = gold
     try:
         return _run(b, loaded, final, fp, replace=final.exists(), t0=t0)
     finally:
@@ -374,6 +383,8 @@ def _run(
         b.decoding_sources,
         executor=b.executor.describe(),
     )
+    if b.gold is not None:
+        manifest.gold_answers = GoldAnswers.model_validate(b.gold.as_dict())
     recipe_yaml = r.to_yaml()
     finish_release(
         writer.root, final, manifest, recipe_yaml, totals.agreement, replace, totals.sizes

@@ -59,17 +59,9 @@ class LabelFilterPicks:
     verdicts: dict[str, list[bool]] = field(default_factory=dict)
 
 
-def gold_answers(q: Question) -> tuple[str, ...]:
-    """Every acceptable gold answer of a question (empty when it has none)."""
-    found = getattr(q, "answers", None)
-    if found:
-        return tuple(found)
-    return (q.answer,) if q.answer is not None else ()
-
-
 def verify(golds: Sequence[str], text: str) -> bool:
     """Whether ``text``'s final answer matches any of the acceptable gold answers."""
-    return any(answers.is_correct(g, text) for g in golds)
+    return bool(golds) and answers.is_correct(tuple(golds), text)
 
 
 def first_correct(golds: Sequence[str], samples: Sequence[Sample]) -> tuple[int | None, list[bool]]:
@@ -84,7 +76,7 @@ def label_filter_picks(
     """The paper's label filter: per question, the first complete answer that verifies."""
     picks = LabelFilterPicks()
     for q in questions:
-        picks.chosen[q.id], picks.verdicts[q.id] = first_correct(gold_answers(q), samples[q.id])
+        picks.chosen[q.id], picks.verdicts[q.id] = first_correct(q.answers, samples[q.id])
     return picks
 
 

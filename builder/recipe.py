@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from builder.errors import RecipeError
+from builder.gold import compile_pattern
 from builder.hubclient import is_repo_id
 from builder.sampling.base import EngineOptions, SamplingSettings
 from builder.yamlfile import Strict as _Strict
@@ -45,10 +46,20 @@ class SourceConfig(_Strict):
         default="question", description="a field name, or a template like '{Body} {Question}'"
     )
     answer: str | None = None
+    answer_pattern: str | None = Field(
+        default=None,
+        description="regular expression with one group: the gold answer inside the answer field",
+    )
     id: str | None = None
     limit: int | None = Field(default=None, ge=1)
     shuffle: bool = False
     seed: int = 0
+
+    @field_validator("answer_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        compile_pattern(value)
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> SourceConfig:
@@ -65,6 +76,8 @@ class SourceConfig(_Strict):
                     raise ValueError(f"'{name}' only applies to a Hub source; remove it")
         if not self.question.strip():
             raise ValueError("'question' must name a field or be a template like '{problem}'")
+        if self.answer_pattern is not None and self.answer is None:
+            raise ValueError("'answer_pattern' applies to the answer field: set 'answer' too")
         return self
 
     def question_fields(self) -> list[str]:

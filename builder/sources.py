@@ -15,13 +15,13 @@ Text rules (the documented normalisation):
 * a question field must hold text (a template may also use numbers); lists, objects and
   booleans are errors that name the row, null or white space only counts as empty.
 
-Gold answers of any JSON type are normalised here, once: ``Question.answers`` holds every
-acceptable answer as a string math-verify parses (``$...$``-wrapped, the final answer of a
-GSM8K ``#### 72`` solution), a list meaning "any of these"; ``Question.answer`` is a display
-string (the text as given, a number without a spurious ``.0``, a list joined by `` | ``).
-Numbers print exactly (``27.0`` -> ``27``, ``0.5`` -> ``0.5``, big integers in full); null, an
-empty string or an empty list mean "no gold answer"; booleans, objects, NaN and nested lists
-are errors naming the row and field.
+Gold answers of any JSON type are read here, once, by ``builder.gold.read_gold`` (its
+normalisation table: units, currency, thousands separators, lists; ``source.answer_pattern``):
+``Question.answers`` holds every acceptable answer as a string math-verify parses, a list
+meaning "any of these"; ``Question.answer`` is a display string (the text as given, a number
+without a spurious ``.0``, a list joined by `` | ``). Null, an empty string or an empty list
+mean "no gold answer"; booleans, objects, NaN and nested lists are errors naming the row and
+field.
 
 Local files are read as UTF-8 (a byte-order mark and CRLF line ends are accepted); bytes that
 are not UTF-8 are reported with file, line and byte offset.
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import SourceError
+from builder.gold import format_number, read_gold
 from builder.hashing import sha256_file
 from builder.recipe import PLACEHOLDER, SourceConfig
 
@@ -272,19 +273,6 @@ def _kind(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def format_number(value: int | float | Decimal) -> str:
-    """A number as text, exactly and without a spurious ``.0`` (27.0 -> 27, 0.5 -> 0.5)."""
-    if isinstance(value, int):
-        return str(value)
-    number = Decimal(repr(value)) if isinstance(value, float) else value
-    if not number.is_finite():
-        raise ValueError(f"{value} is not a finite number")
-    if number == number.to_integral_value():
-        return str(int(number))
-    # Positional notation (no exponent): math-verify reads 0.0000001, not 1e-07.
-    return format(number.normalize(), "f")
-
-
 def _field_text(value: Any, where: str, what: str, numbers: bool) -> str:
     """The text of a question field: strings as they are, null as empty."""
     if value is None:
@@ -317,40 +305,6 @@ def _render(cfg: SourceConfig, row: dict[str, Any], where: str) -> str:
             cfg.question,
         )
     return _field_text(row[cfg.question], where, f"field {cfg.question!r}", False)
-
-
-def _gold_item(value: Any, where: str, name: str) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value.strip() or None
-    if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
-        try:
-            return format_number(value)
-        except ValueError:
-            pass
-    raise SourceError(
-        f"{where}: answer field {name!r} holds {_kind(value)} ({value!r:.60}); a gold answer "
-        "must be a string, a number, or a list of them (any of which is accepted)"
-    )
-
-
-def gold_answers(value: Any, where: str, name: str) -> tuple[str | None, tuple[str, ...]]:
-    """(display text, acceptable answers in math-verify form) of one row's gold answer field.
-
-    A list means "any of these"; null, empty strings and empty lists mean "no gold answer".
-    """
-    from builder.answers import normalise_gold
-
-    if isinstance(value, (list, tuple)):
-        items = [_gold_item(v, where, name) for v in value]
-        texts = list(dict.fromkeys(t for t in items if t is not None))
-    else:
-        one = _gold_item(value, where, name)
-        texts = [] if one is None else [one]
-    if not texts:
-        return None, ()
-    return " | ".join(texts), tuple(dict.fromkeys(normalise_gold(t) for t in texts))
 
 
 def _row_id(value: Any, where: str, name: str) -> str:
@@ -417,7 +371,7 @@ def load_questions(cfg: SourceConfig, base_dir: Path | None = None) -> LoadedSou
                     f"{where}: answer field {cfg.answer!r} is missing (row has: "
                     f"{', '.join(sorted(row))}); fix source.answer"
                 )
-            answer, golds = gold_answers(row[cfg.answer], where, cfg.answer)
+            answer, golds = read_gold(row[cfg.answer], where, cfg.answer, cfg.answer_pattern)
         questions.append(Question(qid, text, answer, golds))
 
     if cfg.shuffle:

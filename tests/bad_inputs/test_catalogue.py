@@ -369,6 +369,30 @@ CASES = [
         recipe=recipe(**{"source.answer": "solution"}),
     ),
     Case(
+        "answer-pattern-without-a-group",
+        ("source.answer_pattern (r.yaml:", "has 0 groups; it needs exactly one group"),
+        recipe=recipe(**{"source.answer_pattern": "Answer: \\d+"}),
+    ),
+    Case(
+        "label-filter-gold-answers-all-unparsed",
+        (
+            "label_filter.enabled: 2 of 2 gold answer(s) in field 'answer' do not parse to "
+            "anything comparable",
+            "'about 5' (the words 'about' are left next to a number",
+        ),
+        recipe=recipe(
+            **{"label_filter.enabled": True, "prefix.vote": "first", "prefix.samples": 1}
+        ),
+        files={
+            "q.jsonl": jsonl(
+                [
+                    {"question": "What is 2 + 3?", "answer": "about 5"},
+                    {"question": "Half of 18?", "answer": "roughly 9 apples"},
+                ]
+            )
+        },
+    ),
+    Case(
         "answer-an-object",
         ("answer field 'answer' holds an object ({'value': 5})",),
         files={"q.jsonl": jsonl([{"question": "One?", "answer": {"value": 5}}])},

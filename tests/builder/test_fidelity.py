@@ -197,6 +197,112 @@ def test_label_filter_that_keeps_nothing_is_an_error_not_an_empty_dataset(tmp_pa
     assert not (tmp_path / "out" / "fid" / "1.0.0").exists()
 
 
+# A word-problem set that writes its gold answers with units, currency and lists (issue 18.1):
+# (question, gold answer as the set writes it, the number a right answer boxes).
+UNITS = [
+    ("Ann picks 9 apples and eats none. How many apples?", "9 (apples)", "9"),
+    ("There are 62 campers in 2 tents. How many campers?", "62 (campers)", "62"),
+    ("A pen costs 18.90 dollars. What do 1 pens cost?", "18.90 dollars", "18.9"),
+    ("A book costs $18.90. What does it cost?", "\\$18.90", "\\$18.90"),
+    ("A bus goes 12 km in 1 hour. How fast?", "12 km/h", "12 km/h"),
+    ("A cake needs 2/3 cups of milk. How much milk?", "2/3 (cups)", "\\frac{2}{3}"),
+    ("Which odd primes are below 8?", "3,5,7", "7, 5, 3"),
+    ("Tom has about 40 marbles. How many?", "about 40", "40"),
+]
+
+
+def _units_source(tmp_path, rows):
+    path = tmp_path / "units.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _boxes(right_at):
+    by_question = {q: said for q, _, said in UNITS}
+
+    def script(text, j, seed):
+        said = by_question[question(text)] if j == right_at else "1000"
+        return f"Let us work it out. The answer is $\\boxed{{{said}}}$."
+
+    return script
+
+
+def test_label_filter_works_on_gold_answers_with_units(tmp_path, caplog):
+    rows = [{"id": f"u{i}", "question": q, "answer": gold} for i, (q, gold, _) in enumerate(UNITS)]
+    r = recipe(
+        tmp_path, _units_source(tmp_path, rows), label_filter={"enabled": True, "samples": 2}
+    )
+    with caplog.at_level("WARNING"):
+        result = build(r, quiet=True, sampler=FakeSampler(_boxes(right_at=1)))
+    m = result.manifest
+    # Every answer with units, currency or a list verifies at sample 1; sample 0 never does.
+    assert m.accuracy is not None
+    assert m.accuracy.model_dump() == {"checked": 16, "correct": 7, "accuracy": 0.4375}
+    assert (m.counts.label_filter_dropped, m.counts.mixture_rows) == (1, 7)
+    kept = set(load(result, "mixture")["question_id"])
+    assert kept == {f"u{i}" for i in range(7)}  # "about 40" matches nothing: dropped
+    assert m.gold_answers is not None
+    assert m.gold_answers.model_dump() == {
+        "field": "answer",
+        "pattern": None,
+        "with_gold": 8,
+        "unparsed": 1,
+        "examples": [
+            {
+                "question_id": "u7",
+                "answer": "about 40",
+                "reason": "the words 'about' are left next to a number after the unit rules",
+            }
+        ],
+    }
+    assert any("1 of 8 gold answer(s) in field 'answer'" in m.getMessage() for m in caplog.records)
+
+
+def test_label_filter_build_stops_before_sampling_when_no_gold_answer_parses(tmp_path):
+    from builder.errors import SourceError
+
+    rows = [
+        {"id": "a", "question": "Tom has about 40 marbles. How many?", "answer": "about 40"},
+        {"id": "b", "question": "How long is the film?", "answer": "2 hours 10 minutes"},
+    ]
+    r = recipe(
+        tmp_path, _units_source(tmp_path, rows), label_filter={"enabled": True, "samples": 2}
+    )
+    sampler = FakeSampler(_boxes(right_at=0))
+    with pytest.raises(SourceError) as info:
+        build(r, quiet=True, sampler=sampler)
+    assert str(info.value).startswith(
+        "label_filter.enabled: 2 of 2 gold answer(s) in field 'answer' do not parse to anything "
+        "comparable, so no model answer can match them: a: 'about 40' (the words 'about' are "
+        "left next to a number after the unit rules); b: '2 hours 10 minutes'"
+    )
+    assert sampler.calls == [] and not (tmp_path / "out").exists()  # nothing sampled or written
+    with pytest.raises(SourceError, match="label_filter.enabled: 2 of 2 gold answer"):
+        plan(r, None)  # --dry-run says so too
+
+
+def test_answer_pattern_reads_the_gold_answer_for_the_label_filter(tmp_path):
+    rows = [
+        {"id": f"u{i}", "question": q, "answer": f"Worked out step by step. Answer: {gold}"}
+        for i, (q, gold, _) in enumerate(UNITS[:3])
+    ]
+    source = _units_source(tmp_path, rows)
+    from builder.errors import SourceError
+
+    # Without the pattern, the sentences around the answers match nothing.
+    r = recipe(tmp_path, source, label_filter={"enabled": True, "samples": 2})
+    with pytest.raises(SourceError, match="3 of 3 gold answer"):
+        plan(r, None)
+    r.source.answer_pattern = "Answer: (.+)"
+    result = build(r, quiet=True, sampler=FakeSampler(_boxes(right_at=1)))
+    m = result.manifest
+    assert m.accuracy is not None and (m.accuracy.checked, m.accuracy.correct) == (6, 3)
+    assert m.gold_answers is not None and m.gold_answers.pattern == "Answer: (.+)"
+    assert (m.gold_answers.with_gold, m.gold_answers.unparsed) == (3, 0)
+    prefixes = load(result, "prefixes")
+    assert prefixes["gold_answer"][0] == "Worked out step by step. Answer: 9 (apples)"
+
+
 def test_label_filter_needs_the_paper_prefix_settings(tmp_path, source):
     from builder.errors import RecipeError
 

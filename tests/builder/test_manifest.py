@@ -341,6 +341,7 @@ def test_json_sections_and_order() -> None:
         "agreement",
         "instruction_echo",
         "accuracy",
+        "gold_answers",
         "timings",
         "resume",
         "executor",

@@ -39,7 +39,7 @@ def test_generated_tokens_count_the_stop_token_and_ended_skips_cut_traces():
 def _inputs(finish: str):
     from builder.sources import Question
 
-    qs = [Question("a", "A?", "1"), Question("b", "B?", "2")]
+    qs = [Question("a", "A?", "1", ("$1$",)), Question("b", "B?", "2", ("$2$",))]
     choices = {q.id: PrefixChoice([7, 8], "pf", 1, 1, [1.0, 1.0], False) for q in qs}
     phase1 = {q.id: [Sample([7, 8], "pf", "length", -1.0)] for q in qs}
     return qs, choices, phase1, finish

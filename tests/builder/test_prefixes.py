@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from builder.prefixes import choose_prefixes, first_correct, gold_answers, label_filter_picks
+from builder.prefixes import choose_prefixes, first_correct, label_filter_picks
 from builder.recipe import PrefixConfig
 from builder.sampling.base import Sample
 from builder.sources import Question
@@ -54,10 +54,8 @@ def test_chosen_sample_replaces_sample_zero():
     assert (got["a"].text, got["b"].text) == ("11", "22")
 
 
-def test_gold_answers_and_first_correct():
-    q = Question("a", "q", "7")
-    assert gold_answers(q) == ("7",)
-    assert gold_answers(Question("b", "q")) == ()
+def test_first_correct_and_the_label_filter_picks():
+    q = Question("a", "q", "7", ("$7$",))
     answers = [s("It is $\\boxed{8}$."), s("So $\\boxed{7}$."), s("$\\boxed{7}$")]
     assert first_correct(("7",), answers) == (1, [False, True, True])
     assert first_correct((), answers) == (None, [False, False, False])

@@ -217,6 +217,32 @@ BAD_RECIPES = [
         id="repo-id-with-space",
     ),
     pytest.param(
+        GOOD + "  answer: solution\n  answer_pattern: 'Answer: ('\n",
+        [
+            "source.answer_pattern (recipe.yaml:7): answer_pattern 'Answer: (' is not a valid "
+            "regular expression: missing ), unterminated subpattern at position 8"
+        ],
+        id="answer-pattern-not-a-regex",
+    ),
+    pytest.param(
+        GOOD + "  answer: solution\n  answer_pattern: '#### \\d+'\n",
+        [
+            "source.answer_pattern (recipe.yaml:7): answer_pattern '#### \\\\d+' has 0 groups; "
+            "it needs exactly one group around the answer"
+        ],
+        id="answer-pattern-without-a-group",
+    ),
+    pytest.param(
+        GOOD + "  answer: solution\n  answer_pattern: '(a)|(b)'\n",
+        ["source.answer_pattern (recipe.yaml:7): answer_pattern '(a)|(b)' has 2 groups"],
+        id="answer-pattern-two-groups",
+    ),
+    pytest.param(
+        GOOD + "  answer_pattern: 'Answer: (.+)'\n",
+        ["source (recipe.yaml:3): 'answer_pattern' applies to the answer field: set 'answer'"],
+        id="answer-pattern-without-answer",
+    ),
+    pytest.param(
         GOOD + "prefix:\n  length: [8\n",
         ["recipe.yaml:8: not valid YAML: expected ',' or ']', but got '<stream end>'"],
         id="yaml-unclosed-bracket",
