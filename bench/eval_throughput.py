@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
         base.model.chat_template,
     )
     print(f"engine  : vLLM ({args.compile}), loaded in {time.perf_counter() - started:.1f} s")
-    questions, _, _ = runner.load(base)
+    questions, *_ = runner.load(base)
     prompts = [
         encode_prompt(sampler.tokenizer, messages(e.question.text, None, None)) for e in questions
     ]

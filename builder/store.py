@@ -104,10 +104,17 @@ def check_output_location(out_dir: str | Path, name: str, version: str) -> None:
 
 
 class BuildLock:
-    """An exclusive lock on building one version, released when the holder exits or dies."""
+    """An exclusive lock on building one version, released when the holder exits or dies.
 
-    def __init__(self, path: Path) -> None:
+    ``command`` and ``task`` name the holder in the refusal (``upft-eval`` locks its output
+    folder the same way).
+    """
+
+    def __init__(
+        self, path: Path, command: str = "upft-build", task: str = "building this version"
+    ) -> None:
         self.path = path
+        self.command, self.task = command, task
         self.fd: int | None = None
 
     def acquire(self) -> BuildLock:
@@ -158,7 +165,7 @@ class BuildLock:
         if holder.isdigit() and not _alive(int(holder)):
             note = " (that pid has exited, but a process it started still holds the lock)"
         return (
-            f"another upft-build ({what}) is building this version right now{note}: lock "
+            f"another {self.command} ({what}) is {self.task} right now{note}: lock "
             f"{self.path}. Wait for it to finish or stop it, then re-run"
         )
 
@@ -189,14 +196,26 @@ def _alive(pid: int) -> bool:
 
 
 class ShardStore:
-    """Reads and writes the per-shard sampling results of one build (holding its lock)."""
+    """Reads and writes the per-shard sampling results of one build (holding its lock).
 
-    def __init__(self, staging: Path, fingerprint: str, fresh: bool = False) -> None:
+    ``upft-eval`` keeps its scored shards here too (``command``/``task`` name it in a lock
+    refusal).
+    """
+
+    def __init__(
+        self,
+        staging: Path,
+        fingerprint: str,
+        fresh: bool = False,
+        command: str = "upft-build",
+        task: str = "building this version",
+    ) -> None:
         self.staging = staging
         self.shards = staging / "shards"
         self._verified: set[Path] = set()
         self.discarded: list[str] = []
-        self.lock = BuildLock(staging.with_name(staging.name.removesuffix(".partial") + ".lock"))
+        lock = staging.with_name(staging.name.removesuffix(".partial") + ".lock")
+        self.lock = BuildLock(lock, command, task)
         self.lock.acquire()
         try:
             self._open(fingerprint, fresh)

@@ -5,14 +5,14 @@ twice: a local JSON Lines file in the shared data folder (what the tests and off
 use; ``$UPFT_SHARED_DATA``, else ``../shared/data`` next to the repository) and the Hub dataset
 users normally evaluate on. The two copies do not always use the same field names (MATH-500's
 local file says ``expected_answer`` where the Hub says ``answer``), so each location carries its
-own fields. An entry also names how its gold answers are read: GSM8K solutions end in
-``#### <number>``, SVAMP answers are floats such as ``145.0``, MATH and AIME answers are LaTeX.
+own fields. An entry also names how its gold answers are written (GSM8K solutions end in
+``#### <number>``, SVAMP answers are floats such as ``145.0``, MATH and AIME answers are LaTeX);
+they are all read by the one set of rules in ``builder.gold``.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,9 +100,6 @@ BENCHMARKS: dict[str, Benchmark] = {
     )
 }
 
-_TRAILING_ZERO = re.compile(r"^(-?\d+)\.0+$")
-_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
-
 
 def known() -> str:
     """The registry as one line for error messages."""
@@ -130,20 +127,3 @@ def local_file(bench: Benchmark) -> Path | None:
     """The benchmark's local copy, when the shared data folder has it."""
     path = shared_data_dir() / bench.file
     return path if path.is_file() else None
-
-
-def format_gold(gold: str) -> str:
-    """One gold answer as math-verify should read it (the checker wraps it in ``$...$``).
-
-    A GSM8K solution is cut to what follows ``####``; a number loses its thousands separators
-    and a spurious ``.0`` (SVAMP stores answers as floats: ``145.0`` means 145). LaTeX answers
-    are left alone (their commas separate tuple items).
-    """
-    text = gold.strip()
-    if "####" in text:
-        text = text.rsplit("####", 1)[1].strip()
-    plain = text.replace(",", "")
-    if _NUMBER.match(plain):
-        match = _TRAILING_ZERO.match(plain)
-        text = match.group(1) if match else plain
-    return text

@@ -63,6 +63,11 @@ output folder."""
     "--question", metavar="FIELD", help="Question field or template, e.g. '{Body} {Question}'."
 )
 @click.option("--answer", metavar="FIELD", help="Gold-answer field.")
+@click.option(
+    "--answer-pattern",
+    metavar="REGEX",
+    help="Regular expression with one group: the gold answer inside the answer field.",
+)
 @click.option("--id-field", metavar="FIELD", help="Question-id field (default: a text hash).")
 @click.option("--split", metavar="SPLIT", help="Hub dataset split.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate the first N questions.")

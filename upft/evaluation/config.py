@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from builder.errors import EvalError
+from builder.gold import compile_pattern
 from builder.hubclient import is_repo_id
 from builder.recipe import DEFAULT_INSTRUCTION, ExecutorConfig
 from builder.sampling.base import EngineOptions, SamplingSettings
@@ -79,6 +80,10 @@ class DataSection(_Strict):
     revision: str | None = None
     question: str | None = Field(default=None, description="field or template; default question")
     answer: str | None = Field(default=None, description="gold-answer field")
+    answer_pattern: str | None = Field(
+        default=None,
+        description="regular expression with one group: the gold answer inside the answer field",
+    )
     id: str | None = None
     limit: int | None = Field(default=None, ge=1)
     shuffle: bool = False
@@ -86,6 +91,12 @@ class DataSection(_Strict):
     prefer: Literal["auto", "local", "hub"] = Field(
         default="auto", description="benchmark copy: the shared data file (auto: when present)"
     )
+
+    @field_validator("answer_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        compile_pattern(value)
+        return value
 
     @field_validator("benchmark")
     @classmethod
@@ -250,6 +261,7 @@ FLAG_KEYS: dict[str, tuple[str | None, str]] = {
     "system_prompt": ("model", "system_prompt"),
     "question": ("data", "question"),
     "answer": ("data", "answer"),
+    "answer_pattern": ("data", "answer_pattern"),
     "id_field": ("data", "id"),
     "split": ("data", "split"),
     "limit": ("data", "limit"),

@@ -55,9 +55,11 @@ def build_summary(
     resume: dict[str, int],
     engine: dict[str, Any] | None,
     executor: dict[str, Any],
+    gold: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The summary.json document: what was evaluated, how (``executor``: where the shards
-    ran, ``Executor.describe()``), and every number."""
+    ran, ``Executor.describe()``), and every number. ``gold``: the audit of the gold answers
+    (``builder.answers.GoldAudit.as_dict``); its ``unparsed`` count also goes into ``counts``."""
     gen, pc = cfg.generation, cfg.prefix_check
     prefix = (
         {"length": pc.length, "slack": pc.slack, "instruction": pc.instruction}
@@ -65,6 +67,8 @@ def build_summary(
         else None
     )
     metrics = scoring.summarise(rows, gen.ks(), prefix)
+    if gold is not None:
+        metrics["counts"]["gold_unparsed"] = gold["unparsed"]
     generated = timings.get("generate", 0.0)
     return {
         "upft_eval_format": 1,
@@ -94,6 +98,7 @@ def build_summary(
             },
         },
         **metrics,
+        "gold_answers": gold,
         "timings": {
             k: round(float(v), 2)
             for k, v in timings.items()

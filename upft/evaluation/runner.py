@@ -7,8 +7,11 @@ builder's executors and sampler module (vLLM by default, transformers as fallbac
 questions the run asks for two generations, each a ``builder.executor.ShardRequest`` of its own
 phase: the answers (plain prompt, the eval's decoding) and, when the prefix check is on, one
 greedy answer of at most L + slack tokens under the prefix instruction. When both are back it
-scores them and persists the shard's rows at once (``<output>/.shards/``), so an interrupted eval
-resumes where it stopped.
+scores them and persists the shard's rows at once in the builder's shard store
+(``builder.store.ShardStore`` in ``<output>/.shards/``: checksummed shards, and a lock that keeps
+a second eval out of the folder), so an interrupted eval resumes where it stopped. Gold answers
+are the source stage's (``Question.answers``, read by ``builder.gold``); those that match
+nothing are counted (``builder.answers.audit``) into summary.json.
 
 ``executor.kind: local`` (the default) runs the requests one after another on one engine in
 this process; ``kind: ray`` hands them to ``builder.ray_executor.RayExecutor``'s engine replicas,
@@ -25,13 +28,14 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder import answers
+from builder.answers import GoldAudit
 from builder.errors import EvalError, SourceError
 from builder.executor import Executor, LocalExecutor, ShardDone, ShardRequest
 from builder.hashing import sha256_file
@@ -43,18 +47,20 @@ from builder.recipe import SourceConfig
 from builder.sampling import make_sampler
 from builder.sampling.base import ProgressFn, Sample, Sampler, SamplingSettings
 from builder.sources import LoadedSource, Question, load_questions
+from builder.store import ShardStore
 from upft.evaluation import benchmarks, report, scoring
 from upft.evaluation.config import EvalConfig
 
 logger = logging.getLogger(__name__)
 
-EVAL_FORMAT = 1  # bump when the rows or the fingerprint change meaning
+EVAL_FORMAT = 2  # bump when the rows or the fingerprint change meaning (2: gold-answer rules)
 OUTPUT_NAMES = {
     "results.jsonl",
     "summary.json",
     "README.md",
     "eval_config.yaml",
     ".shards",
+    ".shards.lock",
     "eval.log",
 }
 # Files that hold a model's weights and behaviour (not its card or eval outputs).
@@ -86,7 +92,12 @@ class EvalQuestion:
 def source_for(cfg: EvalConfig) -> tuple[SourceConfig, dict[str, Any]]:
     """The builder source config for the eval's data section, plus what names the data."""
     d = cfg.data
-    common: dict[str, Any] = {"limit": d.limit, "shuffle": d.shuffle, "seed": d.seed}
+    common: dict[str, Any] = {
+        "limit": d.limit,
+        "shuffle": d.shuffle,
+        "seed": d.seed,
+        "answer_pattern": d.answer_pattern,
+    }
     if d.benchmark is not None:
         bench = benchmarks.get(d.benchmark)
         path = benchmarks.local_file(bench) if d.prefer != "hub" else None
@@ -147,25 +158,24 @@ def source_for(cfg: EvalConfig) -> tuple[SourceConfig, dict[str, Any]]:
     }
 
 
-def gold_answers(q: Question) -> tuple[str, ...]:
-    """Every acceptable gold answer of a question (``Question.answers`` when the source has it)."""
-    raw = getattr(q, "answers", None) or ((q.answer,) if q.answer is not None else ())
-    return tuple(benchmarks.format_gold(str(g)) for g in raw if str(g).strip())
-
-
-def load(cfg: EvalConfig) -> tuple[list[EvalQuestion], LoadedSource, dict[str, Any]]:
+def load(cfg: EvalConfig) -> tuple[list[EvalQuestion], LoadedSource, dict[str, Any], GoldAudit]:
+    """The eval's questions with their gold answers, and the count of gold answers that match
+    nothing (warned about here, recorded in summary.json)."""
     src, meta = source_for(cfg)
     loaded = load_questions(src, None)
     out = []
     for q in loaded.questions:
-        golds = gold_answers(q)
-        if not golds:
+        if q.answer is None:
             raise SourceError(
                 f"question {q.id!r} has no gold answer (field {src.answer!r} is empty or null); "
                 "an eval needs one per question: fix the data or pick another --answer field"
             )
-        out.append(EvalQuestion(q, golds))
-    return out, loaded, meta
+        out.append(EvalQuestion(q, q.answers))
+    gold = answers.audit(
+        ((q.id, q.answer, q.answers) for q in loaded.questions), src.answer, src.answer_pattern
+    )
+    gold.warn()
+    return out, loaded, meta, gold
 
 
 def folder_hash(folder: Path) -> str:
@@ -324,39 +334,33 @@ def _tokenizer(cfg: EvalConfig, model: ResolvedModel, executor: Executor) -> Any
     return load_tokenizer(model, bool(cfg.model.revision), cfg.model.chat_template)
 
 
-class _Shards:
-    """Scored rows of finished shards in ``<output>/.shards``, tied to one fingerprint."""
+ROWS = "rows"  # the store phase of a shard's scored rows
 
-    def __init__(self, folder: Path, fp: str) -> None:
-        self.folder = folder
-        marker = folder / "fingerprint"
-        if folder.exists():
-            old = marker.read_text().strip() if marker.is_file() else None
-            if old != fp:
-                logger.info("discarding partial eval in %s (its settings changed)", folder)
-                shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        marker.write_text(fp + "\n")
 
-    def _path(self, index: int) -> Path:
-        return self.folder / f"shard-{index:05d}.jsonl"
+def open_store(out: Path, fp: str) -> ShardStore:
+    """The builder's shard store in ``<output>/.shards`` (checksummed shards, tied to ``fp``),
+    holding ``<output>/.shards.lock``: one eval writes an output folder at a time."""
+    return ShardStore(out / ".shards", fp, command="upft-eval", task="writing this output folder")
 
-    def load(self, index: int, ids: list[str]) -> list[dict[str, Any]] | None:
-        """The shard's rows, or None when it is missing or holds other questions (the shard
-        size changed since it was written)."""
-        path = self._path(index)
-        if not path.is_file():
-            return None
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        return rows if [r["id"] for r in rows] == ids else None
 
-    def save(self, index: int, rows: list[dict[str, Any]]) -> None:
-        path = self._path(index)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
-        )
-        os.replace(tmp, path)
+def save_rows(store: ShardStore, index: int, rows: list[dict[str, Any]]) -> None:
+    """Persist one scored shard: its rows as JSON text, one per parquet row."""
+    import polars as pl
+
+    texts = [json.dumps(r, ensure_ascii=False) for r in rows]
+    store.save_frame(ROWS, index, pl.DataFrame({"row": texts}, schema={"row": pl.String}))
+
+
+def load_rows(store: ShardStore, index: int, ids: list[str]) -> list[dict[str, Any]] | None:
+    """The shard's rows, or None when it is missing, damaged (discarded by the store's
+    checksum) or holds other questions (the shard size changed since it was written)."""
+    if not store.has(ROWS, index):
+        return None
+    rows = [json.loads(text) for text in store.load_frame(ROWS, index)["row"].to_list()]
+    if [r["id"] for r in rows] != ids:
+        store.discard(ROWS, index)
+        return None
+    return rows
 
 
 def _prompt(
@@ -433,7 +437,7 @@ def _generate(
     tok: Any,
     parts: list[list[EvalQuestion]],
     pending: list[int],
-    store: _Shards,
+    store: ShardStore,
     advance: ProgressFn,
     timings: dict[str, float],
 ) -> dict[int, list[dict[str, Any]]]:
@@ -453,7 +457,7 @@ def _generate(
         if len(shard.outputs) == phases:
             del open_shards[req.index]
             rows = _score_shard(cfg, shard)
-            store.save(req.index, rows)
+            save_rows(store, req.index, rows)
             finished[req.index] = rows
             timings["generated_questions"] = timings.get("generated_questions", 0) + len(rows)
             advance(len(rows), 0)  # questions count when scored; tokens as they come
@@ -518,7 +522,7 @@ def evaluate(
     t0 = time.monotonic()
     out = Path(cfg.output).expanduser()
     _check_output(out)
-    questions, loaded, meta = load(cfg)
+    questions, loaded, meta, gold = load(cfg)
     model = resolve_model(cfg.model.id, cfg.model.revision)
     ident = model_identity(model)
     data = {**loaded.manifest_entry(), **meta}
@@ -540,12 +544,39 @@ def evaluate(
     if existing is not None:
         (out / "summary.json").unlink()
     out.mkdir(parents=True, exist_ok=True)
-    store = _Shards(out / ".shards", fp)
+    store = open_store(out, fp)
+    try:
+        run = _run_shards(cfg, questions, model, store, sampler, executor, quiet, process_exiting)
+        rows, timings, resume, engine_info, how, loads = run
+        timings["total"] = time.monotonic() - t0
+        summary = report.build_summary(
+            cfg, fp, ident, data, rows, timings, resume, engine_info, how, gold.as_dict()
+        )
+        report.write_outputs(out, cfg, rows, summary)
+        store.remove()
+    finally:
+        store.close()  # the lock; shards of an interrupted eval stay for a resume
+    logger.info("wrote %s: accuracy %.4f on %d questions", out, summary["accuracy"], len(rows))
+    return EvalRun(out, "evaluated", summary, loads)
+
+
+def _run_shards(
+    cfg: EvalConfig,
+    questions: list[EvalQuestion],
+    model: ResolvedModel,
+    store: ShardStore,
+    sampler: Sampler | None,
+    executor: Executor | None,
+    quiet: bool,
+    process_exiting: bool,
+) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, int], Any, dict[str, Any], int]:
+    """Reuse the stored shards, generate and score the others: (rows, timings, resume counts,
+    engine info, executor description, engine loads)."""
     timings: dict[str, float] = {}
     size = cfg.shard_size
     parts = [questions[i : i + size] for i in range(0, len(questions), size)]
     ids = [[e.question.id for e in part] for part in parts]
-    shard_rows = {i: r for i in range(len(parts)) if (r := store.load(i, ids[i])) is not None}
+    shard_rows = {i: r for i in range(len(parts)) if (r := load_rows(store, i, ids[i])) is not None}
     pending = [i for i in range(len(parts)) if i not in shard_rows]
     gen, pc = cfg.generation, cfg.prefix_check
     per_question = gen.n * gen.max_tokens + (pc.length + pc.slack if pc.enabled else 0)
@@ -568,13 +599,8 @@ def evaluate(
     resume = {"shards_reused": len(parts) - len(pending), "shards_evaluated": len(pending)}
     if executor.engine_load_s:
         timings["engine_load"] = executor.engine_load_s
-    timings["total"] = time.monotonic() - t0
     how = executor.describe()
-    summary = report.build_summary(cfg, fp, ident, data, rows, timings, resume, engine_info, how)
-    report.write_outputs(out, cfg, rows, summary)
-    shutil.rmtree(out / ".shards", ignore_errors=True)
-    logger.info("wrote %s: accuracy %.4f on %d questions", out, summary["accuracy"], len(rows))
-    return EvalRun(out, "evaluated", summary, how["replicas"] if executor.engine_load_s else 0)
+    return rows, timings, resume, engine_info, how, how["replicas"] if executor.engine_load_s else 0
 
 
 def write_card(cfg: EvalConfig, run: EvalRun) -> Path:

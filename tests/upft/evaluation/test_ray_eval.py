@@ -123,8 +123,8 @@ def test_a_ray_eval_interrupted_then_finished_locally_equals_one_eval(
     executor.on_submit = interrupt_at_last_prefix_check
     with pytest.raises(_Interrupt):
         runner.evaluate(cfg, quiet=True, executor=executor)
-    kept = sorted(p.name for p in (out / ".shards").glob("shard-*.jsonl"))
-    assert 1 <= len(kept) <= 2 and "shard-00002.jsonl" not in kept, kept
+    kept = sorted(p.name for p in (out / ".shards" / "shards").glob("rows-*.parquet"))
+    assert 1 <= len(kept) <= 2 and "rows-00002.parquet" not in kept, kept
 
     run = runner.evaluate(make_cfg(out, ray=False), quiet=True)
     summary, rows = read(run.path)

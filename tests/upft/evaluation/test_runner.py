@@ -48,6 +48,11 @@ def fake(right: int = 2, **kwargs) -> FakeSampler:
     return FakeSampler(golds, {svamp_text(r) for r in rows[:right]}, **kwargs)
 
 
+def stored_shards(out: Path) -> list[str]:
+    """The scored shards an interrupted eval left in its shard store."""
+    return sorted(p.name for p in (out / ".shards" / "shards").glob("rows-*.parquet"))
+
+
 def read_rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
@@ -93,7 +98,20 @@ def test_rows_and_summary(stand_in_model: Path, tmp_path: Path) -> None:
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / len(rows))
-    assert summary["counts"] == {"questions": N, "samples": N, "correct": 2, "scoring_timeouts": 0}
+    assert summary["counts"] == {
+        "questions": N,
+        "samples": N,
+        "correct": 2,
+        "scoring_timeouts": 0,
+        "gold_unparsed": 0,
+    }
+    assert summary["gold_answers"] == {
+        "field": "Answer",
+        "pattern": None,
+        "with_gold": N,
+        "unparsed": 0,
+        "examples": [],
+    }
     lo, hi = summary["accuracy_ci95"]
     assert 0 < lo < 2 / 6 < hi < 1
     assert summary["pass_at_k"] == {"1": pytest.approx(2 / 6, abs=1e-6)}
@@ -112,7 +130,7 @@ def test_rows_and_summary(stand_in_model: Path, tmp_path: Path) -> None:
     # plain prompts: n=1, max_tokens 16; prefix prompts: greedy, n=1, L + slack = 12
     assert sampler.calls == [(2, 1, 16), (2, 1, 12)] * 3
     assert (out / "README.md").read_text().startswith("# Evaluation of")
-    assert not (out / ".shards").exists()
+    assert not (out / ".shards").exists() and not (out / ".shards.lock").exists()
 
 
 def test_rerun_loads_no_model(
@@ -151,7 +169,7 @@ def test_resume_after_interruption(stand_in_model: Path, tmp_path: Path) -> None
     with pytest.raises(KeyboardInterrupt):
         runner.evaluate(make_cfg(stand_in_model, out), quiet=True, sampler=broken)
     assert not (out / "summary.json").exists()
-    assert sorted(p.name for p in (out / ".shards").glob("*.jsonl")) == ["shard-00000.jsonl"]
+    assert stored_shards(out) == ["rows-00000.parquet"]
     second = fake()
     run = runner.evaluate(make_cfg(stand_in_model, out), quiet=True, sampler=second)
     assert run.summary["resume"] == {"shards_reused": 1, "shards_evaluated": 2}
@@ -267,3 +285,130 @@ def test_answers_and_prefix_check_decode_with_their_own_settings(
     runner.evaluate(cfg, quiet=True, sampler=sampler)
     # sampled answers with the eval's decoding, then the greedy prefix check, shard by shard
     assert seen == [(0.6, 0.9, 3, 2, 16), (0.0, 1.0, 3, 1, 12)] * 3
+
+
+# --- gold answers that match nothing, and the answer pattern --------------------------------
+
+UNITS = [  # (question, gold as the set writes it, what the fake model answers)
+    ("Ann picks 9 apples in the garden. How many apples?", "9 (apples)", "9"),
+    ("A bus drives 12 km in one hour. How fast is it?", "12 km/h", "12"),
+    ("A pen costs 18.90 dollars and Bo buys one. What does Bo pay?", "\\$18.90", "18.9"),
+    ("Cy sorts the odd primes below 8. Which are they?", "3,5,7", "\\boxed{7, 5, 3}"),
+    ("Tom has about 40 marbles in a bag. How many marbles?", "about 40", "40"),
+]
+
+
+def units_cfg(model: Path, tmp_path: Path, rows: list[dict], **flags):
+    data = tmp_path / "units.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = {"model": str(model), "data": str(data), "answer": "answer", "prefix_length": 4}
+    return resolve_config(None, {**base, "output": str(tmp_path / "eval"), **flags})
+
+
+def test_gold_answers_that_match_nothing_are_counted_and_warned_about(
+    stand_in_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [{"question": q, "answer": gold} for q, gold, _ in UNITS]
+    sampler = FakeSampler({q: said for q, _, said in UNITS}, {q for q, _, _ in UNITS})
+    cfg = units_cfg(stand_in_model, tmp_path, rows)
+    with caplog.at_level("WARNING"):
+        run = runner.evaluate(cfg, quiet=True, sampler=sampler)
+    summary = json.loads((run.path / "summary.json").read_text())
+    # Units, currency and a list now match; "about 40" parses to nothing comparable.
+    assert [r["correct"] for r in read_rows(run.path)] == [True, True, True, True, False]
+    assert summary["counts"]["gold_unparsed"] == 1 and summary["counts"]["correct"] == 4
+    qid = read_rows(run.path)[4]["id"]
+    assert summary["gold_answers"] == {
+        "field": "answer",
+        "pattern": None,
+        "with_gold": 5,
+        "unparsed": 1,
+        "examples": [
+            {
+                "question_id": qid,
+                "answer": "about 40",
+                "reason": "the words 'about' are left next to a number after the unit rules",
+            }
+        ],
+    }
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].startswith(
+        "1 of 5 gold answer(s) in field 'answer' do not parse to anything comparable"
+    )
+    assert f"{qid}: 'about 40'" in warned[0] and "answer_pattern" in warned[0]
+
+
+def test_answer_pattern_takes_the_gold_answer_out_of_the_field(
+    stand_in_model: Path, tmp_path: Path
+) -> None:
+    rows = [
+        {"question": UNITS[0][0], "answer": "She counts them all. Answer: 9"},
+        {"question": UNITS[1][0], "answer": "Answer: 12"},
+        {"question": UNITS[2][0], "answer": "the answer was lost"},  # the pattern misses
+    ]
+    sampler = FakeSampler({q: said for q, _, said in UNITS}, {q for q, _, _ in UNITS})
+    cfg = units_cfg(stand_in_model, tmp_path, rows, answer_pattern=r"Answer:\s*(\S+)")
+    run = runner.evaluate(cfg, quiet=True, sampler=sampler)
+    out = read_rows(run.path)
+    assert [r["gold"] for r in out] == [["$9$"], ["$12$"], []]
+    assert [r["correct"] for r in out] == [True, True, False]
+    gold = run.summary["gold_answers"]
+    assert (gold["pattern"], gold["with_gold"], gold["unparsed"]) == (r"Answer:\s*(\S+)", 3, 1)
+    assert (
+        gold["examples"][0]["reason"] == "answer_pattern 'Answer:\\\\s*(\\\\S+)' does not match it"
+    )
+    assert run.summary["settings"] and run.summary["data"]["answer_field"] == "answer"
+
+
+# --- the shard store (builder.store.ShardStore: checksums, lock) ----------------------------
+
+
+def test_a_damaged_shard_is_discarded_and_evaluated_again(
+    stand_in_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    whole = runner.evaluate(
+        make_cfg(stand_in_model, tmp_path / "whole"), quiet=True, sampler=fake()
+    )
+    out = tmp_path / "eval"
+    broken = fake()
+    real, calls = broken.generate, [0]
+
+    def interrupted(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 5:  # shards 0 and 1 done (2 calls each), the last one dies
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    broken.generate = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        runner.evaluate(make_cfg(stand_in_model, out), quiet=True, sampler=broken)
+    assert stored_shards(out) == ["rows-00000.parquet", "rows-00001.parquet"]
+    damaged = out / ".shards" / "shards" / "rows-00001.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:50])  # truncated, e.g. by a full disk
+    second = fake()
+    with caplog.at_level("WARNING"):
+        run = runner.evaluate(make_cfg(stand_in_model, out), quiet=True, sampler=second)
+    assert run.summary["resume"] == {"shards_reused": 1, "shards_evaluated": 2}
+    assert any("discarding damaged shard" in r.getMessage() for r in caplog.records)
+    assert read_rows(out) == read_rows(whole.path)
+
+
+def test_a_second_eval_into_the_same_folder_is_refused(
+    stand_in_model: Path, tmp_path: Path
+) -> None:
+    from builder.errors import OutputError
+    from tests.builder.test_store import holder
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    lock = out / ".shards.lock"
+    with holder(lock) as first:
+        with pytest.raises(OutputError) as info:
+            runner.evaluate(make_cfg(stand_in_model, out), quiet=True, sampler=fake())
+    assert str(info.value) == (
+        f"another upft-eval (pid {first.pid}) is writing this output folder right now: lock "
+        f"{lock}. Wait for it to finish or stop it, then re-run"
+    )
+    assert not (out / "summary.json").exists()
+    run = runner.evaluate(make_cfg(stand_in_model, out), quiet=True, sampler=fake())
+    assert run.status == "evaluated" and not lock.exists()
