@@ -189,6 +189,11 @@ def evaluate(*args: str, **kwargs: Any) -> dict[str, Any]:
     return {"args": args, **kwargs}
 
 
+def compare(*damage: Callable[[Path], None], args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``upft-eval compare eval-a eval-b`` after ``damage`` to the copies of the two evals."""
+    return {"args": ("compare", "eval-a", "eval-b", *args), "setup": _steps(_evals, *damage)}
+
+
 DATA = ("--data", "q.jsonl", "--answer", "answer", "--backend", "transformers")
 
 CASES = [
@@ -417,37 +422,16 @@ CASES = [
         setup=_write("base/results.jsonl", ""),
     ),
     # --- upft-eval compare -------------------------------------------------------------------
-    Case(
-        "compare-accepted",
-        ("| eval-a |", "(baseline)", "| eval-b |"),
-        exit_code=0,
-        **evaluate("compare", "eval-a", "eval-b", setup=_evals),
-    ),
+    Case("compare-accepted", ("| eval-a |", "(baseline)", "| eval-b |"), exit_code=0, **compare()),
     Case(
         "compare-other-questions",
         ("eval-a and eval-b were evaluated on different questions (1 only in eval-a, 1 only",),
-        **evaluate(
-            "compare",
-            "eval-a",
-            "eval-b",
-            setup=_steps(
-                _evals,
-                _results_edit("eval-b", lambda rows: [dict(rows[0], id="other"), *rows[1:]]),
-            ),
-        ),
+        **compare(_results_edit("eval-b", lambda rows: [dict(rows[0], id="other"), *rows[1:]])),
     ),
     Case(
         "compare-other-question-texts",
         ("share question ids but 1 question text(s) differ",),
-        **evaluate(
-            "compare",
-            "eval-a",
-            "eval-b",
-            setup=_steps(
-                _evals,
-                _results_edit("eval-b", lambda rows: [dict(rows[0], question="?"), *rows[1:]]),
-            ),
-        ),
+        **compare(_results_edit("eval-b", lambda rows: [dict(rows[0], question="?"), *rows[1:]])),
     ),
     Case(
         "compare-one-folder",
@@ -462,85 +446,54 @@ CASES = [
     Case(
         "compare-no-summary",
         ("'eval-b' is not a finished eval (no summary.json)",),
-        **evaluate(
-            "compare", "eval-a", "eval-b", setup=_steps(_evals, _remove("eval-b/summary.json"))
-        ),
+        **compare(_remove("eval-b/summary.json")),
     ),
     Case(
         "compare-summary-truncated",
         ("eval-b/summary.json: not valid JSON", "re-run the eval into that folder"),
-        **evaluate(
-            "compare", "eval-a", "eval-b", setup=_steps(_evals, _cut("eval-b/summary.json", 50))
-        ),
+        **compare(_cut("eval-b/summary.json", 50)),
     ),
     Case(
         "compare-summary-field-missing",
         ("eval-b/summary.json is not a summary written by upft-eval (accuracy: Field required)",),
-        **evaluate(
-            "compare",
-            "eval-a",
-            "eval-b",
-            setup=_steps(_evals, _summary_edit("eval-b", accuracy=None)),
-        ),
+        **compare(_summary_edit("eval-b", accuracy=None)),
     ),
     Case(
         "compare-no-results",
         ("eval-b has no results.jsonl; it is not a finished eval",),
-        **evaluate(
-            "compare", "eval-a", "eval-b", setup=_steps(_evals, _remove("eval-b/results.jsonl"))
-        ),
+        **compare(_remove("eval-b/results.jsonl")),
     ),
     Case(
         "compare-results-truncated",
         ("eval-b/results.jsonl:1: not valid JSON",),
-        **evaluate(
-            "compare", "eval-a", "eval-b", setup=_steps(_evals, _cut("eval-b/results.jsonl", 80))
-        ),
+        **compare(_cut("eval-b/results.jsonl", 80)),
     ),
     Case(
         "compare-row-field-missing",
         ("eval-b/results.jsonl:2: not a result row of upft-eval (n_correct: Field required)",),
-        **evaluate(
-            "compare",
-            "eval-a",
-            "eval-b",
-            setup=_steps(
-                _evals,
-                _results_edit(
-                    "eval-b",
-                    lambda rows: [
-                        rows[0],
-                        {k: v for k, v in rows[1].items() if k != "n_correct"},
-                        *rows[2:],
-                    ],
+        **compare(
+            _results_edit(
+                "eval-b",
+                lambda rows: (
+                    [rows[0], {k: v for k, v in rows[1].items() if k != "n_correct"}] + rows[2:]
                 ),
-            ),
+            )
         ),
     ),
     Case(
         "compare-duplicate-question",
         ("eval-b/results.jsonl:2: question id", "appears twice (first at line 1)"),
-        **evaluate(
-            "compare",
-            "eval-a",
-            "eval-b",
-            setup=_steps(_evals, _results_edit("eval-b", lambda rows: [rows[0], *rows])),
-        ),
+        **compare(_results_edit("eval-b", lambda rows: [rows[0], *rows])),
     ),
     Case(
         "compare-rows-missing",
         ("eval-b holds 3 result rows but its summary.json counts 6 questions",),
-        **evaluate(
-            "compare",
-            "eval-a",
-            "eval-b",
-            setup=_steps(_evals, _results_edit("eval-b", lambda rows: rows[:3])),
-        ),
+        **compare(_results_edit("eval-b", lambda rows: rows[:3])),
     ),
     Case(
         "compare-output-is-a-file",
         ("--output 'q.jsonl' is a file; pass a folder for the comparison",),
-        **evaluate("compare", "eval-a", "eval-b", "--output", "q.jsonl", setup=_evals),
+        **compare(args=("--output", "q.jsonl")),
     ),
 ]
 
