@@ -330,6 +330,53 @@ def _echo(manifest: Manifest) -> dict[str, str] | None:
     }
 
 
+def _served(manifest: Manifest) -> dict[str, Any] | None:
+    """The served-model paragraph's parts (no credentials: the manifest holds none)."""
+    engine = manifest.model.engine
+    served = None if engine is None else engine.served
+    if served is None:
+        return None
+    entry = served.models_entry or {}
+    software = str(entry.get("owned_by") or "software not reported")
+    if served.server_version:
+        software += f" {served.server_version}"
+    source = {
+        "server": "Token ids are the server's own (token-exact prefixes).",
+        "retokenized": "The server returned text only; its text was tokenised again with the "
+        "model's tokenizer, so a prefix's token boundaries are the tokenizer's, not "
+        "necessarily the server's.",
+        "mixed": "Some token ids are the server's own and some come from tokenising its text "
+        "again.",
+    }.get(str(served.token_source), "")
+    if served.seed_honoured:
+        seeds = "Every request carried its own seed, and the server honoured seeds."
+    elif served.seed_sent:
+        seeds = "Every request carried its own seed, but the server did not honour seeds."
+    else:
+        seeds = "The server took no seeds."
+    sent = "; ".join(
+        f"{phase}: " + ", ".join(f"{k}={v}" for k, v in fields.items() if k != "seed")
+        for phase, fields in served.sent.items()
+    )
+    t = served.traffic
+    causes = ", ".join(f"{n} x {c}" for c, n in t.retry_causes.items())
+    traffic = f"{fmt_int(t.requests)} requests, {fmt_int(t.retries)} retries" + (
+        f" ({causes})." if causes else "."
+    )
+    return {
+        "api": served.api,
+        "host": served.host,
+        "software": software,
+        "name": served.served_name,
+        "root": entry.get("root"),
+        "context": entry.get("max_model_len"),
+        "tokens": source,
+        "seeds": seeds,
+        "sent": sent or "nothing (every shard was reused)",
+        "traffic": traffic,
+    }
+
+
 def _or_na(value: float | None, fmt: Callable[[float, int], str], decimals: int) -> str:
     # The builder writes null for an average over nothing (no question reached that point).
     return "n/a" if value is None else fmt(value, decimals)
@@ -353,7 +400,11 @@ def _card_context(manifest: Manifest, recipe_yaml: str, repo_id: str | None) -> 
         "model_name": m.model.name if m.model.name != m.model.id else None,
         "model_revision": m.model.revision,
         "model_is_embedded": m.model.id.startswith("embedded:"),
-        "backend": {"vllm": "vLLM", "transformers": "transformers"}.get(m.backend, m.backend),
+        "backend": {
+            "vllm": "vLLM",
+            "transformers": "transformers",
+            "openai": "a served model (OpenAI-compatible API)",
+        }.get(m.backend, m.backend),
         "source": _source_sentence(m),
         "label_filter": settings.label_filter,
         "n_questions": fmt_int(m.counts.questions),
@@ -382,6 +433,7 @@ def _card_context(manifest: Manifest, recipe_yaml: str, repo_id: str | None) -> 
         "curve_table": _curve_table(m),
         "tokens_table": _tokens_table(m),
         "echo": _echo(m),
+        "served": _served(m),
     }
     if m.accuracy is not None:
         context["accuracy"] = {

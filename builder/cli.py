@@ -42,8 +42,8 @@ The last line printed on success is the version directory."""
 @click.option("--limit", type=click.IntRange(min=1), help="Use at most N questions (source.limit).")
 @click.option(
     "--backend",
-    type=click.Choice(["vllm", "transformers"]),
-    help="Sampling engine (overrides model.backend).",
+    type=click.Choice(["vllm", "transformers", "openai"]),
+    help="Sampling engine (overrides model.backend; openai: a served model, model.base_url).",
 )
 @click.option(
     "--dry-run", is_flag=True, help="Validate recipe and source, print the plan, sample nothing."

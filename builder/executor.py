@@ -28,9 +28,17 @@ from builder.sampling.base import ProgressFn, Sample, Sampler
 logger = logging.getLogger(__name__)
 
 
+# A chat prompt as (role, content) pairs, for servers that apply the chat template themselves.
+Chat = tuple[tuple[str, str], ...]
+
+
 @dataclass(frozen=True)
 class ShardRequest:
-    """One shard of one phase to sample: everything the engine needs, nothing else."""
+    """One shard of one phase to sample: everything the engine needs, nothing else.
+
+    ``messages``: the same prompts as chat messages (a served model's chat endpoint applies
+    its own template); engines that take token ids ignore them.
+    """
 
     phase: str
     index: int
@@ -39,6 +47,7 @@ class ShardRequest:
     n: int
     max_tokens: int
     seed: int
+    messages: tuple[Chat, ...] | None = None
 
 
 ShardDone = Callable[[ShardRequest, list[list[Sample]]], None]
@@ -71,6 +80,11 @@ class Executor(ABC):
     def describe(self) -> dict[str, Any]:
         """How the shards were run (for the manifest)."""
         return {"kind": "local", "replicas": 1, "resubmitted_shards": 0}
+
+    def reported_tokens(self) -> dict[str, int] | None:
+        """Tokens generated per phase as the engine itself reported them (a server's usage),
+        covering every persisted shard; None: count the samples' tokens instead."""
+        return None
 
     def close(self, process_exiting: bool = False) -> None:  # noqa: B027 - optional hook
         """Release engines this executor started (``process_exiting``: the process ends right

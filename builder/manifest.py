@@ -50,6 +50,7 @@ from builder.manifest_schema import (
     field_errors,
 )
 from builder.recipe import Recipe
+from builder.served import without_served
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -91,6 +92,8 @@ def fingerprint(recipe: Recipe, source_info: Mapping[str, Any], model_revision: 
     resolved["output"] = {k: v for k, v in resolved["output"].items() if k != "dir"}
     # Where shards run does not change them: a Ray build and a local one resume each other.
     resolved.pop("executor", None)
+    # Nor where a served model is reached (base URL, key variable, concurrency, retries).
+    resolved["model"] = without_served(resolved["model"], recipe.model.backend)
     keys = ("type", "id", "path", "config", "split", "revision", "sha256")
     payload = {
         "recipe": resolved,

@@ -82,8 +82,55 @@ class SourceInfo(ManifestSection):
     counts: SourceCounts
 
 
+class ServedTraffic(ManifestSection):
+    """What a served build sent, how often it retried (by cause) and the server's usage."""
+
+    requests: int
+    attempts: int
+    retries: int
+    retry_causes: dict[str, int]  # "429", "500", "timeout", "connection", "bad_body", ...
+    prompt_tokens: int
+    completion_tokens: int
+    answers_without_usage: int
+
+
+class ServedInfo(ManifestSection):
+    """The server that sampled (``backend: openai``): where, what it is, what was sent.
+
+    The endpoint is recorded without credentials; the key's variable name, never the key.
+    """
+
+    endpoint: str
+    host: str
+    api: Literal["chat", "completions"]
+    served_name: str
+    api_key_env: str | None
+    tokenizer: str | None  # the sampling model's tokenizer: model.tokenizer, else model.id
+    models_entry: dict[str, Any] | None  # /v1/models: id, root, max_model_len, owned_by
+    server_version: str | None  # /version, when the server answers it
+    server_takes_extras: bool | None  # vLLM's sampling fields (token ids, top_k, stop ids)
+    server_returns_ids: bool | None
+    server_returns_logprobs: bool | None
+    n_per_request: bool | None  # the server answers n = N (else N requests of n = 1)
+    seed_sent: bool | None
+    seed_honoured: bool | None  # the probe's same-seed pair gave the same sample
+    token_source: Literal["server", "retokenized", "mixed"] | None
+    samples_by_token_source: dict[str, int]
+    prompts_checked: int  # chat prompts whose ids the server returned
+    prompts_differing: int  # ... that differ from the local template's
+    decoding_left_to_server: list[str]
+    sent: dict[str, dict[str, Any]]  # per phase: the decoding fields actually sent
+    max_concurrency: int
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    request_timeout_s: float
+    max_retries: int
+    traffic: ServedTraffic
+
+
 class EngineInfo(ManifestSection):
-    """Engine settings chosen at load time that can change output (vLLM; empty otherwise).
+    """Engine settings chosen at load time that can change output (vLLM, or the server of a
+    served model; empty otherwise).
 
     Keys the engine did not report are left out of the JSON rather than written as null.
     """
@@ -93,7 +140,10 @@ class EngineInfo(ManifestSection):
     deterministic_scheduling: bool | None = None
     compile: Literal["compiled", "eager"] | None = None  # what model.compile resolved to
     compile_setting: Literal["auto", "compiled", "eager"] | None = None  # the recipe's value
-    seeding: Literal["per_call", "engine"] | None = None
+    # per_call: reseeded before each call; engine: the engine's own stream; per_request: a
+    # served model's per-request seeds, honoured; none: sent but not honoured, or not sent
+    seeding: Literal["per_call", "engine", "per_request", "none"] | None = None
+    served: ServedInfo | None = None
 
     @model_serializer(mode="wrap")
     def _reported_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -127,7 +177,8 @@ class Settings(ManifestSection):
     top_p: float | None  # None: left to the model (only in hand-made manifests; builds resolve)
     top_k: int | None
     repetition_penalty: float | None
-    decoding_sources: dict[str, Literal["recipe", "generation_config", "neutral"]]
+    # server: left to a served model's defaults (the value is then None: not sent)
+    decoding_sources: dict[str, Literal["recipe", "generation_config", "neutral", "server"]]
     max_tokens: int
     seed: int
     split_seed: int
@@ -244,7 +295,7 @@ class ExecutorInfo(ManifestSection):
     As with the engine, what an executor does not report is left out of the JSON.
     """
 
-    kind: Literal["local", "ray"]
+    kind: Literal["local", "ray", "served"]
     replicas: int
     resubmitted_shards: int
     address: str | None = None  # ray: the cluster joined (None: a new local instance)
@@ -284,7 +335,7 @@ class Manifest(ManifestSection):
     created_at: Timestamp  # UTC, e.g. 2026-11-26T19:30:00Z
     source: SourceInfo
     model: ModelInfo
-    backend: Literal["vllm", "transformers"]
+    backend: Literal["vllm", "transformers", "openai"]
     settings: Settings
     counts: Counts
     tokens: Tokens

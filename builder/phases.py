@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from builder.executor import Executor, ShardRequest
+from builder.executor import Chat, Executor, ShardRequest
 from builder.progress import phase_progress
 from builder.sampling.base import Sample
 from builder.sources import Question
@@ -33,6 +33,8 @@ from builder.store import ShardStore
 logger = logging.getLogger(__name__)
 
 PromptFn = Callable[[int, list[Question]], list[list[int]]]
+# The same prompts as chat messages, for engines that template them themselves (served models).
+MessagesFn = Callable[[list[Question]], list[Chat]]
 
 
 class Shards:
@@ -106,13 +108,15 @@ class PhaseRunner:
         label: str,
         counter: str,
         derived: tuple[str, ...] = (),
+        make_messages: MessagesFn | None = None,
     ) -> None:
         """Sample every shard of a phase that is not persisted yet; persist each as it arrives.
 
         ``make_prompts(index, shard)`` templates a shard's prompts; it is called only for the
         shards that are sampled, as the executor asks for them. ``derived``: phases whose shard
         of the same index is computed from this one (prefix choices), dropped when it is
-        sampled again.
+        sampled again. ``make_messages(shard)``: the prompts as chat messages too (requests
+        then carry both; engines that take token ids ignore them).
         """
         missing = [i for i in range(shards.shards) if not self.store.has(phase, i)]
         if missing:
@@ -139,6 +143,7 @@ class PhaseRunner:
                             n,
                             max_tokens,
                             seed,
+                            None if make_messages is None else tuple(make_messages(shard)),
                         )
 
             def done(req: ShardRequest, results: list[list[Sample]]) -> None:
@@ -175,6 +180,7 @@ def sample_full_traces(
     max_tokens: int,
     seed: int,
     tries: int,
+    make_messages: MessagesFn | None = None,
 ) -> list[Shards]:
     """One trace per question of ``full``; traces cut off by ``max_tokens`` are sampled again,
     up to ``tries`` times in all. Returns the shards of every try that ran, in order.
@@ -190,7 +196,15 @@ def sample_full_traces(
         phase = try_phase(attempt)
         label = "phase 2: full traces" + ("" if attempt == 1 else f" (try {attempt})")
         runner.sample(
-            phase, pending, make_prompts, 1, max_tokens, try_seed(seed, attempt), label, "full"
+            phase,
+            pending,
+            make_prompts,
+            1,
+            max_tokens,
+            try_seed(seed, attempt),
+            label,
+            "full",
+            make_messages=make_messages,
         )
         ran.append(pending)
         unfinished: set[str] = set()

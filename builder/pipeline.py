@@ -44,6 +44,7 @@ from builder.release import assemble_release
 from builder.resolve import decoding_sources, generation_defaults, resolve
 from builder.sampling import make_sampler
 from builder.sampling.base import Sampler
+from builder.served import chat_of, wants_messages
 from builder.sources import LoadedSource, Question, load_questions
 from builder.store import ShardStore
 from builder.writer import disk_errors, finish_release, open_release, read_existing_fingerprint
@@ -182,10 +183,15 @@ def build(
     loaded: LoadedSource = load_questions(recipe.source, base_dir)
     timings["source"] = time.monotonic() - t0
 
-    model = resolve_model(recipe.model.id, recipe.model.revision)
-    gen = generation_defaults(model)
-    sources = decoding_sources(recipe, gen)
-    recipe = resolve(recipe, model, gen)
+    if recipe.model.backend == "openai":
+        from builder.served import resolve_served
+
+        model, sources, recipe = resolve_served(recipe)
+    else:
+        model = resolve_model(recipe.model.id, recipe.model.revision)
+        gen = generation_defaults(model)
+        sources = decoding_sources(recipe, gen)
+        recipe = resolve(recipe, model, gen)
     fp = fingerprint(recipe, loaded.info, model.revision)
     root = Path(recipe.output.dir) / recipe.name
     final = root / recipe.version
@@ -211,6 +217,10 @@ def build(
 
         bound = token_budget(recipe, len(loaded.questions))["total"]
         executor = RayExecutor.from_recipe(recipe, bound)
+    if executor is None and sampler is None and recipe.model.backend == "openai":
+        from builder.served import make_build_executor
+
+        executor = make_build_executor(recipe, model, staging)
     if executor is None:
         executor = _local_executor(recipe, model, len(loaded.questions), sampler)
     b = _Build(
@@ -272,6 +282,9 @@ def _run(
     def prefix_prompt(q: Question) -> list[int]:
         return encode_prompt(b.tokenizer(), messages(q.text, sample_instruction, system))
 
+    # A served model's chat endpoint takes the messages and applies its own template.
+    chats = wants_messages(r.model)
+
     _drop_too_long(b, loaded, prefix_prompt)
     size = r.output.shard_size
     questions = Shards.of(loaded.questions, size)
@@ -288,6 +301,11 @@ def _run(
         "phase 1: answers to filter" if lf else "phase 1: prefixes",
         counter="prefix",
         derived=("choice",),
+        make_messages=(
+            (lambda shard: [chat_of(messages(q.text, sample_instruction, system)) for q in shard])
+            if chats
+            else None
+        ),
     )
     _phase_timing(b, "prefix_phase", started, loaded_before)
 
@@ -327,7 +345,13 @@ def _run(
 
     started, loaded_before = time.monotonic(), b.executor.engine_load_s
     tries = sample_full_traces(
-        runner, full_qs, full_prompts, budget, r.sampling.seed, r.mixture.full_trace_tries
+        runner,
+        full_qs,
+        full_prompts,
+        budget,
+        r.sampling.seed,
+        r.mixture.full_trace_tries,
+        (lambda shard: [chat_of(messages(q.text, None, system)) for q in shard]) if chats else None,
     )
     _phase_timing(b, "full_phase", started, loaded_before)
     if b.executor.engine_load_s:
@@ -347,6 +371,12 @@ def _run(
     b.timings["write"] = time.monotonic() - started
     b.timings["total"] = time.monotonic() - t0
 
+    # A server's own usage counts, where it reported them for every shard.
+    prefix_cost, full_cost = totals.prefix_cost, totals.full_cost
+    reported = b.executor.reported_tokens()
+    if reported is not None:
+        prefix_cost = reported.get("prefix", 0)
+        full_cost = sum(v for k, v in reported.items() if k != "prefix")
     manifest_model: dict[str, Any] = {
         "id": r.model.id,
         "revision": b.model.revision,
@@ -369,8 +399,8 @@ def _run(
         manifest_model,
         totals.counts(),
         token_accounting(
-            totals.prefix_cost,
-            totals.full_cost,
+            prefix_cost,
+            full_cost,
             totals.mean_complete(),
             questions.count,
             totals.tuning_tokens(),

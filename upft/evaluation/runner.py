@@ -37,7 +37,7 @@ from typing import Any
 from builder import answers
 from builder.answers import GoldAudit
 from builder.errors import EvalError, SourceError
-from builder.executor import Executor, LocalExecutor, ShardDone, ShardRequest
+from builder.executor import Chat, Executor, LocalExecutor, ShardDone, ShardRequest
 from builder.hashing import sha256_file
 from builder.models import EMBEDDED_PREFIX, ResolvedModel, cache_dir, load_tokenizer, resolve_model
 from builder.progress import phase_progress
@@ -46,6 +46,13 @@ from builder.ray_executor import require_ray
 from builder.recipe import SourceConfig
 from builder.sampling import make_sampler
 from builder.sampling.base import ProgressFn, Sample, Sampler, SamplingSettings
+from builder.served import (
+    chat_of,
+    make_eval_executor,
+    served_identity,
+    wants_messages,
+    without_served,
+)
 from builder.sources import LoadedSource, Question, load_questions
 from builder.store import ShardStore
 from upft.evaluation import benchmarks, report, scoring
@@ -259,6 +266,8 @@ def fingerprint(
         "compile",
     ):
         settings["model"].pop(key)
+    # Where a served model is reached does not change its answers.
+    settings["model"] = without_served(settings["model"], cfg.model.backend)
     payload = {
         "format": EVAL_FORMAT,
         "settings": settings,
@@ -299,6 +308,8 @@ def make_executor(
     phases = {ANSWERS: gen.settings(), PREFIX: gen.greedy()}
     if sampler is not None:
         return _PhaseExecutor(phases, sampler=sampler)
+    if m.backend == "openai":
+        return make_eval_executor(m, model, phases)
     if cfg.executor.kind == "ray":
         from builder.ray_executor import RayExecutor
 
@@ -395,12 +406,26 @@ def _requests(
         plain = [_prompt(tok, e.question.text, None, system) for e in part]
         open_shards[index] = _OpenShard(part, [text for text, _ in plain])
         prompts = tuple(tuple(p) for _, p in plain)
-        yield ShardRequest(ANSWERS, index, ids, prompts, gen.n, gen.max_tokens, gen.seed)
+        chats = _chats(cfg, part, None)
+        yield ShardRequest(ANSWERS, index, ids, prompts, gen.n, gen.max_tokens, gen.seed, chats)
         if pc.enabled:
             prompts = tuple(
                 tuple(_prompt(tok, e.question.text, pc.instruction, system)[1]) for e in part
             )
-            yield ShardRequest(PREFIX, index, ids, prompts, 1, pc.length + pc.slack, gen.seed)
+            chats = _chats(cfg, part, pc.instruction)
+            yield ShardRequest(
+                PREFIX, index, ids, prompts, 1, pc.length + pc.slack, gen.seed, chats
+            )
+
+
+def _chats(
+    cfg: EvalConfig, part: list[EvalQuestion], instruction: str | None
+) -> tuple[Chat, ...] | None:
+    """The prompts as chat messages, for a served model's chat endpoint (else None)."""
+    if not wants_messages(cfg.model):
+        return None
+    system = cfg.model.system_prompt
+    return tuple(chat_of(messages(e.question.text, instruction, system)) for e in part)
 
 
 def _score_shard(cfg: EvalConfig, shard: _OpenShard) -> list[dict[str, Any]]:
@@ -523,8 +548,11 @@ def evaluate(
     out = Path(cfg.output).expanduser()
     _check_output(out)
     questions, loaded, meta, gold = load(cfg)
-    model = resolve_model(cfg.model.id, cfg.model.revision)
-    ident = model_identity(model)
+    if cfg.model.backend == "openai":
+        model, ident = served_identity(cfg.model)
+    else:
+        model = resolve_model(cfg.model.id, cfg.model.revision)
+        ident = model_identity(model)
     data = {**loaded.manifest_entry(), **meta}
     fp = fingerprint(cfg, ident, data, questions)
 
