@@ -10,11 +10,12 @@ to read its answers) and above the wire. It owns what every request shares:
   names, which is why this module speaks HTTP itself). Every message this module builds
   passes through :meth:`ServedClient.scrub`, so a server that echoes the key in an error body
   does not put it into a log or an exception.
-* **Retries.** 429 (honouring ``Retry-After``), 408, 409, 5xx, timeouts, refused and dropped
-  connections, and a body that is not JSON are retried with jittered exponential backoff, at
-  most ``model.max_retries`` times; then :class:`EndpointError` names the endpoint (scheme,
-  host, port and path: no credentials, no query) and the last status. Other 4xx answers are
-  the caller's mistake and fail at once with the server's message.
+* **Retries** (``tenacity``, as the Hub layer's). 429 (honouring ``Retry-After``), 408, 409,
+  5xx, timeouts, refused and dropped connections, and a body that is not JSON are retried with
+  jittered exponential backoff, at most ``model.max_retries`` times; then
+  :class:`EndpointError` names the endpoint (scheme, host, port and path: no credentials, no
+  query) and the last status. Other 4xx answers are the caller's mistake and fail at once with
+  the server's message.
 * **Rate caps.** ``model.requests_per_minute`` spaces request starts evenly;
   ``model.tokens_per_minute`` is a token bucket charged with each request's token bound
   (prompt plus ``n x max_tokens``) before it is sent.
@@ -140,6 +141,15 @@ class EndpointError(SamplingError):
 
 class RequestRefused(EndpointError):
     """The server answered 4xx (other than the retried ones): the request itself is wrong."""
+
+
+class _Transient(Exception):
+    """A failed attempt worth another try (``cause``: "429", "timeout", ...)."""
+
+    def __init__(self, cause: str, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.cause = cause
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -298,64 +308,89 @@ class ServedClient:
         return await self._send("POST", path, body, cost)
 
     async def _send(self, method: str, path: str, body: Any, cost: int) -> Any:
-        http = _http()
-        client = self._http_client()
-        url = self.url(path)
-        where = f"{self.endpoint}{'' if path.startswith('/') else '/'}{path}"
-        if path.startswith("/"):
-            where = public_url(url)
-        self.traffic.requests += 1
-        last = "nothing"
-        last_status: str | None = None
-        for attempt in range(self.max_retries + 1):
-            await self.limiter.wait(cost)
-            self.traffic.attempts += 1
-            delay: float | None = None
-            try:
-                response = await client.request(method, url, json=body)
-            except http.TimeoutException:
-                cause, last = "timeout", f"no complete answer within {self.timeout_s:g} s"
-            except http.TransportError as exc:
-                cause = "connection"
-                last = f"connection failed or dropped ({type(exc).__name__})"
-            else:
-                status = response.status_code
-                if 200 <= status < 300:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        if method == "GET":
-                            raise RequestRefused(
-                                f"{where} answered something that is not JSON", "not json"
-                            ) from None
-                        cause, last = "bad_body", f"HTTP {status} with a body that is not JSON"
-                elif status in RETRY_STATUSES or status >= 500:
-                    cause, last = str(status), f"HTTP {status}"
-                    delay = retry_after_s(response.headers)
-                    if delay is not None and delay > MAX_RETRY_AFTER_S:
-                        raise EndpointError(
-                            f"{where} asked to wait {delay:.0f} s before retrying (HTTP "
-                            f"{status}; more than the {MAX_RETRY_AFTER_S:.0f} s upft waits). "
-                            "Finished shards are kept: re-run later to resume",
-                            str(status),
-                        )
-                else:
-                    raise RequestRefused(self._refusal(where, response), str(status))
-            last_status = cause
-            self.traffic.causes[cause] += 1
-            if attempt == self.max_retries:
-                break
-            self.traffic.retries += 1
-            if delay is None:
-                delay = min(BACKOFF_CAP_S, backoff_base_s() * 2**attempt) * random.uniform(0.5, 1)
-            logger.debug("%s: %s; retry %d in %.2f s", where, last, attempt + 1, delay)
-            await asyncio.sleep(delay)
-        raise EndpointError(
-            f"{where} failed {self.max_retries + 1} times; last: {last}. Finished shards are "
-            "kept: re-run to resume (raise model.max_retries or model.request_timeout_s if the "
-            "server is only slow)",
-            last_status,
+        from tenacity import (
+            AsyncRetrying,
+            RetryCallState,
+            retry_if_exception_type,
+            stop_after_attempt,
         )
+
+        url = self.url(path)
+        where = public_url(url)
+        self.traffic.requests += 1
+
+        def wait(state: RetryCallState) -> float:
+            failure = state.outcome.exception() if state.outcome else None
+            asked = failure.retry_after if isinstance(failure, _Transient) else None
+            if asked is not None:
+                return asked
+            backoff = backoff_base_s() * 2 ** (state.attempt_number - 1)
+            return min(BACKOFF_CAP_S, backoff) * random.uniform(0.5, 1.0)
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.traffic.retries += 1
+            failure = state.outcome.exception() if state.outcome else None
+            logger.debug("%s: %s; retry in %.2f s", where, failure, state.upcoming_sleep)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=wait,
+            retry=retry_if_exception_type(_Transient),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempt(method, url, where, body, cost)
+        except _Transient as last:
+            raise EndpointError(
+                f"{where} failed {self.max_retries + 1} times; last: {last}. Finished shards "
+                "are kept: re-run to resume (raise model.max_retries or model.request_timeout_s "
+                "if the server is only slow)",
+                last.cause,
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover - AsyncRetrying returns or raises
+
+    async def _attempt(self, method: str, url: str, where: str, body: Any, cost: int) -> Any:
+        """One HTTP attempt: the JSON answer, :class:`_Transient` (retry), or a final error."""
+        http = _http()
+        await self.limiter.wait(cost)
+        self.traffic.attempts += 1
+        try:
+            response = await self._http_client().request(method, url, json=body)
+        except http.TimeoutException:
+            detail = f"no complete answer within {self.timeout_s:g} s"
+            raise self._transient("timeout", detail) from None
+        except http.TransportError as exc:
+            detail = f"connection failed or dropped ({type(exc).__name__})"
+            raise self._transient("connection", detail) from None
+        status = response.status_code
+        if 200 <= status < 300:
+            try:
+                return response.json()
+            except ValueError:
+                if method == "GET":
+                    raise RequestRefused(
+                        f"{where} answered something that is not JSON", "not json"
+                    ) from None
+                detail = f"HTTP {status} with a body that is not JSON"
+                raise self._transient("bad_body", detail) from None
+        if status in RETRY_STATUSES or status >= 500:
+            delay = retry_after_s(response.headers)
+            if delay is not None and delay > MAX_RETRY_AFTER_S:
+                raise EndpointError(
+                    f"{where} asked to wait {delay:.0f} s before retrying (HTTP {status}; more "
+                    f"than the {MAX_RETRY_AFTER_S:.0f} s upft waits). Finished shards are kept: "
+                    "re-run later to resume",
+                    str(status),
+                )
+            raise self._transient(str(status), f"HTTP {status}", delay)
+        raise RequestRefused(self._refusal(where, response), str(status))
+
+    def _transient(self, cause: str, detail: str, retry_after: float | None = None) -> _Transient:
+        self.traffic.causes[cause] += 1
+        return _Transient(cause, detail, retry_after)
 
     def _refusal(self, where: str, response: Any) -> str:
         status = response.status_code
