@@ -165,6 +165,7 @@ def test_a_build_through_a_server_records_it_in_manifest_and_card(
     assert engine_info is not None and engine_info.seeding == "per_request"
     served = engine_info.served
     assert served is not None and served.token_source == "server"
+    assert served.tokenizer == str(folder)  # what the prefixes' L tokens are tokens of
     assert served.decoding_left_to_server == ["repetition_penalty", "top_k", "top_p"]
     assert manifest.settings.decoding_sources["top_p"] == "server"
     assert manifest.settings.top_p is None

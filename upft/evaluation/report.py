@@ -88,7 +88,8 @@ def build_summary(
             "system_prompt": cfg.model.system_prompt,
             "chat_template": "custom" if cfg.model.chat_template else "the model's",
             "prompt": "zero-shot: the plain question as the user turn",
-            "dtype": cfg.model.dtype,
+            # A served model computes in whatever its server was started with.
+            "dtype": "the server's" if cfg.model.backend == "openai" else cfg.model.dtype,
             "max_model_len": cfg.model.max_model_len,
             "prefix_check": prefix,
             "scoring": {

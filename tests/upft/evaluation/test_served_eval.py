@@ -57,6 +57,9 @@ def test_served_eval_equals_the_in_process_engine(served_model: Any, tmp_path: P
     assert engine["prompts_checked"] == 12 and engine["prompts_differing"] == 0
     assert engine["sent"]["answers"]["temperature"] == 0.0
     assert engine["sent"]["prefix_check"]["max_tokens"] == 8 + 8
+    assert served["settings"]["dtype"] == "the server's"
+    assert local["settings"]["dtype"] == served_model.dtype
+    del served["settings"]["dtype"], local["settings"]["dtype"]
     assert served["settings"] == local["settings"]
     assert [r["id"] for r in served_rows] == [r["id"] for r in local_rows]
     assert [r["prompt"] for r in served_rows] == [r["prompt"] for r in local_rows]
