@@ -224,7 +224,7 @@ CASES = [
     ),
     Case(
         "unknown-backend",
-        ("model.backend (r.yaml:", "'vllm' or 'transformers'"),
+        ("model.backend (r.yaml:", "'vllm', 'transformers' or 'openai'"),
         recipe=recipe(**{"model.backend": "tensorrt"}),
     ),
     Case(

@@ -159,8 +159,10 @@ def test_faults_are_retried_and_give_the_same_rows(
     baseline: Any, fresh: FaultProxy, tmp_path: Path
 ) -> None:
     result, _, _ = baseline
-    # The first four POSTs: the probe's first request fails four ways before it gets through.
-    fresh.schedule("429", "500", "slow", "drop")
+    # The probe's two POSTs pass; the next four, phase 1's first sampling requests (sent
+    # together), fail one way each and are sent again with their own seeds. The "slow" one is
+    # computed by the server and dropped by the client after its timeout.
+    fresh.schedule(None, None, "429", "500", "slow", "drop")
     faulty = build(served_recipe(tmp_path, fresh.base_url), None, quiet=True)
     assert dict(fresh.applied) == {"429": 1, "500": 1, "slow": 1, "drop": 1}
     traffic = faulty.manifest.model.engine.served.traffic  # type: ignore[union-attr]
