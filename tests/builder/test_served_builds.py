@@ -260,3 +260,40 @@ def test_kill_9_mid_phase_then_resume_gives_the_same_rows_and_no_key_anywhere(
     assert f"api_key_env: {SERVED_KEY_ENV}" in recipe_doc
     manifest_doc = json.loads((final / "manifest.json").read_text())
     assert manifest_doc["model"]["engine"]["served"]["api_key_env"] == SERVED_KEY_ENV
+
+
+def test_the_completions_endpoint_samples_what_the_chat_endpoint_samples(
+    served_model: Any,
+) -> None:
+    """The local template's ids sent to ``completions`` are the prompt the server's chat
+    template makes: with the same seed, both endpoints give the same token ids."""
+    import asyncio
+
+    from transformers import AutoTokenizer
+
+    from builder.prompts import encode_prompt, messages
+    from builder.sampling.base import SamplingSettings
+    from builder.sampling.openai import ServedEngine, ServedSpec
+
+    tok = AutoTokenizer.from_pretrained(served_model.model_dir)
+    msgs = messages("What is 7 times 8?", None, None)
+    prompt = encode_prompt(tok, msgs)
+    chat = tuple((m["role"], m["content"]) for m in msgs)
+    settings = SamplingSettings(temperature=1.0, top_p=1.0, top_k=0, seed=0)
+
+    async def ask(endpoint: str) -> tuple[list[list[int]], ServedEngine]:
+        spec = ServedSpec(served_model.base_url, "smollm2", SERVED_KEY_ENV, endpoint=endpoint)
+        engine = ServedEngine(spec, lambda: tok)
+        try:
+            await engine.probe()
+            got = await engine.ask("prefix", prompt, chat, 2, L, settings, 1234)
+        finally:
+            await engine.aclose()
+        return [s.token_ids for s in got.samples], engine
+
+    by_chat, chat_engine = asyncio.run(ask("chat"))
+    by_ids, ids_engine = asyncio.run(ask("completions"))
+    assert by_ids == by_chat and all(0 < len(s) <= L for s in by_chat)
+    assert chat_engine.counts.prompt_checked == 1 and chat_engine.counts.prompt_differs == 0
+    assert ids_engine.describe()["token_source"] == "server"
+    assert ids_engine.describe()["sent"]["prefix"]["logprobs"] == 0
