@@ -3,9 +3,10 @@
 This is the first stage of the trainer. :class:`TrainConfig` is a strict pydantic model on the
 base every upft config shares (``builder.yamlfile.Strict``) and holds every setting with the
 defaults of the UPFT paper (AdamW, constant learning rate after a 3% warm-up, lr 1e-6, an
-effective batch of 64 reached by gradient accumulation, one epoch, bf16 where the GPU supports
-it, sequences up to 4096 tokens, each example counting once in the loss), plus how often to
-save checkpoints. Types and ranges are declared on the fields; pydantic converts flag text and
+effective batch of 64 examples, one epoch, bf16 where the device supports it, sequences up to
+4096 tokens, each example counting once in the loss), plus how often to save checkpoints and
+whether to pack examples into micro-batches (by default wherever the model supports it).
+Types and ranges are declared on the fields; pydantic converts flag text and
 YAML scalars. :func:`resolve_config` layers a YAML file and then the flags on top of the
 defaults (defaults < file < flags) and turns a validation failure into one :class:`TrainError`
 line per problem that names the setting, where it came from (the flag, or ``file:line``) and
@@ -42,6 +43,7 @@ from pydantic_core import PydanticCustomError
 from builder.errors import TrainError
 from builder.hubclient import is_repo_id
 from builder.yamlfile import Strict, node_line, read_mapping
+from upft.packing import ATTENTION
 
 # Flag text that means "no value" (e.g. ``--max-steps none``), for settings that may be empty.
 _EMPTY = ("none", "null", "")
@@ -95,7 +97,27 @@ class TrainConfig(Strict):
     batch_size: int = Field(
         64, ge=1, description="effective batch: micro-batch x accumulation x number of processes"
     )
-    micro_batch_size: int = Field(1, ge=1, description="examples per device per forward pass")
+    micro_batch_size: int = Field(
+        1, ge=1, description="examples per device per forward pass (unpacked runs only)"
+    )
+    packing: bool | None = Field(
+        None,
+        description="concatenate examples without padding into micro-batches of up to "
+        "micro_batch_tokens tokens, boundaries kept by attention; the loss is unchanged "
+        "(default: on where the model's attention supports it)",
+    )
+    micro_batch_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="tokens per packed micro-batch; a longer example gets one of its own "
+        "(default: max_length on GPU, 1024 on CPU)",
+        json_schema_extra=_fix("a chat example needs more"),
+    )
+    attn_implementation: str | None = Field(
+        None,
+        description="attention implementation: " + ", ".join(ATTENTION) + " (default: the "
+        "model's own, sdpa for most; flash_attention_2 needs the flash-attn package)",
+    )
     epochs: float = Field(1.0, gt=0, description="passes over the dataset")
     max_steps: int | None = Field(
         None,
@@ -110,7 +132,9 @@ class TrainConfig(Strict):
         json_schema_extra=_fix("a shorter one cannot hold a chat prompt (the paper uses 4096)"),
     )
     bf16: bool | None = Field(
-        None, description="bf16 mixed precision (default: on where CUDA has bf16)"
+        None,
+        description="bf16 mixed precision, float32 master weights (default: on with a CUDA "
+        "device that has bf16 or a CPU with AMX)",
     )
     gradient_checkpointing: bool = Field(
         False, description="trade compute for memory on long sequences"
@@ -180,6 +204,13 @@ class TrainConfig(Strict):
     def _repo_id(cls, value: str | None) -> str | None:
         if value is not None and not is_repo_id(value):
             raise ValueError("is not a Hub repo id; write it as org/name")
+        return value
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _attention(cls, value: str | None) -> str | None:
+        if value is not None and value not in ATTENTION:
+            raise ValueError(f"is not one of {', '.join(ATTENTION)}")
         return value
 
     @field_validator("eval")

@@ -84,6 +84,11 @@ token`), so a long full trace weighs more than a short prefix: not the paper's s
 Each example counts once (`loss_averaging: example`, the paper's setup): the loss is the mean
 over an example's supervised tokens, then the mean over the examples of the effective batch.
 {% endif %}
+{% if summary.packing.enabled %}
+Examples were packed without padding into micro-batches of up to
+{{ summary.packing.micro_batch_tokens }} tokens; no token attends across an example's boundary
+and the loss is the one an unpacked run computes.
+{% endif %}
 
 ## Training settings
 
@@ -100,6 +105,9 @@ over an example's supervised tokens, then the mean over the examples of the effe
 | Optimizer steps | {{ summary.steps }} |
 | Epochs | {{ "%.3f" | format(summary.epochs or 0) }} |
 | Training time | {{ "%.1f" | format(summary.train_time_s) }} s |
+{% if throughput %}
+| Throughput | {{ throughput }} |
+{% endif %}
 | Final logged loss | {{ summary.final_loss if summary.final_loss is not none else "n/a" }} |
 | Mean training loss | {{ "%.4f" | format(summary.mean_loss) }} |
 {% if summary.resumed_from %}
@@ -144,6 +152,47 @@ def _show(text: str) -> str:
     return text.encode("unicode_escape").decode("ascii")
 
 
+def _effective_batch(config: TrainConfig, summary: dict[str, Any]) -> str:
+    world = summary["world_size"]
+    packing = summary["packing"]
+    if packing["enabled"]:
+        return (
+            f"{config.batch_size} examples = {config.batch_size // world} per process x "
+            f"{world} process(es), packed into micro-batches of up to "
+            f"{packing['micro_batch_tokens']} tokens"
+        )
+    return (
+        f"{config.batch_size} = {config.micro_batch_size} per device x "
+        f"{summary['gradient_accumulation_steps']} accumulation x {world} process(es)"
+    )
+
+
+def _packing(packing: dict[str, Any]) -> str:
+    if packing["enabled"]:
+        return (
+            f"on, up to {packing['micro_batch_tokens']} tokens per micro-batch: {packing['reason']}"
+        )
+    return f"off: {packing['reason']}"
+
+
+def _throughput(summary: dict[str, Any]) -> str | None:
+    rates = summary["throughput"]
+    if rates["examples_per_s"] is None:
+        return None
+    return (
+        f"{rates['examples_per_s']} examples/s, {rates['tokens_per_s']} tokens/s "
+        f"({rates['supervised_tokens_per_s']} supervised), "
+        f"{100 * rates['padding_share']:.1f}% of computed positions padding"
+    )
+
+
+def _precision(summary: dict[str, Any]) -> str:
+    text = f"{summary['precision']} ({summary['precision_reason']}"
+    if summary["cpu_flags"]:
+        text += f"; CPU flags {' '.join(summary['cpu_flags'])}"
+    return text + "), float32 master weights"
+
+
 def render_card(config: TrainConfig, summary: dict[str, Any], folder: Path) -> str:
     """The model card text (README.md with Hub metadata front matter)."""
     import jinja2
@@ -163,17 +212,13 @@ def render_card(config: TrainConfig, summary: dict[str, Any], folder: Path) -> s
         ("schedule", f"{config.lr_scheduler}, warm-up ratio {config.warmup_ratio}"),
         ("optimizer", f"{config.optimizer}, weight decay {config.weight_decay}"),
         ("gradient clipping", config.max_grad_norm),
-        (
-            "effective batch",
-            f"{config.batch_size} = {config.micro_batch_size} per device x "
-            f"{summary['gradient_accumulation_steps']} accumulation x "
-            f"{summary['world_size']} process(es)",
-        ),
+        ("effective batch", _effective_batch(config, summary)),
+        ("packing", _packing(summary["packing"])),
         ("loss averaging", f"per {config.loss_averaging}"),
         ("epochs", config.epochs),
         ("max steps", config.max_steps if config.max_steps is not None else "none"),
         ("max length", config.max_length),
-        ("precision", summary["precision"]),
+        ("precision", _precision(summary)),
         ("gradient checkpointing", config.gradient_checkpointing),
         ("seed", config.seed),
     ]
@@ -203,6 +248,7 @@ def render_card(config: TrainConfig, summary: dict[str, Any], folder: Path) -> s
         ex=summary["examples"],
         tok=summary["supervised_tokens"],
         settings=settings,
+        throughput=_throughput(summary),
         where=config.push_to_hub or str(folder.resolve()),
         citation=CITATION,
         eot_supervised=_show(summary["end_of_turn"]["supervised"]),

@@ -26,14 +26,28 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from builder.errors import ModelError, TrainError
+from builder.logs import quiet_library_bars
 from builder.models import ResolvedModel, load_tokenizer, resolve_model
+from upft import packing as packing_mod
+from upft import precision as precision_mod
 from upft import teacher
 from upft.config import TrainConfig, resolve_config, write_config
-from upft.data import CompletionCollator, DatasetSource, encode_rows, open_dataset, turn_end
+from upft.data import (
+    CompletionCollator,
+    DatasetSource,
+    EncodeStats,
+    TurnEnd,
+    encode_rows,
+    open_dataset,
+    turn_end,
+)
+from upft.packing import PackingChoice, PackingCollator
+from upft.precision import Precision
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +59,7 @@ RESUME_FIXED = (
     "micro_batch_size", "epochs", "max_steps", "max_length", "bf16", "seed", "loss_averaging",
     "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "eos_token",
     "teacher_prefixes",
+    "packing",  # packed steps are one dataloader item each: the data position counts them
 )  # fmt: skip
 
 
@@ -88,8 +103,12 @@ def prepare_output(folder: Path, overwrite: bool, resume: bool = False) -> Path 
     return None
 
 
-def check_resume(config: TrainConfig, folder: Path) -> None:
-    """A resumed run must compute what the interrupted one did: same settings as it saved."""
+def check_resume(config: TrainConfig, folder: Path) -> TrainConfig:
+    """A resumed run must compute what the interrupted one did: same settings as it saved.
+
+    Returns ``config`` with the saved packing decision when none is given (a config saved
+    before packing existed trained unpacked).
+    """
     saved_path = folder / "train_config.yaml"
     if not saved_path.is_file():
         raise TrainError(
@@ -97,6 +116,10 @@ def check_resume(config: TrainConfig, folder: Path) -> None:
             "unknown; start the run again without --resume"
         )
     saved = resolve_config(saved_path, {})
+    if saved.packing is None:
+        saved = saved.model_copy(update={"packing": False})
+    if config.packing is None:
+        config = config.model_copy(update={"packing": saved.packing})
     changed = [
         f"{key} ({getattr(saved, key)!r} -> {getattr(config, key)!r})"
         for key in RESUME_FIXED
@@ -108,6 +131,7 @@ def check_resume(config: TrainConfig, folder: Path) -> None:
             + ", ".join(changed)
             + f"; resume with the saved settings: upft-train --config {saved_path} --resume"
         )
+    return config
 
 
 def choose_model(config: TrainConfig, source: DatasetSource) -> tuple[str, str | None]:
@@ -152,30 +176,19 @@ def generation_eos(model: ResolvedModel) -> list[int]:
     return [eos] if isinstance(eos, int) else list(eos or [])
 
 
-def use_bf16(config: TrainConfig) -> bool:
-    import torch
-
-    supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if config.bf16 is None:
-        return bool(supported)
-    if config.bf16 and not supported:
-        raise TrainError(
-            "bf16 = true but this machine has no CUDA device with bf16; drop --bf16 "
-            "(CPU runs train in float32)"
-        )
-    return config.bf16
-
-
 def load_model(model: ResolvedModel, config: TrainConfig) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
+    kwargs: dict[str, Any] = {}
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
     try:
         # float32 master weights: at lr 1e-6 a bf16 weight would swallow most updates.
         net: Any = AutoModelForCausalLM.from_pretrained(
-            model.path, revision=_hub_revision(model), dtype=torch.float32
+            model.path, revision=_hub_revision(model), dtype=torch.float32, **kwargs
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:
         raise ModelError(f"cannot load model {model.spec!r}: {exc}") from None
     if config.lora:
         from peft import LoraConfig, get_peft_model
@@ -199,16 +212,36 @@ def load_model(model: ResolvedModel, config: TrainConfig) -> Any:
     return net
 
 
-def training_arguments(config: TrainConfig, folder: Path, bf16: bool, quiet: bool) -> Any:
-    """transformers' ``TrainingArguments`` for ``config``; checkpoints go under ``folder``."""
+def base_model(net: Any) -> Any:
+    """The transformers model inside a peft wrapper (or ``net`` itself)."""
+    get_base = getattr(net, "get_base_model", None)
+    return get_base() if callable(get_base) else net
+
+
+def accepts_logits_to_keep(net: Any) -> bool:
+    """Can the model compute output logits for chosen positions only (``logits_to_keep``)?"""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(base_model(net).forward).parameters
+
+
+def training_arguments(
+    config: TrainConfig, folder: Path, bf16: bool, quiet: bool, packing: bool = False
+) -> Any:
+    """transformers' ``TrainingArguments`` for ``config``; checkpoints go under ``folder``.
+
+    ``packing``: one dataloader item per optimizer step and process (its share of the effective
+    batch, cut into packed micro-batches by the collator), so no accumulation count of its own.
+    """
     import torch
     from transformers import TrainingArguments
 
+    per_device = config.batch_size // config.world_size() if packing else config.micro_batch_size
     try:
         return TrainingArguments(
             output_dir=str(folder),
-            per_device_train_batch_size=config.micro_batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation_steps(),
+            per_device_train_batch_size=per_device,
+            gradient_accumulation_steps=1 if packing else config.gradient_accumulation_steps(),
             num_train_epochs=config.epochs,
             max_steps=config.max_steps or -1,
             learning_rate=config.learning_rate,
@@ -308,19 +341,214 @@ def save_model(
     tokenizer.save_pretrained(str(folder))
 
 
-def _quiet_progress_bars() -> None:
-    """--quiet: no bars from the libraries either (loading weights, splits, shard writing)."""
-    import datasets
-    import huggingface_hub
-    import transformers
-
-    datasets.disable_progress_bars()
-    huggingface_hub.utils.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def _main_process() -> bool:
     return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+@dataclass
+class TrainingData:
+    """What a run trains on: the encoded examples, where they came from, the model to tune."""
+
+    encoded: list[dict[str, list[int]]]
+    stats: EncodeStats
+    source: DatasetSource
+    spec: str
+    model: ResolvedModel
+    tokenizer: Any
+    eot: TurnEnd
+
+
+def load_training_data(config: TrainConfig) -> TrainingData:
+    """Open the dataset, pick the model and its tokenizer, and encode every row."""
+    rows, source = open_dataset(str(config.dataset), config.revision, config.dataset_config)
+    teacher.check(config, source)
+    spec, revision = choose_model(config, source)
+    model = resolve_model(spec, revision)
+    # A teacher's chat template (from its recipe) is not the student's: the student keeps its own.
+    template = None if config.teacher_prefixes else source.chat_template
+    tokenizer = load_tokenizer(model, True, template)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    eot = turn_end(tokenizer, config.eos_token, generation_eos(model))
+    encoded, stats = encode_rows(rows, tokenizer, eot, config.max_length, config.teacher_prefixes)
+    total = sum(stats.examples.values())
+    logger.info(
+        "%d examples (%d prefix, %d full), %d supervised tokens",
+        total,
+        stats.examples["prefix"],
+        stats.examples["full"],
+        sum(stats.supervised_tokens.values()),
+    )
+    if total < config.batch_size:
+        logger.warning(
+            "the dataset has %d examples, fewer than one effective batch (%d): every optimizer "
+            "step sees all of them; lower --batch-size for more, smaller steps",
+            total,
+            config.batch_size,
+        )
+    return TrainingData(encoded, stats, source, spec, model, tokenizer, eot)
+
+
+def start_run(config: TrainConfig, folder: Path, resume: bool) -> Path | None:
+    """Check what must fail before training and make the output folder ready; with ``resume``
+    return the checkpoint to continue from."""
+    if config.eval:  # a bad eval config must fail before training, not after
+        from upft.evaluation.cli import check_inputs
+        from upft.evaluation.config import resolve_config as resolve_eval
+
+        check_inputs(resolve_eval(config.eval, {"model": str(folder), "card": str(folder)}), False)
+    if _main_process():
+        return prepare_output(folder, config.overwrite, resume)
+    # rank 0 checks and prepares the folder; the others must not see its first writes
+    return last_checkpoint(folder / TRAINER_DIR) if resume else None
+
+
+def build_trainer(
+    config: TrainConfig,
+    data: TrainingData,
+    net: Any,
+    packing: PackingChoice,
+    folder: Path,
+    quiet: bool,
+    callbacks: list[Any] | None,
+) -> Any:
+    """The ``UpftTrainer`` for this run: padded or packed micro-batches, our loss."""
+    from datasets import Dataset
+    from transformers import PrinterCallback
+
+    from upft.loss import trainer_class
+
+    collator: Any = CompletionCollator(data.tokenizer.pad_token_id)
+    if packing.enabled:
+        assert packing.micro_batch_tokens is not None
+        flash = packing.attention in packing_mod.VARLEN_ATTENTION
+        collator = PackingCollator(packing.micro_batch_tokens, flash_kwargs=flash)
+        if config.micro_batch_size != 1:
+            logger.info("micro_batch_size is not used when packing (micro_batch_tokens is)")
+    trainer = trainer_class()(
+        model=net,
+        args=training_arguments(
+            config, folder / TRAINER_DIR, bool(config.bf16), quiet, packing.enabled
+        ),
+        train_dataset=Dataset.from_list(data.encoded),
+        data_collator=collator,
+        processing_class=data.tokenizer,
+        callbacks=callbacks,
+        loss_averaging=config.loss_averaging,
+        keep_logits=accepts_logits_to_keep(net),
+        even_micro_batches=packing.enabled and packing_mod.sharded_backend() == "fsdp",
+    )
+    if quiet:
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def throughput(seen: dict[str, int], seconds: float) -> dict[str, Any]:
+    """Rates over the optimizer steps this call ran (all processes): what packing changes."""
+
+    def rate(count: int) -> float | None:
+        return round(count / seconds, 2) if seconds > 0 else None
+
+    positions = seen["positions"]
+    return {
+        "examples": seen["examples"],
+        "tokens": seen["input_tokens"],
+        "supervised_tokens": seen["supervised_tokens"],
+        "examples_per_s": rate(seen["examples"]),
+        "tokens_per_s": rate(seen["input_tokens"]),
+        "supervised_tokens_per_s": rate(seen["supervised_tokens"]),
+        "padding_share": round(1 - seen["input_tokens"] / positions, 4) if positions else 0.0,
+    }
+
+
+def summarize(
+    config: TrainConfig,
+    data: TrainingData,
+    trainer: Any,
+    result: Any,
+    seconds: float,
+    checkpoint: Path | None,
+    precision: Precision,
+    packing: PackingChoice,
+) -> dict[str, Any]:
+    """``train_summary.json``'s content (and what ``run_training`` returns)."""
+    history = list(trainer.state.log_history)
+    summary: dict[str, Any] = {
+        "dataset": data.source.describe(),
+        "model": {
+            "spec": data.spec,
+            "path": data.model.path,
+            "revision": data.model.revision,
+            "name": data.model.display_name,
+        },
+        **data.stats.as_dict(),
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_time_s": round(seconds, 2),
+        "final_loss": _final_loss(history),
+        "mean_loss": float(result.training_loss),
+        "precision": precision.name,
+        "precision_reason": precision.reason,
+        "cpu_flags": list(precision.cpu_flags),
+        "loss_averaging": config.loss_averaging,
+        "packing": packing.describe(),
+        "throughput": throughput(trainer.seen, seconds),
+        "resumed_from": checkpoint.name if checkpoint else None,
+        "gradient_accumulation_steps": None
+        if packing.enabled
+        else config.gradient_accumulation_steps(),
+        "world_size": config.world_size(),
+        "end_of_turn": {
+            "supervised": data.tokenizer.decode(list(data.eot.supervised)),
+            "supervised_ids": list(data.eot.supervised),
+            "masked_after": data.tokenizer.decode(list(data.eot.tail)),
+            "masked_after_ids": list(data.eot.tail),
+        },
+        "loss_history": [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e],
+    }
+    summary["teacher_prefixes"] = teacher.summary(config, data.source, summary["model"], data.stats)
+    return summary
+
+
+def save_outputs(
+    config: TrainConfig, data: TrainingData, trainer: Any, summary: dict[str, Any], folder: Path
+) -> bool:
+    """Write the model folder, its card and summary (rank 0; False on the other ranks)."""
+    from upft import output
+
+    state = None
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        # The weights are sharded over the processes: every rank takes part in gathering them
+        # (FSDP: full state dict; ZeRO-3: 16-bit weights, see upft/launch), rank 0 writes.
+        state = trainer.accelerator.get_state_dict(trainer.model)
+    if not trainer.is_world_process_zero():
+        return False
+    save_model(trainer, data.tokenizer, folder, config, data.eot, base_dtype(data.model), state)
+    shutil.rmtree(folder / TRAINER_DIR, ignore_errors=True)
+    write_config(config, folder)
+    output.write_summary(summary, folder)
+    if config.teacher_prefixes:
+        teacher.write_counts(data.stats, folder)
+    output.write_card(config, summary, folder)
+    logger.info("model written to %s (final loss %s)", folder, summary["final_loss"])
+    return True
+
+
+def after_save(
+    config: TrainConfig, summary: dict[str, Any], folder: Path, quiet: bool
+) -> dict[str, Any]:
+    """Evaluate the saved model and push the folder, as configured (training memory freed)."""
+    from upft import output
+
+    if config.eval:
+        from upft.evaluation.runner import evaluate_trained, release_memory
+
+        release_memory()  # the eval engine needs the memory the training copy held
+        summary["eval"] = evaluate_trained(config.eval, folder, quiet=quiet)
+    if config.push_to_hub:
+        # The uploaded folder is the one just written; the push result is only returned.
+        summary["pushed"] = output.push_folder(folder, config.push_to_hub, config.private)
+    return summary
 
 
 def run_training(
@@ -334,128 +562,37 @@ def run_training(
     ``resume`` continues an interrupted run from the newest checkpoint in the output folder.
     ``callbacks`` are extra transformers ``TrainerCallback``s (benchmarks, tests).
     """
-    from upft import output
+    import torch
 
     if quiet:
-        _quiet_progress_bars()
+        quiet_library_bars()
     folder = Path(str(config.output)).expanduser()
-    if config.eval:  # a bad eval config must fail before training, not after
-        from upft.evaluation.cli import check_inputs
-        from upft.evaluation.config import resolve_config as resolve_eval
-
-        check_inputs(resolve_eval(config.eval, {"model": str(folder), "card": str(folder)}), False)
-    if _main_process():
-        checkpoint = prepare_output(folder, config.overwrite, resume)
-    else:  # rank 0 checks and prepares the folder; the others must not see its first writes
-        checkpoint = last_checkpoint(folder / TRAINER_DIR) if resume else None
-    bf16 = use_bf16(config)
-    config = config.model_copy(update={"bf16": bf16})  # written out resolved, not "auto"
+    checkpoint = start_run(config, folder, resume)
+    precision = precision_mod.detect(config.bf16)
+    config = config.model_copy(update={"bf16": precision.bf16})  # written out resolved
+    logger.info("computing in %s: %s", precision.name, precision.reason)
     if checkpoint is not None:
-        check_resume(config, folder)
+        config = check_resume(config, folder)
         logger.info("resuming from %s", checkpoint)
-    rows, source = open_dataset(str(config.dataset), config.revision, config.dataset_config)
-    teacher.check(config, source)
-    spec, revision = choose_model(config, source)
-    model = resolve_model(spec, revision)
-    # A teacher's chat template (from its recipe) is not the student's: the student keeps its own.
-    template = None if config.teacher_prefixes else source.chat_template
-    tokenizer = load_tokenizer(model, True, template)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    eot = turn_end(tokenizer, config.eos_token, generation_eos(model))
-    encoded, stats = encode_rows(rows, tokenizer, eot, config.max_length, config.teacher_prefixes)
-    logger.info(
-        "%d examples (%d prefix, %d full), %d supervised tokens",
-        sum(stats.examples.values()),
-        stats.examples["prefix"],
-        stats.examples["full"],
-        sum(stats.supervised_tokens.values()),
+    data = load_training_data(config)
+    net = load_model(data.model, config)
+    packing = packing_mod.decide(
+        config.packing,
+        config.micro_batch_tokens,
+        config.max_length,
+        base_model(net),
+        torch.cuda.is_available(),
     )
-    total = sum(stats.examples.values())
-    if total < config.batch_size:
-        logger.warning(
-            "the dataset has %d examples, fewer than one effective batch (%d): every optimizer "
-            "step sees all of them; lower --batch-size for more, smaller steps",
-            total,
-            config.batch_size,
-        )
-    from datasets import Dataset
-    from transformers import PrinterCallback
-
-    from upft.loss import trainer_class
-
-    save_dtype = base_dtype(model)
-    net = load_model(model, config)
-    trainer_dir = folder / TRAINER_DIR
-    trainer = trainer_class()(
-        model=net,
-        args=training_arguments(config, trainer_dir, bf16, quiet),
-        train_dataset=Dataset.from_list(encoded),
-        data_collator=CompletionCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        loss_averaging=config.loss_averaging,
-    )
-    if quiet:
-        trainer.remove_callback(PrinterCallback)
+    config = config.model_copy(update={"packing": packing.enabled})
+    trainer = build_trainer(config, data, net, packing, folder, quiet, callbacks)
     if checkpoint is None and _main_process():
         # Once data and model have loaded (a run that fails before leaves the folder empty),
         # and before the first step, so that an interrupted run can be resumed.
         write_config(config, folder)
     started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    elapsed = time.monotonic() - started
-    history = list(trainer.state.log_history)
-    summary: dict[str, Any] = {
-        "dataset": source.describe(),
-        "model": {
-            "spec": spec,
-            "path": model.path,
-            "revision": model.revision,
-            "name": model.display_name,
-        },
-        **stats.as_dict(),
-        "steps": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
-        "train_time_s": round(elapsed, 2),
-        "final_loss": _final_loss(history),
-        "mean_loss": float(result.training_loss),
-        "precision": "bf16" if bf16 else "fp32",
-        "loss_averaging": config.loss_averaging,
-        "resumed_from": checkpoint.name if checkpoint else None,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps(),
-        "world_size": config.world_size(),
-        "end_of_turn": {
-            "supervised": tokenizer.decode(list(eot.supervised)),
-            "supervised_ids": list(eot.supervised),
-            "masked_after": tokenizer.decode(list(eot.tail)),
-            "masked_after_ids": list(eot.tail),
-        },
-        "loss_history": [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e],
-    }
-    summary["teacher_prefixes"] = teacher.summary(config, source, summary["model"], stats)
-    state = None
-    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        # The weights are sharded over the processes: every rank takes part in gathering them
-        # (FSDP: full state dict; ZeRO-3: 16-bit weights, see upft/launch), rank 0 writes.
-        state = trainer.accelerator.get_state_dict(trainer.model)
-    if not trainer.is_world_process_zero():
-        return summary
-    save_model(trainer, tokenizer, folder, config, eot, save_dtype, state)
-    shutil.rmtree(trainer_dir, ignore_errors=True)
-    write_config(config, folder)
-    output.write_summary(summary, folder)
-    if config.teacher_prefixes:
-        teacher.write_counts(stats, folder)
-    output.write_card(config, summary, folder)
-    logger.info("model written to %s (final loss %s)", folder, summary["final_loss"])
-    if config.eval:
-        from upft.evaluation.runner import evaluate_trained, release_memory
-
-        del trainer, net  # the eval engine needs the memory the training copy holds
-        release_memory()
-        summary["eval"] = evaluate_trained(config.eval, folder, quiet=quiet)
-    if config.push_to_hub:
-        # The uploaded folder is the one just written; the push result is only returned.
-        summary["pushed"] = output.push_folder(folder, config.push_to_hub, config.private)
-    return summary
+    seconds = time.monotonic() - started
+    summary = summarize(config, data, trainer, result, seconds, checkpoint, precision, packing)
+    written = save_outputs(config, data, trainer, summary, folder)
+    del trainer, net  # an eval after training needs the memory they hold
+    return after_save(config, summary, folder, quiet) if written else summary

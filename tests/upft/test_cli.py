@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner, Result
 
 from upft.cli import main
@@ -120,17 +119,4 @@ def test_no_output_given() -> None:
     assert result.exit_code == 2
     assert result.stderr == (
         "error: no output given; pass --output or set 'output:' in the --config file\n"
-    )
-
-
-def test_bf16_on_a_machine_without_it(tmp_path: Path) -> None:
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        pytest.skip("this machine has bf16; the refusal only happens without it")
-    result = run("--dataset", "a/b", "--output", str(tmp_path / "run"), "--bf16", "-q")
-    assert result.exit_code == 2
-    assert result.stderr.splitlines()[0] == (
-        "error: bf16 = true but this machine has no CUDA device with bf16; drop --bf16 "
-        "(CPU runs train in float32)"
     )

@@ -1,9 +1,12 @@
 """``upft-train`` under ``torchrun``: data parallel on CPU (gloo), unchanged command line.
 
 Two processes with the same effective batch as one process must take the same optimizer steps
-over the same examples (each process takes half of every effective batch and accumulates half
-as many micro-batches), compute the same per-example loss (the loss divides by the example
-count summed over processes), and leave one model folder, written by rank 0 alone.
+over the same examples (each process takes half of every effective batch), compute the same
+per-example loss (the loss divides by the example count summed over processes), and leave one
+model folder, written by rank 0 alone. The one-process run pads micro-batches of one example
+(accumulation 4, ``--no-packing``); the two-process run packs each process's half of a step
+into one micro-batch (the default): the same loss history also shows that packing under
+torchrun computes what micro-batch 1 computes.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ def _bin(name: str) -> str:
     return found
 
 
-def _train(out: Path, dataset: Path, processes: int) -> dict[str, Any]:
-    command = [_bin("upft-train"), "--dataset", str(dataset), "--output", str(out), *FLAGS]
+def _train(out: Path, dataset: Path, processes: int, *extra: str) -> dict[str, Any]:
+    command = [_bin("upft-train"), "--dataset", str(dataset), "--output", str(out), *FLAGS,
+               *extra]  # fmt: skip
     if processes > 1:
         # torchrun runs the same console script once per process; nothing else changes.
         command = [_bin("torchrun"), "--standalone", "--nproc_per_node", str(processes), *command]
@@ -49,8 +53,8 @@ def _train(out: Path, dataset: Path, processes: int) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def runs(demo_build: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     root = tmp_path_factory.mktemp("ddp")
-    for processes in (1, 2):
-        _train(root / f"p{processes}", demo_build, processes)
+    _train(root / "p1", demo_build, 1, "--no-packing")
+    _train(root / "p2", demo_build, 2)
     return {p: root / f"p{p}" for p in (1, 2)}
 
 
@@ -62,8 +66,15 @@ def _summary(folder: Path) -> dict[str, Any]:
 def test_same_steps_and_examples_whatever_the_world_size(runs: dict[int, Path]) -> None:
     one, two = _summary(runs[1]), _summary(runs[2])
     assert (one["world_size"], two["world_size"]) == (1, 2)
-    # Effective batch 4 = 1 per device x 4 accumulation x 1 process = 1 x 2 x 2 processes.
-    assert (one["gradient_accumulation_steps"], two["gradient_accumulation_steps"]) == (4, 2)
+    # Effective batch 4 = 1 per device x 4 accumulation x 1 process = 2 packed x 2 processes.
+    assert one["gradient_accumulation_steps"] == 4 and not one["packing"]["enabled"]
+    assert two["gradient_accumulation_steps"] is None and two["packing"]["enabled"]
+    assert one["packing"]["reason"] == "packing = false (set)"
+    # every step's examples counted once over both processes; micro-batch 1 pads nothing
+    for key in ("examples", "tokens", "supervised_tokens"):
+        assert one["throughput"][key] == two["throughput"][key], key
+    assert one["throughput"]["examples"] == STEPS * BATCH
+    assert one["throughput"]["padding_share"] == 0.0 == two["throughput"]["padding_share"]
     assert one["steps"] == two["steps"] == STEPS
     # Trainer's epoch counter is steps over optimizer steps per epoch: equal epochs at equal
     # steps mean each step consumed the same number of examples (STEPS x BATCH in all).

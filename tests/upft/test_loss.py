@@ -20,7 +20,8 @@ import pytest
 
 from upft.config import resolve_config
 from upft.data import IGNORE, CompletionCollator
-from upft.train import training_arguments
+from upft.packing import PackingCollator
+from upft.train import accepts_logits_to_keep, training_arguments
 
 FULL = 40  # supervised tokens of the full row (its completion and end-of-turn token)
 PREFIX = 4  # supervised tokens of each prefix row
@@ -106,8 +107,13 @@ def train(
     mode: str = "example",
     steps: int = 1,
     lr: str = "0.5",
+    packed: int | None = None,
 ) -> tuple[Any, Capture]:
-    """Run ``steps`` optimizer steps of the real UpftTrainer with SGD (update = lr x grad)."""
+    """Run ``steps`` optimizer steps of the real UpftTrainer with SGD (update = lr x grad).
+
+    ``packed``: pack each step's examples into micro-batches of at most this many tokens (as
+    ``upft-train`` does), instead of padded micro-batches of ``micro`` examples.
+    """
     from datasets import Dataset
 
     from upft.loss import trainer_class
@@ -122,13 +128,15 @@ def train(
         },
     )  # fmt: skip
     capture = Capture()
+    args = training_arguments(config, tmp_path / "trainer", False, True, packed is not None)
     trainer = trainer_class()(
         model=model,
-        args=training_arguments(config, tmp_path / "trainer", bf16=False, quiet=True),
+        args=args,
         train_dataset=Dataset.from_list(data),
-        data_collator=CompletionCollator(0),
+        data_collator=PackingCollator(packed) if packed else CompletionCollator(0),
         callbacks=[capture.callback],
         loss_averaging=mode,
+        keep_logits=accepts_logits_to_keep(model),  # as upft-train runs it
     )
     trainer.train()
     return trainer, capture
@@ -265,3 +273,137 @@ def test_exact_per_example_loss_weights_on_a_real_smollm2_step(
     assert names
     found = shares(capture.grads[0], model, encoded, names)
     assert found == pytest.approx([0.25] * 4, abs=2e-3)
+
+
+# --- packed micro-batches (upft.packing) ---------------------------------------------------------
+
+
+def packed_logits(padded: Any, lengths: list[int]) -> Any:
+    """The packed row's logits: each example's own positions of ``padded``, one after another."""
+    import torch
+
+    return torch.cat([padded[i, :n] for i, n in enumerate(lengths)]).unsqueeze(0)
+
+
+@pytest.mark.parametrize("mode", ["example", "token"])
+def test_loss_terms_of_a_packed_row_equal_those_of_padded_rows(mode: str) -> None:
+    """The same logits per example, laid out as padded rows or as one packed row: the summed
+    loss terms and the item count agree, also when only supervised positions have logits."""
+    import torch
+
+    from upft.loss import count_items, loss_sum, supervised_positions
+
+    data = rows()
+    lengths = [len(item["input_ids"]) for item in data]
+    padded = CompletionCollator(0)(data)
+    [packed] = PackingCollator(sum(lengths))(data)["micro_batches"]
+    assert packed["input_ids"].tolist() == [sum((item["input_ids"] for item in data), [])]
+    torch.manual_seed(0)
+    logits = torch.randn(len(data), max(lengths), 64, dtype=torch.float64)
+    flat = packed_logits(logits, lengths)
+    positions = packed["position_ids"]
+    expected = loss_sum(logits, padded["labels"], mode)
+    assert loss_sum(flat, packed["labels"], mode, positions) == pytest.approx(float(expected))
+    kept = supervised_positions(packed["labels"])
+    assert len(kept) == FULL + 3 * PREFIX  # the prompt's positions need no logits
+    assert float(loss_sum(flat[:, kept], packed["labels"], mode, positions, kept)) == (
+        pytest.approx(float(expected))
+    )
+    assert (
+        int(count_items(packed["labels"], mode, positions))
+        == int(count_items(padded["labels"], mode))
+        == (4 if mode == "example" else FULL + 3 * PREFIX)
+    )
+
+
+@pytest.mark.parametrize("mode", ["example", "token"])
+def test_packed_step_equals_the_padded_step(tmp_path: Path, mode: str) -> None:
+    """All four rows in one packed micro-batch, or cut into three by a 24-token budget: the same
+    logged loss and gradients as padded micro-batches of two."""
+    import copy
+
+    import torch
+
+    data = rows()
+    start = tiny_model()
+    padded, cap_padded = train(copy.deepcopy(start), data, tmp_path / "u", micro=2, batch=4,
+                               mode=mode)  # fmt: skip
+    for budget in (1024, 24):
+        packed, cap = train(copy.deepcopy(start), data, tmp_path / f"p{budget}", micro=1,
+                            batch=4, mode=mode, packed=budget)  # fmt: skip
+        assert packed.args.gradient_accumulation_steps == 1
+        assert packed.args.per_device_train_batch_size == 4  # the step's share of examples
+        assert logged_losses(packed) == [pytest.approx(logged_losses(padded)[0], rel=1e-6)]
+        for name, grad in cap_padded.grads[0].items():
+            torch.testing.assert_close(cap.grads[0][name], grad, rtol=1e-5, atol=1e-7)
+        assert packed.seen["examples"] == 4
+        assert packed.seen["positions"] == packed.seen["input_tokens"]  # nothing padded
+    assert padded.seen["positions"] > padded.seen["input_tokens"]
+
+
+def test_empty_micro_batches_add_nothing(tmp_path: Path) -> None:
+    """What a process's packed step is topped up with under FSDP (every process must run as
+    many forward passes): a step with two empty micro-batches gives the same gradients."""
+    import copy
+
+    import torch
+
+    from upft.loss import MICRO_BATCHES
+    from upft.packing import empty_micro_batch
+
+    data = rows()
+    trainer, _ = train(copy.deepcopy(tiny_model()), data, tmp_path, micro=1, batch=4, packed=24)
+    model = trainer.model
+    step = PackingCollator(24)(data)
+    assert len(step[MICRO_BATCHES]) == 3
+
+    def grads(inputs: dict[str, Any]) -> dict[str, Any]:
+        model.zero_grad()
+        trainer.training_step(model, inputs, torch.tensor(4))
+        return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+    plain = grads(step)
+    topped = grads(
+        {MICRO_BATCHES: [*step[MICRO_BATCHES], empty_micro_batch(0), empty_micro_batch(0)]}
+    )
+    for name, grad in plain.items():
+        torch.testing.assert_close(topped[name], grad, rtol=0, atol=0)
+    assert any(float(g.abs().max()) > 0 for g in plain.values())
+
+
+def max_relative_gap(found: dict[str, Any], expected: dict[str, Any]) -> float:
+    """Largest |found - expected| over all tensors, relative to the largest expected value."""
+    scale = max(float(g.abs().max()) for g in expected.values())
+    return max(float((found[n] - g).abs().max()) for n, g in expected.items()) / scale
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["example", "token"])
+def test_packed_and_padded_real_smollm2_steps_agree(
+    tmp_path: Path, smollm2: Any, tokenizer: Any, mixture: list[dict[str, Any]], mode: str
+) -> None:
+    """One real SmolLM2 step on a long full trace and three prefixes: micro-batch 1 x
+    accumulation 4, all four packed into one micro-batch, and packed with a budget that puts
+    the full trace alone give the same loss and the same gradient of every weight."""
+    import copy
+
+    from upft.data import encode_rows, turn_end
+    from upft.train import load_model
+
+    full = max((r for r in mixture if r["kind"] == "full"), key=lambda r: r["num_tokens"])
+    prefixes = [r for r in mixture if r["kind"] == "prefix"][:3]
+    encoded, _ = encode_rows([full, *prefixes], tokenizer, turn_end(tokenizer), 1024)
+    lengths = [len(e["input_ids"]) for e in encoded]
+    start = load_model(smollm2, resolve_config(None, {"dataset": "a/b", "output": "o"}))
+    one, cap_one = train(copy.deepcopy(start), encoded, tmp_path / "u", 1, 4, mode, lr="1e-30")
+    reference, [loss] = cap_one.grads[0], logged_losses(one)
+    del one, cap_one
+    for budget in (sum(lengths), max(lengths)):
+        packed, cap = train(copy.deepcopy(start), encoded, tmp_path / f"p{budget}", 1, 4, mode,
+                            lr="1e-30", packed=budget)  # fmt: skip
+        gap = max_relative_gap(cap.grads[0], reference)
+        print(f"{mode}, budget {budget}: loss {logged_losses(packed)[0]:.6f} vs {loss:.6f}, "
+              f"largest gradient gap {gap:.2e} of the largest gradient")  # fmt: skip
+        assert logged_losses(packed) == [pytest.approx(loss, rel=1e-5)]
+        assert gap < 1e-4
+        del packed, cap

@@ -3,7 +3,8 @@
 A 20-step run (tiny random Llama with SmolLM2's tokenizer, on the fixture mixture) saves a
 checkpoint every 10 steps. One copy runs straight through; another is stopped by an exception
 right after its step-10 checkpoint (what a crash or a killed job leaves behind) and then
-resumed through the command line with the settings file the run wrote at its start.
+resumed through the command line with the settings file the run wrote at its start. Both with
+packed micro-batches (the default) and with padded ones.
 """
 
 from __future__ import annotations
@@ -39,13 +40,14 @@ def interrupt_after(step: int) -> Any:
     return _Stop()
 
 
-def settings(version_dir: Path, model: Path, output: Path) -> TrainConfig:
+def settings(version_dir: Path, model: Path, output: Path, packing: bool = True) -> TrainConfig:
     return resolve_config(
         None,
         {
             "dataset": str(version_dir), "model": str(model), "output": str(output),
             "max_steps": str(STEPS), "batch_size": "2", "micro_batch_size": "1",
             "learning_rate": "1e-3", "max_length": "512", "save_steps": "10", "seed": "0",
+            "packing": str(packing),
         },
     )  # fmt: skip
 
@@ -54,20 +56,24 @@ def losses(folder: Path) -> list[dict[str, Any]]:
     return json.loads((folder / "train_summary.json").read_text())["loss_history"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=[True, False], ids=["packed", "padded"])
 def straight(
-    tmp_path_factory: pytest.TempPathFactory, version_dir: Path, tiny_model_dir: Path
-) -> Path:
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    version_dir: Path,
+    tiny_model_dir: Path,
+) -> tuple[Path, bool]:
     out = tmp_path_factory.mktemp("runs") / "straight"
-    run_training(settings(version_dir, tiny_model_dir, out), quiet=True)
-    return out
+    run_training(settings(version_dir, tiny_model_dir, out, request.param), quiet=True)
+    return out, request.param
 
 
 def test_interrupted_run_resumes_to_the_same_end(
-    tmp_path: Path, version_dir: Path, tiny_model_dir: Path, straight: Path
+    tmp_path: Path, version_dir: Path, tiny_model_dir: Path, straight: tuple[Path, bool]
 ) -> None:
+    reference_run, packing = straight
     out = tmp_path / "broken"
-    config = settings(version_dir, tiny_model_dir, out)
+    config = settings(version_dir, tiny_model_dir, out, packing)
     with pytest.raises(Interrupted):
         run_training(config, quiet=True, callbacks=[interrupt_after(10)])
     assert (out / "trainer" / "checkpoint-10" / "trainer_state.json").is_file()
@@ -85,8 +91,11 @@ def test_interrupted_run_resumes_to_the_same_end(
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == STEPS
     assert summary["resumed_from"] == "checkpoint-10"
+    assert summary["packing"]["enabled"] is packing
+    # the resumed half trained the steps after the checkpoint: 10 steps of 2 examples
+    assert summary["throughput"]["examples"] == 20
     assert [e["step"] for e in summary["loss_history"]] == list(range(1, STEPS + 1))
-    reference = losses(straight)
+    reference = losses(reference_run)
     assert len(summary["loss_history"]) == len(reference) == STEPS
     # same data order, optimizer and scheduler state: the same losses, step by step
     assert [e["loss"] for e in summary["loss_history"]] == pytest.approx(
@@ -96,12 +105,14 @@ def test_interrupted_run_resumes_to_the_same_end(
     assert "| Resumed from | `checkpoint-10`" in (out / "README.md").read_text()
 
 
-def test_straight_run_keeps_no_checkpoints(straight: Path) -> None:
-    summary = json.loads((straight / "train_summary.json").read_text())
+def test_straight_run_keeps_no_checkpoints(straight: tuple[Path, bool]) -> None:
+    folder, packing = straight
+    summary = json.loads((folder / "train_summary.json").read_text())
     assert summary["steps"] == STEPS and summary["resumed_from"] is None
     assert summary["loss_averaging"] == "example"
-    assert not (straight / "trainer").exists()
-    assert resolve_config(straight / "train_config.yaml", {}).save_steps == 10
+    assert not (folder / "trainer").exists()
+    saved = resolve_config(folder / "train_config.yaml", {})
+    assert (saved.save_steps, saved.packing) == (10, packing)
 
 
 def test_resume_refuses_changed_settings(
@@ -120,8 +131,16 @@ def test_resume_refuses_changed_settings(
         "error: --resume: these settings differ from the interrupted run's "
         f"({out / 'train_config.yaml'}): learning_rate (0.001 -> 0.002)"
     )
-    # settings that do not change the computation may differ (here: how often to save)
-    changed = config.model_copy(update={"save_steps": 5})
+    # the steps of a packed run are one dataloader item each: packing cannot change midway
+    unpacked = CliRunner().invoke(
+        main, ["--config", str(out / "train_config.yaml"), "--no-packing", "--resume", "-q"]
+    )
+    assert unpacked.exit_code == 2
+    assert "the interrupted run's" in unpacked.stderr
+    assert ": packing (True -> False); resume with the saved settings" in unpacked.stderr
+    # settings that do not change the computation may differ (how often to save; how a
+    # step's examples are cut into packed micro-batches)
+    changed = config.model_copy(update={"save_steps": 5, "micro_batch_tokens": 64})
     summary = run_training(changed, quiet=True, resume=True)
     assert summary["steps"] == STEPS
 

@@ -107,7 +107,25 @@ def test_output_folder(
     assert summary["steps"] == STEPS
     assert len(summary["loss_history"]) == STEPS
     assert summary["final_loss"] == summary["loss_history"][-1]["loss"]
-    assert summary["precision"] == "fp32"
+    # CPU runs compute in float32 unless the CPU has AMX (decided from its flags)
+    from upft.precision import choose, cpu_flags
+
+    expected = choose(None, cuda=False, cuda_bf16=False, flags=cpu_flags())
+    assert (summary["precision"], summary["precision_reason"]) == (expected.name, expected.reason)
+    assert summary["cpu_flags"] == list(expected.cpu_flags)
+    # packed by default (SmolLM2 with SDPA): micro-batches of up to 1024 tokens on CPU, or
+    # max_length when smaller (512 here); nothing padded
+    assert summary["packing"] == {
+        "enabled": True,
+        "reason": "sdpa attention with a block-causal mask from the restarting positions",
+        "attention": "sdpa",
+        "micro_batch_tokens": 512,
+    }
+    assert summary["gradient_accumulation_steps"] is None
+    rates = summary["throughput"]
+    assert rates["padding_share"] == 0.0
+    assert rates["examples_per_s"] == pytest.approx(STEPS * 2 / summary["train_time_s"], rel=0.05)
+    assert 0 < rates["supervised_tokens_per_s"] < rates["tokens_per_s"]
     assert summary["loss_averaging"] == "example"
     assert summary["resumed_from"] is None
     assert summary["dropped_truncated"] == 0
@@ -124,7 +142,8 @@ def test_output_folder(
 
     config = resolve_config(trained / "train_config.yaml", {})
     assert (config.learning_rate, config.batch_size, config.max_steps) == (5e-5, 2, STEPS)
-    assert config.bf16 is False  # written resolved: CPU trains in float32
+    assert config.bf16 is (expected.name == "bf16")  # written resolved, as is packing
+    assert config.packing is True
     assert config.dataset == str(demo_build)
 
 
@@ -138,7 +157,22 @@ def test_model_card(trained: Path, demo_build: Path, rows: list, manifest: dict)
     assert f"| Examples | {expected} |" in card
     assert "| learning rate | `5e-05` |" in card
     assert "| schedule | `constant_with_warmup, warm-up ratio 0.03` |" in card
-    assert "| effective batch | `2 = 2 per device x 1 accumulation x 1 process(es)` |" in card
+    assert (
+        "| effective batch | `2 examples = 2 per process x 1 process(es), packed into "
+        "micro-batches of up to 512 tokens` |"
+    ) in card
+    assert (
+        "| packing | `on, up to 512 tokens per micro-batch: sdpa attention with a block-causal "
+        "mask from the restarting positions` |"
+    ) in card
+    assert "Examples were packed without padding into micro-batches of up to\n512 tokens" in card
+    summary = json.loads((trained / "train_summary.json").read_text())
+    rates = summary["throughput"]
+    assert (
+        f"| Throughput | {rates['examples_per_s']} examples/s, {rates['tokens_per_s']} tokens/s "
+        f"({rates['supervised_tokens_per_s']} supervised), 0.0% of computed positions padding |"
+    ) in card
+    assert f"| precision | `{summary['precision']} ({summary['precision_reason']}" in card
     assert "| loss averaging | `per example` |" in card
     assert "Each example counts once (`loss_averaging: example`, the paper's setup)" in card
     assert f"| Optimizer steps | {STEPS} |" in card
@@ -261,6 +295,7 @@ def test_lora_run_saves_a_merged_model(tmp_path: Path, demo_build: Path, base_mo
     # --model left out: the dataset's manifest names the model it was sampled with.
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["model"]["spec"] == "embedded:smollm2"
+    assert summary["packing"]["enabled"]  # LoRA packs too
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
     with safe_open(str(out / "model.safetensors"), "pt") as fh:
         keys = list(fh.keys())
