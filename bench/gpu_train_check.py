@@ -1,11 +1,19 @@
-"""Prepared GPU check: a short bf16 UPFT training run of SmolLM2 from a demo build, one GPU.
+"""Prepared GPU check: bf16 UPFT training of SmolLM2 from a demo build, packed vs unpacked.
 
 Trains SmolLM2-135M-Instruct with ``upft-train``'s own code (``upft.train.run_training``) on a
-demo build's mixture for whole epochs, in bf16 on the GPU, and writes what it measured to a
-JSON file: tokens per second (every non-padding token of every sequence trained, and the
-supervised ones), optimizer steps per second, peak GPU memory (``torch.cuda``'s allocator),
-the final loss and the versions. Sized to finish well inside 8 minutes on one H200 (the
-training itself takes seconds to a minute; loading and converting the model dominates).
+demo build's mixture for whole epochs, in bf16 on one GPU, once per arm:
+
+  padded     micro-batches of --micro-batch-size examples, padded (packing off)
+  packed     the same steps packed into micro-batches of up to max_length tokens, SDPA
+             attention with a block-causal mask
+  packed-fa  the same with FlashAttention 2 (variable-length kernel), when ``flash_attn`` is
+             installed (left out otherwise, and the JSON says so)
+
+and writes what it measured to a JSON file: per arm tokens per second (every non-padding
+token trained, and the supervised ones), examples and optimizer steps per second, the padding
+share, peak GPU memory (``torch.cuda``'s allocator) and the final loss; the ratios packed /
+padded; the versions. Sized to finish well inside 8 minutes on one H200 (each arm trains for
+seconds to a minute; loading the model dominates).
 
     python bench/gpu_train_check.py --dataset out/demo-upft/0.1.0 --json gpu_train_check.json
     python bench/gpu_train_check.py --dry-run     # CPU path, fp32, 2 steps: checks the script
@@ -51,29 +59,69 @@ def build_demo(work: Path, backend: str | None, limit: int | None) -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
+ARMS = {
+    "padded": {"packing": "false"},
+    "packed": {"packing": "true", "attn_implementation": "sdpa"},
+    "packed-fa": {"packing": "true", "attn_implementation": "flash_attention_2"},
+}
+
+
+def run_arm(flags: dict[str, Any], arm: str, output: Path, cuda: bool) -> dict[str, Any]:
+    import shutil
+
+    import torch
+
+    from upft.config import resolve_config
+    from upft.train import run_training
+
+    config = resolve_config(None, {**flags, **ARMS[arm], "output": str(output)})
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    summary = run_training(config, quiet=True)
+    shutil.rmtree(output, ignore_errors=True)
+    seconds = summary["train_time_s"]
+    rates = summary["throughput"]
+    return {
+        "packing": summary["packing"],
+        "precision": summary["precision"],
+        "steps": summary["steps"],
+        "epochs": summary["epochs"],
+        "train_time_s": seconds,
+        "examples": rates["examples"],
+        "tokens_per_s": rates["tokens_per_s"],
+        "supervised_tokens_per_s": rates["supervised_tokens_per_s"],
+        "examples_per_s": rates["examples_per_s"],
+        "steps_per_s": round(summary["steps"] / seconds, 3) if seconds else None,
+        "padding_share": rates["padding_share"],
+        "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        if cuda
+        else None,
+        "final_loss": summary["final_loss"],
+    }
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", type=Path, default=None, help="demo build (version folder)")
     ap.add_argument("--backend", default=None, help="upft-build backend when building the demo")
     ap.add_argument("--model", default="embedded:smollm2", help="model spec or folder")
-    ap.add_argument("--epochs", type=float, default=40.0, help="passes over the demo mixture")
+    ap.add_argument("--epochs", type=float, default=20.0, help="passes over the demo mixture")
     ap.add_argument("--batch-size", type=int, default=16, help="effective batch")
-    ap.add_argument("--micro-batch-size", type=int, default=16, help="examples per forward")
+    ap.add_argument("--micro-batch-size", type=int, default=16, help="examples per padded pass")
     ap.add_argument(
         "--json", type=Path, default=Path("gpu_train_check.json"), help="where to write the figures"
     )
     ap.add_argument(
         "--dry-run",
         action="store_true",
-        help="CPU, fp32, 2 optimizer steps of batch 2: checks the script runs",
+        help="CPU, fp32, 2 optimizer steps of batch 2 per arm: checks the script runs",
     )
     args = ap.parse_args(argv)
     started = time.perf_counter()
 
-    import torch
+    import importlib.util
 
-    from upft.config import resolve_config
-    from upft.train import run_training
+    import torch
 
     cuda = torch.cuda.is_available()
     if not cuda and not args.dry_run:
@@ -83,7 +131,6 @@ def main(argv: list[str]) -> int:
     flags: dict[str, Any] = {
         "dataset": str(dataset),
         "model": args.model,
-        "output": str(work / "run"),
         "learning_rate": "1e-5",
         "save_steps": "0",
         "seed": "0",
@@ -98,34 +145,27 @@ def main(argv: list[str]) -> int:
             bf16=True,
             micro_batch_size=str(args.micro_batch_size),
         )
-    config = resolve_config(None, flags)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    summary = run_training(config, quiet=True)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-    seconds = summary["train_time_s"]
-    epochs = float(summary["epochs"] or 0)
-    # whole epochs (or, in the dry run, the share of one that max_steps covered)
-    tokens = epochs * summary["input_tokens"]["total"]
-    supervised = epochs * summary["supervised_tokens"]["total"]
+    flash = cuda and importlib.util.find_spec("flash_attn") is not None
+    arms = ["padded", "packed"] + (["packed-fa"] if flash else [])
+    results = {arm: run_arm(flags, arm, work / f"run-{arm}", cuda) for arm in arms}
+
+    def ratio(arm: str, key: str) -> float | None:
+        a, b = results[arm][key], results["padded"][key]
+        return round(a / b, 3) if a and b else None
+
     result = {
-        "check": "bf16 UPFT training of SmolLM2 from a demo build",
+        "check": "bf16 UPFT training of SmolLM2 from a demo build: packed vs padded",
         "dry_run": args.dry_run,
         "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
-        "precision": summary["precision"],
-        "model": summary["model"]["spec"],
+        "model": args.model,
         "dataset": str(dataset),
-        "examples": summary["examples"],
-        "epochs": epochs,
-        "steps": summary["steps"],
-        "effective_batch": config.batch_size,
-        "micro_batch": config.micro_batch_size,
-        "train_time_s": seconds,
-        "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
-        "supervised_tokens_per_s": round(supervised / seconds, 1) if seconds else None,
-        "steps_per_s": round(summary["steps"] / seconds, 3) if seconds else None,
-        "peak_gpu_memory_gib": round(peak, 3) if peak is not None else None,
-        "final_loss": summary["final_loss"],
+        "effective_batch": int(flags["batch_size"]),
+        "padded_micro_batch": int(flags["micro_batch_size"]),
+        "arms": results,
+        "flash_attention": "measured" if flash else "flash_attn not installed: not measured",
+        "ratios_to_padded": {
+            arm: {k: ratio(arm, k) for k in ("tokens_per_s", "examples_per_s")} for arm in arms[1:]
+        },
         "total_wall_s": round(time.perf_counter() - started, 1),
         "under_8_minutes": time.perf_counter() - started < 480,
         "versions": {

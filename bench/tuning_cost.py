@@ -14,15 +14,19 @@ demo questions and are trained by the same ``upft-train`` code on the real SmolL
 
 One ``upft-build`` run (a subprocess; or an existing p = 1 build given with --sft) serves both
 arms, so they share every full trace. Then each arm trains for the same number of optimizer
-steps with the same settings (micro-batch 1, the paper's setup, so no padding), in this one
-process, one after the other. Printed: supervised tokens per example (over the whole
-dataset, as the trainer encodes it, end-of-turn token included) and the median seconds per
-optimizer step (first step left out: warm-up), in CPU seconds of this process (robust to
-other jobs on the machine) and in wall seconds, with the ratios upft / sft.
+steps with the same settings, in this one process, one after the other: packed micro-batches
+(``upft-train``'s default), or with --no-packing micro-batch 1 (the paper's setup, no padding).
+Printed: supervised tokens per example (over the whole dataset, as the trainer encodes it,
+end-of-turn token included), all tokens per example (prompt included: what a packed step's
+time follows), and the median seconds per optimizer step (first step left out: warm-up), in
+CPU seconds of this process (robust to other jobs on the machine) and in wall seconds, with
+the ratios upft / sft. Target (issue 22, packed): the step-time ratio within 15% of the
+supervised-token ratio.
 
     python bench/tuning_cost.py            # all demo questions, batch 8, 6 steps per arm
     python bench/tuning_cost.py --quick    # 16 questions, batch 4, 3 steps per arm
     python bench/tuning_cost.py --sft /tmp/sft/demo-sft/0.1.0 --ratio 0.1
+    python bench/tuning_cost.py --no-packing   # micro-batch 1, as recorded before packing
 """
 
 from __future__ import annotations
@@ -151,7 +155,7 @@ def step_timer() -> Any:
     return StepTimer()
 
 
-def train_arm(dataset: Path, output: Path, batch: int, steps: int) -> dict[str, Any]:
+def train_arm(dataset: Path, output: Path, batch: int, steps: int, packing: bool) -> dict[str, Any]:
     from upft.config import resolve_config
     from upft.train import run_training
 
@@ -167,6 +171,7 @@ def train_arm(dataset: Path, output: Path, batch: int, steps: int) -> dict[str, 
             "max_length": "2048",
             "save_steps": "0",
             "seed": "0",
+            "packing": str(packing).lower(),
         },
     )
     timer = step_timer()
@@ -178,6 +183,8 @@ def train_arm(dataset: Path, output: Path, batch: int, steps: int) -> dict[str, 
         "examples": examples,
         "tokens": tokens,
         "per_example": tokens["total"] / examples["total"],
+        "inputs_per_example": summary["input_tokens"]["total"] / examples["total"],
+        "packing": summary["packing"],
         "step_s": median(timer.seconds[1:] or timer.seconds),
         "step_cpu_s": median(timer.cpu_seconds[1:] or timer.cpu_seconds),
         "steps": timer.seconds,
@@ -199,6 +206,9 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument(
         "--ratio", type=float, default=None, help="p of the UPFT arm (default: the demo recipe's)"
+    )
+    ap.add_argument(
+        "--no-packing", action="store_true", help="micro-batch 1 instead of packed micro-batches"
     )
     args = ap.parse_args(argv)
     limit = args.limit or (16 if args.quick else None)
@@ -222,13 +232,14 @@ def main(argv: list[str]) -> int:
         sft = args.sft or build(work, "demo-sft", limit, 1.0)
         upft = upft_arm(sft, work / "upft" / "demo-upft" / "0.1.0", ratio)
         print(f"upft arm: p = {ratio} of the same questions keep their full trace")
+        how = "micro-batch 1 x accumulation" if args.no_packing else "packed, in steps of"
         print(
-            f"training: SmolLM2-135M fp32 on CPU, effective batch {batch} = micro-batch 1 x "
-            f"accumulation {batch}, {steps} optimizer steps per arm, lr 1e-6"
+            f"training: SmolLM2-135M on CPU, effective batch {batch} ({how} {batch} examples), "
+            f"{steps} optimizer steps per arm, lr 1e-6"
         )
         arms = {}
         for name, dataset in (("upft", upft), ("sft", sft)):
-            arms[name] = train_arm(dataset, work / f"run-{name}", batch, steps)
+            arms[name] = train_arm(dataset, work / f"run-{name}", batch, steps, not args.no_packing)
             a = arms[name]
             print(
                 f"{name:<5}   : {a['examples']['total']} examples ({a['examples']['prefix']} "
@@ -256,6 +267,22 @@ def main(argv: list[str]) -> int:
     print(
         f"time ratio per optimizer step (wall seconds): upft {u['step_s']:.2f} s, sft "
         f"{s['step_s']:.2f} s -> {time_ratio:.3f}"
+    )
+    input_ratio = u["inputs_per_example"] / s["inputs_per_example"]
+    print(
+        f"all tokens per example (prompt included): upft {u['inputs_per_example']:.1f}, sft "
+        f"{s['inputs_per_example']:.1f} -> ratio {input_ratio:.3f}"
+    )
+    packing = u["packing"]
+    state = (
+        f"packed (up to {packing['micro_batch_tokens']} tokens per micro-batch)"
+        if packing["enabled"]
+        else f"not packed ({packing['reason']})"
+    )
+    off = cpu_ratio / token_ratio - 1
+    print(
+        f"step-time ratio / token ratio (CPU seconds): {cpu_ratio:.3f} / {token_ratio:.3f} = "
+        f"{1 + off:.3f} ({off:+.0%}; target when both arms pack: within 15%) -- {state}"
     )
     print(f"peak RSS: {peak_rss_mib():.0f} MiB")
     return 0
