@@ -88,7 +88,10 @@ def long_trace_mixture(folder: Path, questions: int, seed: int = 0) -> Path:
 
     model = resolve_model("embedded:smollm2")
     tokenizer = AutoTokenizer.from_pretrained(model.path)
-    instruction = yaml.safe_load(DEMO_RECIPE.read_text())["prefix"]["instruction"]
+    from builder.recipe import DEFAULT_INSTRUCTION
+
+    prefix = yaml.safe_load(DEMO_RECIPE.read_text())["prefix"]
+    instruction = prefix.get("instruction", DEFAULT_INSTRUCTION)
     rng = random.Random(seed)
     with (SHARED_DATA / "gsm8k-test.jsonl").open(encoding="utf-8") as fh:
         items = [json.loads(line) for _, line in zip(range(questions), fh, strict=False)]
@@ -198,6 +201,8 @@ def train_arm(dataset: Path, arm: str, work: Path, limit_steps: int | None) -> d
         "supervised": seen["supervised_tokens"],
         "tokens": seen["tokens"],
         "padding": seen["padding_share"],
+        "positions": seen["positions"],
+        "passes": seen["forward_passes"],
         "budget": summary["packing"]["micro_batch_tokens"],
         "loss": summary["mean_loss"],
     }
@@ -242,7 +247,25 @@ def run_mixture(
             f"{s['supervised_per_s']:.1f} | {100 * s['padding']:.0f}% | "
             f"{s['examples_per_s'] / base['examples_per_s']:.2f} |"
         )
+    fit_costs(summary)
     return summary
+
+
+def fit_costs(summary: dict[str, dict[str, Any]]) -> None:
+    """Seconds = a x forward passes + b x positions, solved from mb1 and packed: what a pass
+    costs whatever its length, what a token costs, and so the most packing could gain here."""
+    one, packed = summary["mb1"], summary["packed"]
+    if one["passes"] == packed["passes"] or one["positions"] != packed["positions"]:
+        return
+    a = (one["wall"] - packed["wall"]) / (one["passes"] - packed["passes"])
+    b = (packed["wall"] - a * packed["passes"]) / packed["positions"]
+    ceiling = one["wall"] / (b * one["positions"]) if b > 0 else float("nan")
+    print(
+        f"fit (mb1: {one['passes']} passes, packed: {packed['passes']}, "
+        f"{one['positions']} tokens each): {a:.3f} s per forward/backward pass + "
+        f"{1000 * b:.2f} ms per token -> packing can gain at most {ceiling:.2f}x over mb1 here "
+        "(passes free, tokens as costly)"
+    )
 
 
 def main(argv: list[str]) -> int:

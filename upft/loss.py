@@ -117,7 +117,8 @@ def batch_counts(batch: dict[str, Any]) -> list[Any]:
     ]
 
 
-COUNTS = ("examples", "supervised_tokens", "input_tokens", "positions")
+# What the optimizer steps covered: the first four from batch_counts, then forward passes.
+COUNTS = ("examples", "supervised_tokens", "input_tokens", "positions", "passes")
 
 
 def trainer_class() -> type:
@@ -161,20 +162,21 @@ def trainer_class() -> type:
                 except StopIteration:  # the last optimizer step of an epoch may be short
                     break
             parts = [part for batch in batches for part in micro_batches(batch)]
-            totals = torch.zeros(len(COUNTS) + 1, dtype=torch.long, device=device)
+            totals = torch.zeros(len(COUNTS), dtype=torch.long, device=device)
             for part in parts:
-                totals[: len(COUNTS)] += torch.stack(batch_counts(part)).to(device)
+                totals[:-1] += torch.stack(batch_counts(part)).to(device)
             totals[-1] = len(parts)
+            most = len(parts)  # forward passes of the busiest process
             if self.args.world_size > 1:  # every process divides by the global count
                 gathered = self.accelerator.gather(totals.reshape(1, -1)).reshape(-1, len(totals))
-                totals = torch.cat([gathered[:, :-1].sum(0), gathered[:, -1].max().reshape(1)])
+                totals, most = gathered.sum(0), int(gathered[:, -1].max())
             if self.even_micro_batches and batches and MICRO_BATCHES in batches[-1]:
                 from upft.packing import empty_micro_batch
 
-                short = int(totals[-1]) - len(parts)
                 pad = getattr(self.processing_class, "pad_token_id", None) or 0
-                batches[-1][MICRO_BATCHES].extend(empty_micro_batch(pad) for _ in range(short))
-            for key, value in zip(COUNTS, totals.tolist(), strict=False):
+                extra = [empty_micro_batch(pad) for _ in range(most - len(parts))]
+                batches[-1][MICRO_BATCHES].extend(extra)
+            for key, value in zip(COUNTS, totals.tolist(), strict=True):
                 self.seen[key] += value
             return batches, totals[0] if self.loss_averaging == "example" else totals[1]
 

@@ -454,6 +454,8 @@ def throughput(seen: dict[str, int], seconds: float) -> dict[str, Any]:
         "examples": seen["examples"],
         "tokens": seen["input_tokens"],
         "supervised_tokens": seen["supervised_tokens"],
+        "positions": positions,  # tokens computed, padding included
+        "forward_passes": seen["passes"],
         "examples_per_s": rate(seen["examples"]),
         "tokens_per_s": rate(seen["input_tokens"]),
         "supervised_tokens_per_s": rate(seen["supervised_tokens"]),

@@ -152,10 +152,18 @@ def test_packing_settings_are_checked() -> None:
     )
     config = resolve_config(None, {**base, "packing": "false", "micro_batch_tokens": "512"})
     assert (config.packing, config.micro_batch_tokens) == (False, 512)
-    with pytest.raises(TrainError, match=r"micro_batch_tokens = 8 \(from --micro-batch-tokens\)"):
+    with pytest.raises(TrainError) as bad:
         resolve_config(None, {**base, "micro_batch_tokens": "8"})
-    with pytest.raises(TrainError, match=r"attn_implementation = 'fast' .* is not one of sdpa"):
+    assert str(bad.value) == (
+        "micro_batch_tokens = '8' (from --micro-batch-tokens) must be at least 16; a chat "
+        "example needs more"
+    )
+    with pytest.raises(TrainError) as bad:
         resolve_config(None, {**base, "attn_implementation": "fast"})
+    assert str(bad.value) == (
+        "attn_implementation = 'fast' (from --attn-implementation) is not one of sdpa, eager, "
+        "flex_attention, flash_attention_2, flash_attention_3"
+    )
 
 
 @pytest.mark.slow
