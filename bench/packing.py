@@ -6,6 +6,8 @@ seed 0); only how a step's examples are cut into forward passes differs:
 
   mb1      micro-batch 1, accumulation 8: the paper's setup, no padding
   padded8  micro-batch 8, accumulation 1: one forward pass, every row padded to the longest
+           (padded4 on mixture (b): micro-batch 8 of its long rows needs more memory than
+           this 24 GiB machine has -- the first attempt was killed by the kernel's OOM killer)
   packed   the step's 8 examples concatenated without padding into micro-batches of up to
            micro_batch_tokens tokens (upft-train's default; --budgets adds other budgets)
 
@@ -13,12 +15,13 @@ on two mixtures:
 
   (a) the demo UPFT mixture: a version folder built by ``upft-build recipes/demo.yaml``
       (--dataset; without it the demo is built first into a temporary folder)
-  (b) a mixture with long full traces, made here: the first 32 GSM8K test questions
+  (b) a mixture with long full traces, made here: the first 24 GSM8K test questions
       (../shared/data), a quarter of them (seeded) with a full trace, the rest with the first
       32 tokens of their own GSM8K solution under the demo's prefix instruction. A full trace
       is GSM8K train solutions joined one after another until a length drawn uniformly from
-      400-1,200 tokens: long answers of the kind reasoning models write, so that padding and
-      per-example cost are both visible.
+      300-900 tokens: 3-6 times a prefix example, long answers of the kind reasoning models
+      write (theirs reach 2,000 tokens and more), so that padding and per-example cost are
+      both visible.
 
 Printed per arm: seconds of all optimizer steps (wall and CPU of this process), examples/s and
 supervised tokens/s (medians over rounds; arms run interleaved, the order rotating each round),
@@ -102,7 +105,7 @@ def long_trace_mixture(folder: Path, questions: int, seed: int = 0) -> Path:
     for i, item in enumerate(items):
         qid = f"gsm8k-test-{i:04d}"
         if i in full:
-            target, parts, length = rng.randint(400, 1200), [], 0
+            target, parts, length = rng.randint(300, 900), [], 0
             while length < target:
                 parts.append(solutions[used % len(solutions)])
                 used += 1
@@ -166,8 +169,8 @@ def step_timer() -> Any:
 def arm_flags(arm: str) -> dict[str, str]:
     if arm == "mb1":
         return {"packing": "false", "micro_batch_size": "1"}
-    if arm == "padded8":
-        return {"packing": "false", "micro_batch_size": str(BATCH)}
+    if arm.startswith("padded"):
+        return {"packing": "false", "micro_batch_size": arm.removeprefix("padded")}
     budget = arm.removeprefix("packed")
     return {"packing": "true", **({"micro_batch_tokens": budget} if budget else {})}
 
@@ -238,34 +241,20 @@ def run_mixture(
         f"\n{name}: {base['examples']} examples, {base['supervised']} supervised tokens, "
         f"{base['tokens']} tokens; effective batch {BATCH}, seed 0, {rounds} round(s)"
     )
-    print("| arm | seconds (wall) | CPU s | examples/s | supervised tokens/s | padding | x mb1 |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| arm | forward passes | seconds (wall) | CPU s | examples/s | supervised tokens/s "
+        "| padding | x mb1 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for arm, s in summary.items():
         label = arm if not s["budget"] else f"{arm} ({s['budget']} tokens)"
         print(
-            f"| {label} | {s['wall']:.1f} | {s['cpu']:.1f} | {s['examples_per_s']:.3f} | "
+            f"| {label} | {s['passes']} | {s['wall']:.1f} | {s['cpu']:.1f} | "
+            f"{s['examples_per_s']:.3f} | "
             f"{s['supervised_per_s']:.1f} | {100 * s['padding']:.0f}% | "
             f"{s['examples_per_s'] / base['examples_per_s']:.2f} |"
         )
-    fit_costs(summary)
     return summary
-
-
-def fit_costs(summary: dict[str, dict[str, Any]]) -> None:
-    """Seconds = a x forward passes + b x positions, solved from mb1 and packed: what a pass
-    costs whatever its length, what a token costs, and so the most packing could gain here."""
-    one, packed = summary["mb1"], summary["packed"]
-    if one["passes"] == packed["passes"] or one["positions"] != packed["positions"]:
-        return
-    a = (one["wall"] - packed["wall"]) / (one["passes"] - packed["passes"])
-    b = (packed["wall"] - a * packed["passes"]) / packed["positions"]
-    ceiling = one["wall"] / (b * one["positions"]) if b > 0 else float("nan")
-    print(
-        f"fit (mb1: {one['passes']} passes, packed: {packed['passes']}, "
-        f"{one['positions']} tokens each): {a:.3f} s per forward/backward pass + "
-        f"{1000 * b:.2f} ms per token -> packing can gain at most {ceiling:.2f}x over mb1 here "
-        "(passes free, tokens as costly)"
-    )
 
 
 def main(argv: list[str]) -> int:
@@ -273,7 +262,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--dataset", type=Path, default=None, help="demo UPFT build (version folder)")
     ap.add_argument("--quick", action="store_true", help="16 + 16 examples, one round")
     ap.add_argument("--rounds", type=int, default=2, help="rounds on the demo mixture (2)")
-    ap.add_argument("--long-questions", type=int, default=32, help="questions of mixture (b)")
+    ap.add_argument("--long-questions", type=int, default=24, help="questions of mixture (b)")
     ap.add_argument(
         "--budgets",
         type=int,
@@ -308,7 +297,7 @@ def main(argv: list[str]) -> int:
             questions = 16 if args.quick else args.long_questions
             long = long_trace_mixture(work / "long" / "0.0.0", questions)
             print(f"\n(b) long-trace mixture: {questions} questions, made as the docstring says")
-            run_mixture("(b) long", long, ["mb1", "padded8", "packed"], 1, work, steps)
+            run_mixture("(b) long", long, ["mb1", "padded4", "packed"], 1, work, steps)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

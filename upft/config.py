@@ -110,7 +110,7 @@ class TrainConfig(Strict):
         None,
         ge=16,
         description="tokens per packed micro-batch; a longer example gets one of its own "
-        "(default: max_length on GPU, 1024 on CPU)",
+        "(default: max_length on GPU, 512 on CPU)",
         json_schema_extra=_fix("a chat example needs more"),
     )
     attn_implementation: str | None = Field(

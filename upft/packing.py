@@ -40,7 +40,7 @@ ATTENTION = MASKED_ATTENTION + VARLEN_ATTENTION
 # Default token budget on CPU: a micro-batch costs a fixed pass over every weight and gradient
 # plus a share per token, and SDPA's block-causal mask computes the masked blocks too, so a
 # middle size is fastest (bench/README.md, "Packing").
-CPU_TOKENS = 1024
+CPU_TOKENS = 512
 
 
 def default_budget(cuda: bool, max_length: int) -> int:

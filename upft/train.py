@@ -11,8 +11,13 @@ that includes the newline the template writes after ``<|im_end|>`` (checked: the
 prefix. UPFT's target is exactly the sampled prefix tokens plus the end-of-turn token, so we
 tokenise ourselves (``upft.data``); with tokenised rows SFTTrainer would add nothing but
 another layer of defaults. The optimisation itself (AdamW, schedule, accumulation, mixed
-precision, progress bars and logging, distributed launch) is the stock ``Trainer``; only the
-loss is ours (``upft.loss``: each example counts once by default, as in the paper).
+precision, progress bars and logging, distributed launch) is the stock ``Trainer``; the loss
+is ours (``upft.loss``: each example counts once by default, as in the paper), and so is how a
+step's examples become forward passes (``upft.packing``: packed without padding where the
+model supports it). ``upft.precision`` picks bf16 or float32 from the device and CPU flags.
+
+:func:`run_training` reads as the stages of a run: prepare the output folder, load and encode
+the data, load the model, decide packing, build the trainer, train, summarise, save.
 
 Long runs save a checkpoint (weights, optimizer, scheduler, RNG and data position) every
 ``save_steps`` optimizer steps under ``<output>/trainer/``; ``--resume`` continues from the

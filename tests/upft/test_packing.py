@@ -114,7 +114,7 @@ def test_default_packs_where_supported_and_falls_back_in_one_line(
         on = decide(None, None, 4096, llama(), cuda=False)
     assert (on.enabled, on.micro_batch_tokens, on.attention) == (True, CPU_TOKENS, "sdpa")
     assert caplog.messages == [
-        "packing examples into micro-batches of up to 1024 tokens: sdpa attention with a "
+        "packing examples into micro-batches of up to 512 tokens: sdpa attention with a "
         "block-causal mask from the restarting positions"
     ]
     assert decide(None, 300, 4096, llama(), cuda=True).micro_batch_tokens == 300
