@@ -113,7 +113,7 @@ def test_output_folder(
     expected = choose(None, cuda=False, cuda_bf16=False, flags=cpu_flags())
     assert (summary["precision"], summary["precision_reason"]) == (expected.name, expected.reason)
     assert summary["cpu_flags"] == list(expected.cpu_flags)
-    # packed by default (SmolLM2 with SDPA): micro-batches of up to 1024 tokens on CPU, or
+    # packed by default (SmolLM2 with SDPA): micro-batches of up to 512 tokens on CPU, or
     # max_length when smaller (512 here); nothing padded
     assert summary["packing"] == {
         "enabled": True,
