@@ -6,9 +6,9 @@ updates would round away); bf16 means autocast of the forward and backward passe
 the rule is the paper's: bf16 where the device supports it. On a CPU the choice follows the
 CPU's flags, never one machine's timing: with AMX (``amx_bf16``) the matrix units run bf16
 natively, so bf16 is chosen; without AMX, bf16 autocast has no fast kernels and float32 is
-chosen (measured on an AVX2 CPU, see bench/README.md "Training dtype"). A CPU with AVX512-BF16
-but no AMX has not been measured and keeps float32. The choice, its reason and the CPU flags
-that decided it go into ``train_summary.json`` and the model card.
+chosen (bench/train_dtype.py measures both: bench/README.md, "Training dtype"). A CPU with
+AVX512-BF16 but no AMX has not been measured and keeps float32. The choice, its reason and the
+CPU flags that decided it go into ``train_summary.json`` and the model card.
 """
 
 from __future__ import annotations
