@@ -83,7 +83,7 @@ def upft_arm(sft: Path, folder: Path, ratio: float) -> Path:
     import pyarrow.parquet as pq
     import yaml
 
-    from builder.mixture import full_trace_ids
+    from builder.mixture import full_trace_share
     from builder.prompts import messages
 
     recipe = yaml.safe_load((sft / "recipe.yaml").read_text(encoding="utf-8"))
@@ -95,7 +95,7 @@ def upft_arm(sft: Path, folder: Path, ratio: float) -> Path:
         for r in pq.read_table(sorted((sft / "data" / "prefixes").glob("*.parquet"))).to_pylist()
     }
     rows = mixture.to_pylist()
-    keep = full_trace_ids([r["question_id"] for r in rows], ratio, recipe["mixture"]["seed"])
+    keep = full_trace_share([r["question_id"] for r in rows], ratio, recipe["mixture"]["seed"])
     out = []
     for row in rows:
         if row["question_id"] in keep or row["kind"] != "full":

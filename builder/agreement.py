@@ -44,6 +44,10 @@ class ValueCounts:
         for v, c in zip(uniq.tolist(), n.tolist(), strict=True):
             self.counts[v] = self.counts.get(v, 0) + c
 
+    def merge(self, other: ValueCounts) -> None:
+        for v, c in other.counts.items():
+            self.counts[v] = self.counts.get(v, 0) + c
+
     @property
     def n(self) -> int:
         return sum(self.counts.values())
@@ -110,6 +114,16 @@ class AgreementStats:
         self.final.add_many(final)
         self.prefix_tokens += int(sum(prefix_tokens))
         self.questions += len(final)
+
+    def merge(self, other: AgreementStats) -> None:
+        """Count another batch's statistics in (the order of batches does not matter)."""
+        while len(self.depth) < len(other.depth):
+            self.depth.append(ValueCounts())
+        for mine, theirs in zip(self.depth, other.depth, strict=False):
+            mine.merge(theirs)
+        self.final.merge(other.final)
+        self.prefix_tokens += other.prefix_tokens
+        self.questions += other.questions
 
     def _add_grid(self, grid: np.ndarray, checked: bool = False) -> None:
         bad_mask = ~((grid >= 0.0) & (grid <= 1.0))  # NaN fails both comparisons

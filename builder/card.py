@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from builder.manifest import Manifest
+from builder.writer import CONFIGS
 
 VERSIONS_START = "<!-- upft:versions:start -->"
 VERSIONS_END = "<!-- upft:versions:end -->"
@@ -208,20 +209,14 @@ def card_metadata(
     meta["size_categories"] = [size_category(manifest.counts.mixture_rows)]
     if manifest.source.type == "hub" and manifest.source.id:
         meta["source_datasets"] = [manifest.source.id]
+    # The writer's configs, in its order; the first (the training mixture) is the default.
     meta["configs"] = [
         {
-            "config_name": "mixture",
-            "default": True,
-            "data_files": [{"split": "train", "path": "data/mixture/*.parquet"}],
-        },
-        {
-            "config_name": "prefixes",
-            "data_files": [{"split": "train", "path": "data/prefixes/*.parquet"}],
-        },
-        {
-            "config_name": "traces",
-            "data_files": [{"split": "train", "path": "data/traces/*.parquet"}],
-        },
+            "config_name": config,
+            **({"default": True} if i == 0 else {}),
+            "data_files": [{"split": "train", "path": f"data/{config}/*.parquet"}],
+        }
+        for i, config in enumerate(CONFIGS)
     ]
     if dataset_info:
         meta["dataset_info"] = dataset_info

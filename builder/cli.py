@@ -70,6 +70,7 @@ def build_main(
     recipe.yaml, manifest.json). Interrupted builds resume from the shards already sampled.
     """
     from builder.recipe import apply_overrides, load_recipe
+    from builder.store import staging_dir
 
     setup_logging(quiet, verbose)
     _check_recipe_text(recipe)
@@ -84,7 +85,7 @@ def build_main(
     note_for_errors(
         output=str(Path(parsed.output.dir) / parsed.name),
         interrupted=f"interrupted: sampled shards are kept in "
-        f"{Path(parsed.output.dir) / parsed.name / ('.' + parsed.version + '.partial')}; "
+        f"{staging_dir(parsed.output.dir, parsed.name, parsed.version)}; "
         f"resume with: {shlex.join(resume)}",
     )
     if dry_run:

@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,8 @@ class ShardRequest:
     messages: tuple[Chat, ...] | None = None
 
 
-ShardDone = Callable[[ShardRequest, list[list[Sample]]], None]
+# Per question, its samples in order: a list of lists, or the same as columns (a SampleBatch).
+ShardDone = Callable[[ShardRequest, Sequence[list[Sample]]], None]
 
 
 class Executor(ABC):

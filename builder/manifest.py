@@ -1,8 +1,11 @@
 """The manifest's numbers: what a build was made from (fingerprint) and what it contains.
 
-Where it sits: at the end of a build the pipeline computes the parts here and calls
-:func:`build_manifest`, which returns the typed :class:`~builder.manifest_schema.Manifest`
-that the writer saves as ``manifest.json``. The schema and its file I/O live in
+Where it sits: at the end of a build the pipeline gathers three typed parts -- what the build
+was made from (:class:`Provenance`), what the version directory holds (:class:`Contents`,
+from the release's summed :class:`~builder.mixture.RowCounts`) and how this run went
+(:class:`RunRecord`) -- and :func:`build_manifest` joins them with the recipe's settings into
+the typed :class:`~builder.manifest_schema.Manifest` that the writer saves as
+``manifest.json``. The schema and its file I/O live in
 :mod:`builder.manifest_schema`; its names are re-exported here, so ``from builder.manifest
 import Manifest`` is what readers write.
 
@@ -19,10 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, TypeVar
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from builder import __version__
 from builder.agreement import AgreementStats
@@ -47,10 +49,13 @@ from builder.manifest_schema import (
     Timings,
     Tokens,
     TuningTokens,
-    field_errors,
 )
+from builder.prompts import instruction_markers
 from builder.recipe import Recipe
 from builder.served import without_served
+
+if TYPE_CHECKING:
+    from builder.mixture import RowCounts
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -58,6 +63,7 @@ __all__ = [
     "Accuracy",
     "Agreement",
     "BuiltWith",
+    "Contents",
     "Counts",
     "EngineInfo",
     "Environment",
@@ -65,8 +71,11 @@ __all__ = [
     "InstructionEcho",
     "Manifest",
     "ManifestHeader",
+    "ManifestSection",
     "ModelInfo",
+    "Provenance",
     "Resume",
+    "RunRecord",
     "Settings",
     "SourceCounts",
     "SourceInfo",
@@ -77,6 +86,8 @@ __all__ = [
     "build_manifest",
     "environment",
     "fingerprint",
+    "release_contents",
+    "settings",
     "token_accounting",
 ]
 
@@ -110,7 +121,7 @@ def token_accounting(
     full_tokens: int,
     mean_full: float | None,
     questions: int,
-    tuning: Mapping[str, int],
+    tuning: TuningTokens,
 ) -> Tokens:
     """Sampled tokens per phase, the RFT estimate and the reduction in percent.
 
@@ -127,7 +138,7 @@ def token_accounting(
         rft_samples_per_question=RFT_SAMPLES_PER_QUESTION,
         rft_estimate=rft,
         reduction_pct=round(100.0 * (1 - total / rft), 2) if rft else None,
-        tuning_tokens=TuningTokens.model_validate(dict(tuning)),
+        tuning_tokens=tuning,
     )
 
 
@@ -159,39 +170,65 @@ def environment() -> Environment:
     return Environment.model_validate(found)
 
 
-S = TypeVar("S", bound=ManifestSection)
+@dataclass(frozen=True)
+class Provenance:
+    """What a build was made from, besides the recipe."""
+
+    fingerprint: str
+    source: SourceInfo
+    model: ModelInfo
+    decoding_sources: Mapping[str, str]  # per decoding field: recipe | generation_config | neutral
 
 
-def _section(kind: type[S], value: S | Mapping[str, Any], name: str) -> S:
-    """A section from its model or its dict form (what the pipeline passed before typing)."""
-    if isinstance(value, kind):
-        return value
-    try:
-        return kind.model_validate(dict(value))
-    except ValidationError as exc:
-        # A bug in the builder, not in the user's input: name the section and field.
-        raise ValueError(f"manifest section {name!r}: {field_errors(exc)}") from exc
+@dataclass(frozen=True)
+class Contents:
+    """What the version directory holds, as the manifest reports it."""
+
+    counts: Counts
+    tokens: Tokens
+    agreement: Agreement
+    accuracy: Accuracy | None  # None: no sampled answer was checked against a gold answer
+    echo: InstructionEcho
 
 
-def build_manifest(
-    recipe: Recipe,
-    fp: str,
-    source_entry: SourceInfo | Mapping[str, Any],
-    model: ModelInfo | Mapping[str, Any],
-    counts: Counts | Mapping[str, int],
-    tokens: Tokens | Mapping[str, Any],
-    agreement: Agreement | Mapping[str, Any],
-    accuracy: Accuracy | Mapping[str, Any] | None,
-    timings: Mapping[str, float],
-    resume: Resume | Mapping[str, int],
-    echo: InstructionEcho | Mapping[str, Any] | None = None,
-    decoding_sources: Mapping[str, str] | None = None,
-    executor: ExecutorInfo | Mapping[str, Any] | None = None,
-) -> Manifest:
-    """The manifest of a finished build (sections as models or as their dict form)."""
+@dataclass(frozen=True)
+class RunRecord:
+    """How this run went: seconds per stage, shards reused and sampled, where they ran."""
+
+    timings: Timings
+    resume: Resume
+    executor: ExecutorInfo | None = None
+
+
+def release_contents(recipe: Recipe, counts: RowCounts) -> Contents:
+    """The manifest's numbers about the rows, from the counts summed over the shards."""
+    lf = recipe.label_filter.enabled
+    return Contents(
+        counts=counts.counts(),
+        tokens=token_accounting(
+            counts.prefix_cost,
+            counts.full_cost,
+            counts.mean_complete(),
+            counts.questions,
+            counts.tuning_tokens(),
+        ),
+        agreement=agreement_summary(counts.agreement),
+        accuracy=counts.accuracy(),
+        echo=InstructionEcho(
+            sample_prompt="plain" if lf else recipe.prefix.sample_prompt,
+            markers=instruction_markers(recipe.prefix.instruction),
+            measured_on=f"first {recipe.prefix.length} tokens",
+            prefix_samples=counts.echo_prefix.share(),
+            full_traces=counts.echo_full.share(),
+        ),
+    )
+
+
+def settings(recipe: Recipe, decoding_sources: Mapping[str, str]) -> Settings:
+    """The manifest's ``settings``: every recipe value that shapes the rows."""
     r = recipe
     lf = r.label_filter
-    settings = Settings(
+    return Settings(
         n_samples=r.sampled_per_question,
         prefix_length=r.prefix.length,
         vote=r.prefix.vote,
@@ -208,13 +245,20 @@ def build_manifest(
         top_k=r.sampling.top_k,
         repetition_penalty=r.sampling.repetition_penalty,
         # The values are checked against the allowed sources when Settings validates.
-        decoding_sources=dict(decoding_sources or {}),  # type: ignore[arg-type]
+        decoding_sources=dict(decoding_sources),  # type: ignore[arg-type]
         max_tokens=r.sampling.max_tokens,
         seed=r.sampling.seed,
         split_seed=r.mixture.seed,
         system_prompt=r.model.system_prompt,
         instruction=r.prefix.instruction,
     )
+
+
+def build_manifest(
+    recipe: Recipe, provenance: Provenance, contents: Contents, run: RunRecord
+) -> Manifest:
+    """The manifest of a finished build."""
+    r = recipe
     return Manifest(
         name=r.name,
         version=r.version,
@@ -222,20 +266,20 @@ def build_manifest(
         license=r.license,
         language=list(r.language),
         repo_id=r.publish.repo_id,
-        fingerprint=fp,
+        fingerprint=provenance.fingerprint,
         builder_version=__version__,
         created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        source=_section(SourceInfo, source_entry, "source"),
-        model=_section(ModelInfo, model, "model"),
+        source=provenance.source,
+        model=provenance.model,
         backend=r.model.backend,
-        settings=settings,
-        counts=_section(Counts, counts, "counts"),
-        tokens=_section(Tokens, tokens, "tokens"),
-        agreement=_section(Agreement, agreement, "agreement"),
-        instruction_echo=None if echo is None else _section(InstructionEcho, echo, "echo"),
-        accuracy=None if accuracy is None else _section(Accuracy, accuracy, "accuracy"),
-        timings=_section(Timings, {k: round(v, 2) for k, v in timings.items()}, "timings"),
-        resume=_section(Resume, resume, "resume"),
-        executor=None if executor is None else _section(ExecutorInfo, executor, "executor"),
+        settings=settings(r, provenance.decoding_sources),
+        counts=contents.counts,
+        tokens=contents.tokens,
+        agreement=contents.agreement,
+        instruction_echo=contents.echo,
+        accuracy=contents.accuracy,
+        timings=run.timings,
+        resume=run.resume,
+        executor=run.executor,
         environment=environment(),
     )

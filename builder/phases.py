@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from builder.batch import SampleBatch
 from builder.executor import Chat, Executor, ShardRequest
 from builder.progress import phase_progress
 from builder.sampling.base import Sample
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 PromptFn = Callable[[int, list[Question]], list[list[int]]]
 # The same prompts as chat messages, for engines that template them themselves (served models).
 MessagesFn = Callable[[list[Question]], list[Chat]]
+Results = SampleBatch | Sequence[Sequence[Sample]]
+ShardFn = Callable[[int, list[Question], Results], None]
 
 
 class Shards:
@@ -109,19 +112,26 @@ class PhaseRunner:
         counter: str,
         derived: tuple[str, ...] = (),
         make_messages: MessagesFn | None = None,
+        on_shard: ShardFn | None = None,
     ) -> None:
         """Sample every shard of a phase that is not persisted yet; persist each as it arrives.
 
         ``make_prompts(index, shard)`` templates a shard's prompts; it is called only for the
         shards that are sampled, as the executor asks for them. ``derived``: phases whose shard
-        of the same index is computed from this one (prefix choices), dropped when it is
+        of the same index is computed from this one (prefix choices), dropped before it is
         sampled again. ``make_messages(shard)``: the prompts as chat messages too (requests
-        then carry both; engines that take token ids ignore them).
+        then carry both; engines that take token ids ignore them). ``on_shard(index, shard,
+        results)`` takes over each finished shard (persisting it is then its job); without it
+        the shard is persisted here.
         """
         missing = [i for i in range(shards.shards) if not self.store.has(phase, i)]
+        for index in missing:  # made from earlier samples of a shard that is sampled again
+            for stale in derived:
+                self.store.discard(stale, index)
         if missing:
             self.executor.prepare()  # engines start before the bar: its rate counts sampling
         todo = set(missing)
+        in_flight: dict[int, list[Question]] = {}
         with phase_progress(label, shards.count, enabled=not self.quiet) as advance:
             reused = 0
             for index, shard in enumerate(shards):
@@ -135,6 +145,7 @@ class PhaseRunner:
                 for index, shard in enumerate(shards):
                     if index in todo:
                         prompts = make_prompts(index, shard)
+                        in_flight[index] = shard
                         yield ShardRequest(
                             phase,
                             index,
@@ -146,10 +157,12 @@ class PhaseRunner:
                             None if make_messages is None else tuple(make_messages(shard)),
                         )
 
-            def done(req: ShardRequest, results: list[list[Sample]]) -> None:
-                self.store.save(req.phase, req.index, list(req.question_ids), results)
-                for stale in derived:  # made from this shard's earlier samples, if any
-                    self.store.discard(stale, req.index)
+            def done(req: ShardRequest, results: Results) -> None:
+                shard = in_flight.pop(req.index)
+                if on_shard is None:
+                    self.store.save(req.phase, req.index, req.question_ids, results)
+                else:
+                    on_shard(req.index, shard, results)
                 self.resume[f"{counter}_shards_sampled"] += 1
 
             if missing:

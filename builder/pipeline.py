@@ -18,7 +18,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +27,35 @@ from builder.errors import OutputError, SamplingError, SourceError
 from builder.executor import Executor, LocalExecutor
 from builder.manifest import (
     RFT_SAMPLES_PER_QUESTION,
+    EngineInfo,
+    ExecutorInfo,
     Manifest,
-    agreement_summary,
+    ModelInfo,
+    Provenance,
+    Resume,
+    RunRecord,
+    SourceInfo,
+    Timings,
     build_manifest,
     fingerprint,
-    token_accounting,
+    release_contents,
 )
 from builder.manifest_schema import GoldAnswers
-from builder.mixture import full_trace_share
+from builder.mixture import FullTraceShare, full_trace_share
 from builder.models import ResolvedModel, load_tokenizer, resolve_model
-from builder.phases import PhaseRunner, Shards, sample_full_traces
-from builder.prefixes import PrefixChoice, choices_from_frame, choose_all
-from builder.prompts import encode_prompt, fit_context, instruction_markers, messages, model_context
+from builder.overlap import ShardWorkers
+from builder.phases import MessagesFn, PhaseRunner, Shards, sample_full_traces
+from builder.progress import phase_progress
+from builder.prompts import encode_prompt, fit_context, messages, model_context
 from builder.recipe import Recipe
-from builder.release import assemble_release
+from builder.release import Assembler, Release
 from builder.resolve import decoding_sources, generation_defaults, resolve
 from builder.sampling import make_sampler
 from builder.sampling.base import Sampler
 from builder.served import chat_of, wants_messages
 from builder.sources import LoadedSource, Question, load_questions
-from builder.store import ShardStore
-from builder.writer import disk_errors, finish_release, open_release, read_existing_fingerprint
+from builder.store import ShardStore, staging_dir
+from builder.writer import ReleaseWriter, finish_release, open_release, read_existing_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +83,11 @@ class _Build:
     decoding_sources: dict[str, str]
     _tokenizer: Any = None
     gold: GoldAudit | None = None  # the source's gold answers (manifest.gold_answers)
+    writer: ReleaseWriter = field(init=False)
+    # full_trace_from: prefix -- the question shard holding each full-trace question's choice,
+    # and the last shard of choices read for the prompts
+    home: dict[str, int] = field(default_factory=dict)
+    choice_cache: dict[int, dict[str, list[int]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.runner = PhaseRunner(self.executor, self.store, self.quiet)
@@ -193,9 +206,8 @@ def build(
         sources = decoding_sources(recipe, gen)
         recipe = resolve(recipe, model, gen)
     fp = fingerprint(recipe, loaded.info, model.revision)
-    root = Path(recipe.output.dir) / recipe.name
-    final = root / recipe.version
-    staging = root / f".{recipe.version}.partial"
+    final = Path(recipe.output.dir) / recipe.name / recipe.version
+    staging = staging_dir(recipe.output.dir, recipe.name, recipe.version)
 
     existing = read_existing_fingerprint(final) if final.exists() else None
     if final.exists() and not force:
@@ -267,158 +279,217 @@ def _drop_too_long(
         )
 
 
+@dataclass
+class _Prompts:
+    """The prompts (token ids) of both sampling phases of a build."""
+
+    b: _Build
+
+    def prefix(self, q: Question) -> list[int]:
+        r = self.b.recipe
+        # The paper samples prefixes with the plain question and cuts; the instruction belongs
+        # to the training prompt only (sampling under it makes answers echo its wording).
+        return encode_prompt(
+            self.b.tokenizer(), messages(q.text, self._sampled_instruction(), r.model.system_prompt)
+        )
+
+    def prefix_shard(self, _: int, shard: list[Question]) -> list[list[int]]:
+        return [self.prefix(q) for q in shard]
+
+    def _sampled_instruction(self) -> str | None:
+        r = self.b.recipe
+        sampled_with = r.prefix.sample_prompt == "instruction" and not r.label_filter.enabled
+        return r.prefix.instruction if sampled_with else None
+
+    def prefix_messages(self) -> MessagesFn | None:
+        """The phase-1 prompts as chat messages, for a served model's chat endpoint (which
+        applies its own template); None for engines that take token ids."""
+        r = self.b.recipe
+        if not wants_messages(r.model):
+            return None
+        instruction, system = self._sampled_instruction(), r.model.system_prompt
+        return lambda shard: [chat_of(messages(q.text, instruction, system)) for q in shard]
+
+    def full_messages(self) -> MessagesFn | None:
+        r = self.b.recipe
+        if not wants_messages(r.model):
+            return None
+        system = r.model.system_prompt
+        return lambda shard: [chat_of(messages(q.text, None, system)) for q in shard]
+
+    def full_shard(self, _: int, shard: list[Question]) -> list[list[int]]:
+        """Plain-question prompts; continued traces (``full_trace_from: prefix``) carry the
+        chosen prefix after them, read from the shard of choices that holds it."""
+        r, tok = self.b.recipe, self.b.tokenizer()
+        out = [encode_prompt(tok, messages(q.text, None, r.model.system_prompt)) for q in shard]
+        if r.mixture.full_trace_from == "prefix":
+            for i, q in enumerate(shard):
+                out[i] = out[i] + self._chosen(q.id)
+        return out
+
+    def _chosen(self, question_id: str) -> list[int]:
+        home = self.b.home[question_id]
+        if home not in self.b.choice_cache:
+            table = self.b.store.load_table("choice", home)
+            qids, ids = table.column("question_id").to_pylist(), table.column("ids").to_pylist()
+            self.b.choice_cache = {home: dict(zip(qids, ids, strict=True))}
+        return list(self.b.choice_cache[home][question_id])
+
+
 def _run(
     b: _Build, loaded: LoadedSource, final: Path, fp: str, replace: bool, t0: float
 ) -> BuildResult:
+    prompts = _Prompts(b)
+    _drop_too_long(b, loaded, prompts.prefix)
     r = b.recipe
-    system, instruction = r.model.system_prompt, r.prefix.instruction
-    lf = r.label_filter.enabled
-    # The paper samples prefixes with the plain question and cuts; the instruction belongs to
-    # the training prompt only (sampling under it makes answers echo its wording).
-    sample_instruction = (
-        instruction if (r.prefix.sample_prompt == "instruction" and not lf) else None
-    )
-
-    def prefix_prompt(q: Question) -> list[int]:
-        return encode_prompt(b.tokenizer(), messages(q.text, sample_instruction, system))
-
-    # A served model's chat endpoint takes the messages and applies its own template.
-    chats = wants_messages(r.model)
-
-    _drop_too_long(b, loaded, prefix_prompt)
-    size = r.output.shard_size
-    questions = Shards.of(loaded.questions, size)
-    runner = b.runner
-
-    started, loaded_before = time.monotonic(), b.executor.engine_load_s
-    runner.sample(
-        "prefix",
-        questions,
-        lambda _, shard: [prefix_prompt(q) for q in shard],
-        r.sampled_per_question,
-        r.phase1_max_tokens,
-        r.sampling.seed,
-        "phase 1: answers to filter" if lf else "phase 1: prefixes",
-        counter="prefix",
-        derived=("choice",),
-        make_messages=(
-            (lambda shard: [chat_of(messages(q.text, sample_instruction, system)) for q in shard])
-            if chats
-            else None
-        ),
-    )
-    _phase_timing(b, "prefix_phase", started, loaded_before)
-
-    started = time.monotonic()
-    choose_all(runner, questions, b.tokenizer(), r)
-    b.timings["vote"] = time.monotonic() - started
-
+    questions = Shards.of(loaded.questions, r.output.shard_size)
     share = full_trace_share(
         (q.id for q in loaded.questions), r.mixture.full_trace_ratio, r.mixture.seed
     )
-    full_qs = Shards([], 0, size) if lf else questions.select(lambda q: q.id in share, share.size)
-    from_prefix = r.mixture.full_trace_from == "prefix"
-    # Continued traces keep the whole trace (prefix + continuation) within max_tokens.
-    budget = (
-        max(1, r.sampling.max_tokens - r.prefix.length) if from_prefix else r.sampling.max_tokens
-    )
-    # Which question shard holds each full-trace question's chosen prefix.
-    home = (
-        {q.id: i // size for i, q in enumerate(loaded.questions) if q.id in share}
-        if from_prefix
-        else {}
-    )
-
-    def full_prompts(_: int, shard: list[Question]) -> list[list[int]]:
-        tok = b.tokenizer()
-        out = []
-        chosen: dict[str, PrefixChoice] = {}
-        for q in shard:
-            ids = encode_prompt(tok, messages(q.text, None, system))
-            if from_prefix:
-                if q.id not in chosen:
-                    frame = b.store.load_frame("choice", home[q.id])
-                    chosen.update(choices_from_frame(frame, lf)[0])
-                ids = ids + chosen[q.id].ids
-            out.append(ids)
-        return out
-
-    started, loaded_before = time.monotonic(), b.executor.engine_load_s
-    tries = sample_full_traces(
-        runner,
-        full_qs,
-        full_prompts,
-        budget,
-        r.sampling.seed,
-        r.mixture.full_trace_tries,
-        (lambda shard: [chat_of(messages(q.text, None, system)) for q in shard]) if chats else None,
-    )
-    _phase_timing(b, "full_phase", started, loaded_before)
-    if b.executor.engine_load_s:
-        b.timings["engine_load"] = b.executor.engine_load_s
-
-    started = time.monotonic()
-    writer = open_release(b.store.staging)
-    with disk_errors(writer.root):
-        totals = assemble_release(r, questions, runner, tries, share, b.tokenizer(), writer)
-    if not totals.mixture_rows:
+    if r.mixture.full_trace_from == "prefix":
+        size = r.output.shard_size
+        b.home = {q.id: i // size for i, q in enumerate(loaded.questions) if q.id in share}
+    release = _sample_and_assemble(b, questions, share, prompts)
+    if not (release.counts.prefix_rows + release.counts.full_rows):
         raise SamplingError(
             f"the label filter found no answer reaching the gold answer among "
             f"{r.label_filter.samples} samples for any of the {questions.count} questions, so "
             "nothing is left to train on; raise label_filter.samples, or set "
             "label_filter.on_no_correct: unfiltered"
         )
-    b.timings["write"] = time.monotonic() - started
     b.timings["total"] = time.monotonic() - t0
-
     # A server's own usage counts, where it reported them for every shard.
-    prefix_cost, full_cost = totals.prefix_cost, totals.full_cost
     reported = b.executor.reported_tokens()
     if reported is not None:
-        prefix_cost = reported.get("prefix", 0)
-        full_cost = sum(v for k, v in reported.items() if k != "prefix")
-    manifest_model: dict[str, Any] = {
-        "id": r.model.id,
-        "revision": b.model.revision,
-        "name": b.model.display_name,
-    }
-    engine = b.executor.engine_info()
-    if engine:
-        manifest_model["engine"] = engine
-    echo = {
-        "sample_prompt": "plain" if lf else r.prefix.sample_prompt,
-        "markers": instruction_markers(instruction),
-        "measured_on": f"first {r.prefix.length} tokens",
-        "prefix_samples": totals.echo_prefix.share(),
-        "full_traces": totals.echo_full.share(),
-    }
+        release.counts.prefix_cost = reported.get("prefix", 0)
+        release.counts.full_cost = sum(v for k, v in reported.items() if k != "prefix")
     manifest = build_manifest(
-        r,
-        fp,
-        loaded.manifest_entry(),
-        manifest_model,
-        totals.counts(),
-        token_accounting(
-            prefix_cost,
-            full_cost,
-            totals.mean_complete(),
-            questions.count,
-            totals.tuning_tokens(),
-        ),
-        agreement_summary(totals.agreement),
-        totals.accuracy(),
-        b.timings,
-        runner.resume,
-        echo,
-        b.decoding_sources,
-        executor=b.executor.describe(),
+        r, _provenance(b, loaded, fp), release_contents(r, release.counts), _run_record(b)
     )
     if b.gold is not None:
         manifest.gold_answers = GoldAnswers.model_validate(b.gold.as_dict())
     recipe_yaml = r.to_yaml()
     finish_release(
-        writer.root, final, manifest, recipe_yaml, totals.agreement, replace, totals.sizes
+        b.writer.root,
+        final,
+        manifest,
+        recipe_yaml,
+        release.counts.agreement,
+        replace,
+        release.sizes,
     )
     b.store.remove()
     logger.info("wrote %s", final)
     return BuildResult(final, "built", manifest, b.executor.engine_calls)
+
+
+def _sample_and_assemble(
+    b: _Build, questions: Shards, share: FullTraceShare, prompts: _Prompts
+) -> Release:
+    """Both sampling phases and the rows, in the order that lets the most work overlap.
+
+    Fresh full traces (the default) do not depend on phase 1, so they are sampled first, and
+    every phase-1 shard is then chosen and written while the next ones are sampled. Traces
+    continued from the chosen prefix need phase 1 first; the rows follow phase 2.
+    """
+    r = b.recipe
+    lf = r.label_filter.enabled
+    full_qs = (
+        Shards([], 0, questions.size)
+        if lf
+        else questions.select(lambda q: q.id in share, share.size)
+    )
+    b.writer = open_release(b.store.staging)
+    if r.mixture.full_trace_from == "prefix":
+        _prefix_phase(b, questions, prompts, None)
+        tries = _full_phase(b, full_qs, prompts)
+        assembler = Assembler(r, b.runner, tries, share, b.tokenizer(), b.writer)
+        started = time.monotonic()
+        bar = phase_progress("assembling rows", questions.count, not b.quiet, summary=False)
+        with bar as advance:
+            for index, shard in enumerate(questions):
+                assembler.add(index, shard)
+                advance(len(shard), 0)
+        release = assembler.close()
+        b.timings["write"] = time.monotonic() - started
+        return release
+    if lf:
+        tries, b.timings["full_phase"] = [], 0.0
+    else:
+        tries = _full_phase(b, full_qs, prompts)
+    assembler = Assembler(r, b.runner, tries, share, b.tokenizer(), b.writer)
+    _prefix_phase(b, questions, prompts, assembler)
+    release = assembler.close()
+    b.timings["write"] = assembler.seconds
+    return release
+
+
+def _prefix_phase(
+    b: _Build, questions: Shards, prompts: _Prompts, assembler: Assembler | None
+) -> None:
+    """Phase 1, each shard chosen (and, with ``assembler``, written) beside the sampling."""
+    r = b.recipe
+    started, loaded_before = time.monotonic(), b.executor.engine_load_s
+    add = None if assembler is None else assembler.add
+    workers = ShardWorkers(b.store, b.tokenizer(), r, questions, add, quiet=b.quiet)
+    with workers:
+        b.runner.sample(
+            "prefix",
+            questions,
+            prompts.prefix_shard,
+            r.sampled_per_question,
+            r.phase1_max_tokens,
+            r.sampling.seed,
+            "phase 1: answers to filter" if r.label_filter.enabled else "phase 1: prefixes",
+            counter="prefix",
+            derived=("choice",),
+            make_messages=prompts.prefix_messages(),
+            on_shard=workers.arrived,
+        )
+        workers.finish()
+    _phase_timing(b, "prefix_phase", started, loaded_before)
+    b.timings["vote"] = workers.choose_s
+
+
+def _full_phase(b: _Build, full: Shards, prompts: _Prompts) -> list[Shards]:
+    """Phase 2: a full trace per question of the share, cut-off traces sampled again."""
+    r = b.recipe
+    from_prefix = r.mixture.full_trace_from == "prefix"
+    # Continued traces keep the whole trace (prefix + continuation) within max_tokens.
+    budget = (
+        max(1, r.sampling.max_tokens - r.prefix.length) if from_prefix else r.sampling.max_tokens
+    )
+    started, loaded_before = time.monotonic(), b.executor.engine_load_s
+    tries = sample_full_traces(
+        b.runner,
+        full,
+        prompts.full_shard,
+        budget,
+        r.sampling.seed,
+        r.mixture.full_trace_tries,
+        prompts.full_messages(),
+    )
+    _phase_timing(b, "full_phase", started, loaded_before)
+    return tries
+
+
+def _provenance(b: _Build, loaded: LoadedSource, fp: str) -> Provenance:
+    engine = b.executor.engine_info()
+    model = ModelInfo(
+        id=b.recipe.model.id,
+        revision=b.model.revision,
+        name=b.model.display_name,
+        engine=EngineInfo.model_validate(engine) if engine else None,
+    )
+    source = SourceInfo.model_validate(loaded.manifest_entry())
+    return Provenance(fp, source, model, b.decoding_sources)
+
+
+def _run_record(b: _Build) -> RunRecord:
+    if b.executor.engine_load_s:
+        b.timings["engine_load"] = b.executor.engine_load_s
+    return RunRecord(
+        Timings.model_validate({k: round(v, 2) for k, v in b.timings.items()}),
+        Resume.model_validate(b.runner.resume),
+        ExecutorInfo.model_validate(b.executor.describe()),
+    )

@@ -13,7 +13,6 @@ so rebuilding a dataset does not change its files and push-to-hub can tell that 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +28,6 @@ _DPI = 100
 _HIST_BINS = 20
 # No "Software" (matplotlib version) and no date: the bytes depend on the data only.
 _PNG_METADATA: dict[str, Any] = {"Software": None}
-
-
-def curve_stats(curves: Sequence[Sequence[float]]) -> dict[str, list[float]]:
-    """Per-depth mean, std, 25th and 75th percentile over the questions that reach that depth.
-
-    Curves may have different lengths (a question whose samples all end early has a shorter
-    curve); depth t averages over the curves that have at least t values.
-    """
-    return AgreementStats.of(curves, []).curve_stats()
 
 
 def _new_figure() -> tuple[Any, Any]:
@@ -79,14 +69,6 @@ def _draw_hist(final: ValueCounts, path: Path) -> None:
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(loc="upper right")
     fig.savefig(path, format="png", metadata=_PNG_METADATA)
-
-
-def write_agreement_plots(
-    curves: Sequence[Sequence[float]], agreements: Sequence[float], out_dir: Path
-) -> list[str]:
-    """The plots of whole lists: ``curves[i]`` is question i's agreement with its chosen prefix
-    at depths 1..L, ``agreements[i]`` its agreement at the final prefix depth."""
-    return write_plots(AgreementStats.of(curves, agreements), out_dir)
 
 
 def write_plots(stats: AgreementStats, out_dir: Path) -> list[str]:

@@ -3,9 +3,10 @@
 Both sampling phases and the written mixture use these functions. A prefix example's training
 prompt is the question followed by the recipe's instruction; a full-trace example's is the plain
 question. Prefixes are *sampled* with the plain question by default (the paper: the first L
-tokens of the model's normal answer); ``instruction_markers`` / ``echo_share`` measure how often
+tokens of the model's normal answer); ``instruction_markers`` / ``echo_mask`` measure how often
 samples repeat the instruction's wording, which is what sampling under the instruction causes.
-``fit_context`` keeps out questions whose prompt would not fit the model's context.
+``fit_context`` keeps out questions whose prompt would not fit the model's context, and
+``stable_prefixes`` settles prefixes to token boundaries their text reproduces.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     from builder.sources import Question
@@ -44,20 +48,32 @@ def encode_text(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def stable_prefix(tokenizer: Any, ids: list[int]) -> tuple[list[int], str]:
-    """Shorten ``ids`` until their text re-tokenises to exactly them and has no trailing space.
+def stable_prefixes(tokenizer: Any, prefixes: list[list[int]]) -> tuple[list[list[int]], list[str]]:
+    """Shorten each prefix until its text re-tokenises to exactly its ids and has no trailing
+    white space; returns the ids and texts.
 
     The trainer re-tokenises the completion text, and chat templates may trim white space, so a
     prefix is only kept as far as text and token ids mean the same thing. Usually nothing is
-    dropped; a prefix cut inside a multi-byte character or a merged word loses its last token.
+    dropped; a prefix cut inside a multi-byte character or a merged word loses its last tokens.
+    The rule is the one-prefix loop "decode, check, drop the last token" run for all prefixes at
+    once: one batched decode and encode per round, each round over the prefixes not settled yet.
     """
-    ids = list(ids)
-    while ids:
-        text = tokenizer.decode(ids, skip_special_tokens=False)
-        if text == text.rstrip() and encode_text(tokenizer, text) == ids:
-            return ids, text
-        ids.pop()
-    return [], ""
+    ids = [list(p) for p in prefixes]
+    texts = [""] * len(ids)
+    pending = [i for i, p in enumerate(ids) if p]
+    while pending:
+        decoded = decode_batch(tokenizer, [ids[i] for i in pending], skip_special_tokens=False)
+        encoded = encode_batch(tokenizer, decoded)
+        left = []
+        for i, text, again in zip(pending, decoded, encoded, strict=True):
+            if text == text.rstrip() and again == ids[i]:
+                texts[i] = text
+                continue
+            ids[i].pop()
+            if ids[i]:
+                left.append(i)
+        pending = left
+    return ids, texts
 
 
 # Function words: a marker made only of these ("of the", "you would") says nothing about echo.
@@ -94,6 +110,44 @@ def echoes(text: str, markers: Iterable[str]) -> bool:
     return pattern.search(" ".join(_WORD.findall(text.lower()))) is not None
 
 
+# The only characters besides A-Z whose str.lower() holds an ASCII letter (a scan of Unicode).
+_LOWERS_TO_ASCII = {"\u0130": "i", "\u212a": "k"}
+
+
+def echo_mask(texts: Any, markers: Sequence[str]) -> np.ndarray:
+    """Per text (a list or an Arrow string array): whether it echoes a marker (:func:`echoes`).
+
+    A text can only echo "a b" if it contains both words, whatever their case: a fast
+    column-wise filter keeps those, and :func:`echoes` decides on them alone, so the result is
+    exactly :func:`echoes` on every text.
+    """
+    import polars as pl
+
+    column = pl.Series(texts, dtype=pl.String) if isinstance(texts, list) else pl.from_arrow(texts)
+    assert isinstance(column, pl.Series)
+    mask = np.zeros(len(column), dtype=bool)
+    if not markers or not len(column):
+        return mask
+    folded = column
+    if column.str.contains_any(list(_LOWERS_TO_ASCII)).any():
+        for char, ascii_letter in _LOWERS_TO_ASCII.items():
+            folded = folded.str.replace_all(char, ascii_letter, literal=True)
+    has: dict[str, np.ndarray] = {}
+    candidates = np.zeros(len(column), dtype=bool)
+    for marker in markers:
+        words = marker.split(" ")
+        for word in words:
+            if word not in has:
+                found = folded.str.contains_any([word], ascii_case_insensitive=True)
+                has[word] = found.fill_null(False).to_numpy()
+        candidates |= np.logical_and.reduce([has[w] for w in words])
+    where = np.flatnonzero(candidates)
+    if where.size:
+        values = column.gather(where).to_list()
+        mask[where] = [echoes(t or "", markers) for t in values]
+    return mask
+
+
 def decode_batch(tokenizer: Any, batch: list[list[int]], skip_special_tokens: bool) -> list[str]:
     """``tokenizer.batch_decode``, straight through the Rust tokenizer when there is one.
 
@@ -109,11 +163,28 @@ def decode_batch(tokenizer: Any, batch: list[list[int]], skip_special_tokens: bo
     return list(texts)
 
 
-def echo_share(texts: list[str], markers: list[str]) -> float | None:
-    """Share of ``texts`` that echo a marker; None for no texts."""
-    if not texts:
-        return None
-    return sum(echoes(t, markers) for t in texts) / len(texts)
+def encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text without special tokens: ``tokenizer(texts,
+    add_special_tokens=False)``, straight through the Rust tokenizer when there is one.
+
+    The first call on a tokenizer checks that both routes give the same ids (a tokenizer class
+    that adjusts ids in Python keeps its own route).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and texts:
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        direct = _DIRECT_ENCODE.get(tokenizer)
+        if direct is None:
+            direct = [e.ids for e in encode(texts, add_special_tokens=False)] == [
+                list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]
+            ]
+            _DIRECT_ENCODE[tokenizer] = direct
+        if direct:
+            return [e.ids for e in encode(texts, add_special_tokens=False)]
+    return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+_DIRECT_ENCODE: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 def model_context(max_model_len: int | None, model_path: str) -> int | None:

@@ -44,9 +44,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from builder.batch import SampleBatch
 from builder.errors import ExecutorError, UpftError
 from builder.executor import Executor, ShardDone, ShardRequest
-from builder.sampling.base import EngineOptions, ProgressFn, Sample, Sampler, SamplingSettings
+from builder.sampling.base import EngineOptions, ProgressFn, Sampler, SamplingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +130,12 @@ class EngineReplica:
             "engine": self.sampler.engine_info(),
         }
 
-    def sample(self, request: ShardRequest, board: Any, attempt: int) -> list[list[Sample]]:
-        """Sample one shard; partial progress goes to ``board`` every ``PROGRESS_EVERY_S``."""
+    def sample(self, request: ShardRequest, board: Any, attempt: int) -> SampleBatch:
+        """Sample one shard; partial progress goes to ``board`` every ``PROGRESS_EVERY_S``.
+
+        The samples go back as columns (:class:`~builder.batch.SampleBatch`): a few buffers to
+        transfer instead of thousands of pickled objects, and no conversion on the driver.
+        """
         self.load()
         sampler, settings = self.sampler, self.settings
         assert sampler is not None and settings is not None
@@ -151,9 +156,10 @@ class EngineReplica:
                 last = time.monotonic()
 
         # What is not reported here the driver settles from the shard's result.
-        return sampler.generate(
+        results = sampler.generate(
             [list(p) for p in request.prompts], request.n, request.max_tokens, progress
         )
+        return SampleBatch.from_results(request.question_ids, results)
 
     def close(self) -> None:
         if self.sampler is not None:
@@ -486,7 +492,7 @@ class RayExecutor(Executor):
             progress(-reported[0], -reported[1])  # the shard starts over
             self._lost_shard(slot, req, exc, queue, attempts)
             return
-        tokens = sum(len(s.token_ids) for samples in results for s in samples)
+        tokens = int(results.lengths().sum())
         progress(len(req.question_ids) - reported[0], tokens - reported[1])
         self.engine_calls += 1
         slot.state, slot.ref, slot.request = "idle", None, None

@@ -1,192 +1,125 @@
 """Release assembly: persisted samples and prefix choices -> the rows of the version directory.
 
-Runs after both sampling phases, before the manifest and the card. It walks the questions
-shard by shard, exactly as they were sampled: per shard it reads back the phase-1 samples and
-the chosen prefixes from the store, the full-trace tries of the shard's questions
-(:class:`~builder.phases.TryReader`), builds the shard's rows (``mixture.assemble``) and
-appends them to the parquet files (``writer.ReleaseWriter``). What the manifest reports about
-the whole dataset (row counts, sampled tokens, accuracy, instruction echo, agreement) is
-summed along the way (:class:`ReleaseTotals`), so memory stays flat however many questions
-there are: one shard of samples is in memory at a time, never all of them.
+Runs shard by shard in question order, exactly as the questions were cut into shards: per
+shard it reads back the phase-1 samples and the chosen prefixes from the store, and the
+full-trace tries of the shard's questions (:class:`~builder.phases.TryReader`), builds the
+shard's rows (``mixture.shard_rows``) and appends them to the parquet files
+(``writer.ReleaseWriter``). When the full traces are known before phase 1 (fresh traces, or
+none), a build assembles each shard as soon as its prefixes are chosen, beside the sampling of
+the next shards (``overlap``); otherwise after phase 2. What the manifest reports about the
+whole dataset (row counts, sampled tokens, accuracy, instruction echo, agreement) is summed
+along the way in one :class:`~builder.mixture.RowCounts`, so memory stays flat however many
+questions there are: one shard of samples is in memory at a time, never all of them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Container
+import time
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from builder.agreement import AgreementStats
-from builder.mixture import assemble, generated_tokens
+from builder.mixture import RowCounts, generated_tokens, shard_rows
 from builder.phases import PhaseRunner, Shards, TryReader
-from builder.prefixes import PrefixChoice, choices_from_frame
-from builder.progress import phase_progress
-from builder.prompts import decode_batch, echoes, instruction_markers
+from builder.prefixes import Choices
+from builder.prompts import decode_batch, echo_mask, instruction_markers
 from builder.recipe import Recipe
 from builder.sampling.base import Sample
-from builder.writer import ReleaseWriter
+from builder.sources import Question
+from builder.writer import ReleaseWriter, disk_errors
 
 logger = logging.getLogger(__name__)
 
-COUNTERS = (
-    "full_trace_resampled",
-    "full_trace_fallback",
-    "label_filter_dropped",
-    "label_filter_unfiltered",
-)
-
 
 @dataclass
-class EchoCount:
-    """Samples whose first L tokens repeat the instruction's wording, out of all looked at."""
+class Release:
+    """What assembling a release gave: the summed counts and, per config, files, rows and
+    in-memory bytes (for the card)."""
 
-    hits: int = 0
-    total: int = 0
-
-    def share(self) -> float | None:
-        return round(self.hits / self.total, 4) if self.total else None
-
-
-@dataclass
-class ReleaseTotals:
-    """Whole-dataset numbers, summed shard by shard."""
-
-    questions: int = 0
-    prefix_rows: int = 0
-    full_rows: int = 0
-    trace_rows: int = 0
-    flags: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
-    prefix_cost: int = 0  # tokens sampled in phase 1
-    full_cost: int = 0  # tokens sampled in phase 2 (every try)
-    complete_tokens: int = 0  # generated tokens of the complete answers sampled
-    complete_answers: int = 0
-    checked: int = 0  # sampled answers checked against a gold answer
-    correct: int = 0
-    tuning: dict[str, int] = field(default_factory=lambda: {"prefix": 0, "full": 0})
-    agreement: AgreementStats = field(default_factory=AgreementStats)
-    echo_prefix: EchoCount = field(default_factory=EchoCount)
-    echo_full: EchoCount = field(default_factory=EchoCount)
+    counts: RowCounts
     sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def mixture_rows(self) -> int:
-        return self.prefix_rows + self.full_rows
-
-    def counts(self) -> dict[str, int]:
-        """The manifest's ``counts`` section."""
-        return {
-            "questions": self.questions,
-            "prefix_rows": self.prefix_rows,
-            "full_rows": self.full_rows,
-            "mixture_rows": self.mixture_rows,
-            "trace_rows": self.trace_rows,
-            **self.flags,
-        }
-
-    def accuracy(self) -> dict[str, Any] | None:
-        if not self.checked:
-            return None
-        return {
-            "checked": self.checked,
-            "correct": self.correct,
-            "accuracy": round(self.correct / self.checked, 4),
-        }
-
-    def tuning_tokens(self) -> dict[str, int]:
-        return {**self.tuning, "total": self.tuning["prefix"] + self.tuning["full"]}
-
-    def mean_complete(self) -> float | None:
-        return self.complete_tokens / self.complete_answers if self.complete_answers else None
 
 
 def continued(
-    tokenizer: Any, choices: dict[str, PrefixChoice], tries: dict[str, list[Sample]]
+    tokenizer: Any, choices: Choices, tries: dict[str, list[Sample]]
 ) -> dict[str, list[Sample]]:
     """Traces sampled from a prefix, made whole: the prefix followed by the continuation."""
-    return {
-        qid: [
-            Sample(
-                choices[qid].ids + x.token_ids,
-                tokenizer.decode(choices[qid].ids + x.token_ids, skip_special_tokens=True),
-                x.finish_reason,
-                x.cumulative_logprob,
-            )
-            for x in samples
-        ]
-        for qid, samples in tries.items()
-    }
+    if not tries:
+        return {}
+    prefix = dict(zip(choices.question_ids(), choices.ids(), strict=True))
+    whole = [(qid, prefix[qid] + x.token_ids, x) for qid, got in tries.items() for x in got]
+    texts = decode_batch(tokenizer, [ids for _, ids, _ in whole], skip_special_tokens=True)
+    out: dict[str, list[Sample]] = {}
+    for (qid, ids, x), text in zip(whole, texts, strict=True):
+        out.setdefault(qid, []).append(Sample(ids, text, x.finish_reason, x.cumulative_logprob))
+    return out
 
 
-def assemble_release(
-    recipe: Recipe,
-    questions: Shards,
-    runner: PhaseRunner,
-    tries: list[Shards],
-    full: Container[str],
-    tokenizer: Any,
-    writer: ReleaseWriter,
-) -> ReleaseTotals:
-    """Assemble and write every shard's rows; returns the totals (the writer is closed)."""
-    r = recipe
-    lf = r.label_filter.enabled
-    from_prefix = r.mixture.full_trace_from == "prefix"
-    markers = instruction_markers(r.prefix.instruction)
-    totals = ReleaseTotals()
-    reader = TryReader(runner, tries)
+class Assembler:
+    """Assembles shards, in question order, into a release writer; :meth:`close` ends it."""
 
-    def echo(samples: list[Sample], into: EchoCount) -> None:
-        if not samples:
-            return
-        heads = [s.token_ids[: r.prefix.length] for s in samples]
-        texts = decode_batch(tokenizer, heads, skip_special_tokens=True)
-        into.hits += sum(echoes(t, markers) for t in texts)
-        into.total += len(texts)
+    def __init__(
+        self,
+        recipe: Recipe,
+        runner: PhaseRunner,
+        tries: list[Shards],
+        full: Container[str],
+        tokenizer: Any,
+        writer: ReleaseWriter,
+    ) -> None:
+        self.recipe = recipe
+        self.store = runner.store
+        self.full = full
+        self.tokenizer = tokenizer
+        self.writer = writer
+        self.reader = TryReader(runner, tries)
+        self.markers = instruction_markers(recipe.prefix.instruction)
+        self.counts = RowCounts()
+        self.seconds = 0.0
+        self.next_index = 0
 
-    bar = phase_progress("assembling rows", questions.count, not runner.quiet, summary=False)
-    with bar as advance:
-        for index, shard in enumerate(questions):
-            phase1 = runner.store.load("prefix", index)
-            choices, picks = choices_from_frame(runner.store.load_frame("choice", index), lf)
-            phase2 = {} if lf else {q.id: reader.tries(q.id) for q in shard if q.id in full}
-            sampled1 = [s for q in shard for s in phase1[q.id]]
-            totals.prefix_cost += sum(generated_tokens(s) for s in sampled1)
-            totals.full_cost += sum(generated_tokens(s) for t in phase2.values() for s in t)
-            if from_prefix:
-                phase2 = continued(tokenizer, choices, phase2)
-            sampled2 = [s for t in phase2.values() for s in t]
-            complete = sampled1 if lf else sampled2
-            totals.complete_tokens += sum(generated_tokens(s) for s in complete)
-            totals.complete_answers += len(complete)
-            echo(sampled1, totals.echo_prefix)
-            echo(sampled2, totals.echo_full)
+    def add(self, index: int, shard: Sequence[Question]) -> None:
+        """Assemble shard ``index`` (the next one in order) and append its rows."""
+        if index != self.next_index:
+            raise RuntimeError(f"shard {index} assembled out of order (expected {self.next_index})")
+        started = time.monotonic()
+        r = self.recipe
+        lf = r.label_filter.enabled
+        batch = self.store.load_batch("prefix", index)
+        choices = Choices(self.store.load_table("choice", index))
+        raw = {} if lf else {q.id: self.reader.tries(q.id) for q in shard if q.id in self.full}
+        tries = raw
+        if r.mixture.full_trace_from == "prefix":
+            tries = continued(self.tokenizer, choices, raw)
+        rows = shard_rows(r, shard, batch, choices, tries, self.full)
+        counts = rows.counts
+        counts.prefix_cost += int(batch.generated_tokens().sum())
+        counts.full_cost += sum(generated_tokens(s) for got in raw.values() for s in got)
+        sampled2 = [s for got in tries.values() for s in got]
+        if lf:
+            counts.complete_tokens += int(batch.generated_tokens().sum())
+            counts.complete_answers += batch.table.num_rows
+        else:
+            counts.complete_tokens += sum(generated_tokens(s) for s in sampled2)
+            counts.complete_answers += len(sampled2)
+        counts.echo_prefix.hits += int(choices.column("echo").sum())
+        counts.echo_prefix.total += batch.table.num_rows
+        if sampled2:
+            heads = [s.token_ids[: r.prefix.length] for s in sampled2]
+            texts = decode_batch(self.tokenizer, heads, skip_special_tokens=True)
+            counts.echo_full.hits += int(echo_mask(texts, self.markers).sum())
+            counts.echo_full.total += len(texts)
+        with disk_errors(self.writer.root):
+            self.writer.append(rows.tables())
+        self.counts += counts
+        self.next_index += 1
+        self.seconds += time.monotonic() - started
 
-            tables = assemble(r, shard, choices, phase1, phase2, picks, full_ids=full)
-            writer.append(
-                {"mixture": tables.mixture, "prefixes": tables.prefixes, "traces": tables.traces}
-            )
-            kinds = tables.mixture["kind"]
-            n_full = sum(1 for k in kinds if k == "full")
-            totals.questions += len(shard)
-            totals.full_rows += n_full
-            totals.prefix_rows += len(kinds) - n_full
-            totals.trace_rows += len(tables.traces["question_id"])
-            for key in COUNTERS:
-                totals.flags[key] += tables.stats[key]
-            acc = tables.stats["accuracy"]
-            if acc is not None:
-                totals.checked += acc["checked"]
-                totals.correct += acc["correct"]
-            for key in ("prefix", "full"):
-                totals.tuning[key] += tables.stats["tuning_tokens"][key]
-            if tables.prefixes["question_id"]:
-                totals.agreement.add(
-                    np.array(tables.prefixes["agreement_curve"], dtype=np.float64),
-                    tables.prefixes["agreement"],
-                    tables.prefixes["prefix_tokens"],
-                )
-            advance(len(shard), 0)
-    totals.sizes = writer.close()
-    return totals
+    def close(self) -> Release:
+        """Finish the data files; returns the release's counts and sizes."""
+        started = time.monotonic()
+        with disk_errors(self.writer.root):
+            sizes = self.writer.close()
+        self.seconds += time.monotonic() - started
+        return Release(self.counts, sizes)

@@ -1,18 +1,21 @@
 """Persistence of sampling results, shard by shard, so interrupted builds resume.
 
 A build works in a staging folder next to its final version directory
-(``<dir>/<name>/.<version>.partial/``). Each shard of questions that a sampling phase finishes
-is written at once as ``shards/<phase>-<index>.parquet`` with a ``.sha256`` sidecar (temp
-files, then renames, parquet last, so a killed process never leaves a shard that looks
-complete). On the next run a shard whose checksum matches is read instead of sampled; a
-truncated or garbage shard is discarded with a warning naming it and sampled again. The
+(``<dir>/<name>/.<version>.partial/``, :func:`staging_dir`). Each shard of questions that a
+sampling phase finishes is written at once as ``shards/<phase>-<index>.arrow`` (an Arrow IPC
+file, lz4-compressed: the build reads every shard back at least once, and this format costs
+far less to write and read than parquet) with a ``.sha256`` sidecar (temp files, then
+renames, data file last, so a killed process never leaves a shard that looks complete). A
+sampled shard is a :class:`~builder.batch.SampleBatch`; a derived shard (the prefix choices)
+is any Arrow table. On the next run a shard whose checksum matches is read instead of sampled;
+a truncated or garbage shard is discarded with a warning naming it and sampled again. The
 staging folder carries the build's fingerprint; a different fingerprint means a different
 build, and its shards are discarded.
 
 One build of a version runs at a time: :class:`BuildLock` holds an exclusive ``flock`` on
-``<dir>/<name>/.<version>.lock`` (which records the holder's pid) while the staging folder is
-in use. A second build fails with exit code 2 naming the first one's pid; a lock left by a
-killed run is released by the kernel and simply taken over.
+``<dir>/<name>/.<version>.lock`` (:func:`lock_path`; it records the holder's pid) while the
+staging folder is in use. A second build fails with exit code 2 naming the first one's pid; a
+lock left by a killed run is released by the kernel and simply taken over.
 
 Disk errors (full disk, read-only or unwritable folder) become :class:`OutputError` naming the
 path; shards already written are left intact.
@@ -26,9 +29,11 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from builder.batch import SampleBatch
 from builder.errors import OutputError
 from builder.hashing import sha256_file
 from builder.sampling.base import Sample
@@ -41,19 +46,7 @@ CHECKSUM_SUFFIX = ".sha256"
 _HELD: dict[str, int] = {}
 
 
-def _schema() -> Any:
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("question_id", pa.string()),
-            ("sample_index", pa.int32()),
-            ("token_ids", pa.list_(pa.int32())),
-            ("text", pa.string()),
-            ("finish_reason", pa.string()),
-            ("cumulative_logprob", pa.float64()),
-        ]
-    )
+SHARD_SUFFIX = ".arrow"
 
 
 def staging_dir(out_dir: str | Path, name: str, version: str) -> Path:
@@ -61,8 +54,9 @@ def staging_dir(out_dir: str | Path, name: str, version: str) -> Path:
     return Path(out_dir) / name / f".{version}.partial"
 
 
-def lock_path(out_dir: str | Path, name: str, version: str) -> Path:
-    return Path(out_dir) / name / f".{version}.lock"
+def lock_path(staging: Path) -> Path:
+    """The lock of the build that works in ``staging`` (``<dir>/<name>/.<version>.lock``)."""
+    return staging.with_name(staging.name.removesuffix(".partial") + ".lock")
 
 
 def disk_error(path: Path, exc: BaseException, keep: Path | None = None) -> OutputError:
@@ -214,8 +208,7 @@ class ShardStore:
         self.shards = staging / "shards"
         self._verified: set[Path] = set()
         self.discarded: list[str] = []
-        lock = staging.with_name(staging.name.removesuffix(".partial") + ".lock")
-        self.lock = BuildLock(lock, command, task)
+        self.lock = BuildLock(lock_path(staging), command, task)
         self.lock.acquire()
         try:
             self._open(fingerprint, fresh)
@@ -240,7 +233,7 @@ class ShardStore:
             stale.unlink(missing_ok=True)
 
     def _path(self, phase: str, index: int) -> Path:
-        return self.shards / f"{phase}-{index:05d}.parquet"
+        return self.shards / f"{phase}-{index:05d}{SHARD_SUFFIX}"
 
     @staticmethod
     def _sidecar(path: Path) -> Path:
@@ -270,48 +263,40 @@ class ShardStore:
         sidecar.unlink(missing_ok=True)
         return False
 
-    def save(self, phase: str, index: int, ids: list[str], results: list[list[Sample]]) -> None:
-        """Persist one sampled shard: per question, its samples in order."""
-        import pyarrow as pa
-
-        flat = [
-            (qid, j, s)
-            for qid, samples in zip(ids, results, strict=True)
-            for j, s in enumerate(samples)
-        ]
-        table = pa.Table.from_pydict(
-            {
-                "question_id": [qid for qid, _, _ in flat],
-                "sample_index": [j for _, j, _ in flat],
-                "token_ids": [s.token_ids for _, _, s in flat],
-                "text": [s.text for _, _, s in flat],
-                "finish_reason": [s.finish_reason for _, _, s in flat],
-                "cumulative_logprob": [s.cumulative_logprob for _, _, s in flat],
-            },
-            schema=_schema(),
-        )
-        self.save_frame(phase, index, table)
+    def save(
+        self,
+        phase: str,
+        index: int,
+        ids: Sequence[str],
+        results: SampleBatch | Sequence[Sequence[Sample]],
+    ) -> SampleBatch:
+        """Persist one sampled shard (per question, its samples in order); returns it as a
+        batch."""
+        batch = SampleBatch.of(ids, results)
+        self.save_frame(phase, index, batch.table)
+        return batch
 
     def save_frame(self, phase: str, index: int, frame: Any) -> None:
-        """Persist a polars frame or Arrow table as shard ``<phase>-<index>`` (checksummed,
-        atomic)."""
+        """Persist an Arrow table (or a polars frame) as shard ``<phase>-<index>``
+        (checksummed, atomic)."""
+        import pyarrow as pa
+
+        table = frame.to_arrow() if hasattr(frame, "to_arrow") else frame
         target = self._path(phase, index)
         tmp = target.with_name(target.name + ".tmp")
         tmp_sum = target.with_name(target.name + CHECKSUM_SUFFIX + ".tmp")
         try:
-            if hasattr(frame, "write_parquet"):
-                frame.write_parquet(tmp)
-            else:
-                import pyarrow.parquet as pq
-
-                pq.write_table(frame, tmp)
+            options = pa.ipc.IpcWriteOptions(compression="lz4")
+            with pa.OSFile(str(tmp), "wb") as sink:
+                with pa.ipc.new_file(sink, table.schema, options=options) as writer:
+                    writer.write_table(table)
             with tmp.open("rb+") as fh:
                 os.fsync(fh.fileno())
             tmp_sum.write_text(f"{sha256_file(tmp)}  {target.name}\n", encoding="ascii")
-            # The checksum lands first: a parquet file without one is never trusted.
+            # The checksum lands first: a data file without one is never trusted.
             os.replace(tmp_sum, self._sidecar(target))
             os.replace(tmp, target)
-        except Exception as exc:  # OSError, or polars' ComputeError wrapping one
+        except Exception as exc:  # OSError, or pyarrow's error wrapping one
             tmp.unlink(missing_ok=True)
             tmp_sum.unlink(missing_ok=True)
             raise disk_error(target, exc, keep=self.shards) from None
@@ -324,29 +309,21 @@ class ShardStore:
         path.unlink(missing_ok=True)
         self._sidecar(path).unlink(missing_ok=True)
 
-    def load_frame(self, phase: str, index: int) -> Any:
-        """The polars frame of shard ``<phase>-<index>`` (which must exist)."""
-        import polars as pl
+    def load_table(self, phase: str, index: int) -> Any:
+        """The Arrow table of shard ``<phase>-<index>`` (which must exist)."""
+        import pyarrow as pa
 
-        return pl.read_parquet(self._path(phase, index))
+        with pa.OSFile(str(self._path(phase, index))) as source:
+            return pa.ipc.open_file(source).read_all()
+
+    def load_batch(self, phase: str, index: int) -> SampleBatch:
+        """One sampled shard as a batch (questions in the order they were sampled)."""
+        return SampleBatch.from_table(self.load_table(phase, index))
 
     def load(self, phase: str, index: int) -> dict[str, list[Sample]]:
         """One sampled shard: question id -> its samples in sample order."""
-        frame = self.load_frame(phase, index).sort(
-            ["question_id", "sample_index"], maintain_order=True
-        )
-        out: dict[str, list[Sample]] = {}
-        # Column lists, not row dicts: a shard can hold tens of thousands of samples.
-        for qid, ids, text, reason, logprob in zip(
-            frame["question_id"].to_list(),
-            frame["token_ids"].to_list(),
-            frame["text"].to_list(),
-            frame["finish_reason"].to_list(),
-            frame["cumulative_logprob"].to_list(),
-            strict=True,
-        ):
-            out.setdefault(qid, []).append(Sample(ids, text, reason, logprob))
-        return out
+        batch = self.load_batch(phase, index)
+        return dict(zip(batch.question_ids(), batch, strict=True))
 
     def close(self) -> None:
         """Release the build lock (the shards stay for a later resume)."""

@@ -3,7 +3,7 @@
 Sits between sampling and assembly. Input is a dense array of sampled token ids, one row of
 ``L`` ids per sample, padded with ``END`` after a sample that stopped early (a stop token is
 treated as a token of its own, so samples that all finish at the same place agree). Everything
-is vectorised over questions, so voting a million traces is a few numpy passes per depth.
+is vectorised over questions, so voting a shard is a few numpy passes per depth.
 
 ``majority`` walks the samples depth by depth: among the samples that still agree with the walk
 it takes the most common next token; ties go to the token whose best supporting sample has the
@@ -12,11 +12,15 @@ that the agreement curve (share of samples agreeing with the walk at each depth 
 prefix self-consistency; the prefix itself stops where the walk ends (END) or, with
 ``min_agreement``, before the first depth whose agreeing share falls below it (never before
 the first token).
+
+At a depth where every agreeing sample of a question has the same next token the vote is that
+token; only the questions whose agreeing samples differ there compare them pairwise. Each such
+split drops at least one sample from the walk, so a question splits at most N - 1 times, and
+the pairwise work stays a small share of the depths.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,17 +52,17 @@ class VoteResult:
         return [int(t) for t in self.walk[q, : int(self.lengths[q])]]
 
 
-def pack(samples: Sequence[Sequence[Sequence[int]]], length: int) -> np.ndarray:
-    """Dense (Q, N, L) ids from ragged samples; positions after a sample's end hold END."""
-    q, n = len(samples), len(samples[0]) if samples else 0
-    out = np.full((q, n, length), END, dtype=np.int64)
-    for i, group in enumerate(samples):
-        if len(group) != n:
-            raise ValueError(f"question {i} has {len(group)} samples, expected {n}")
-        for j, ids in enumerate(group):
-            m = min(len(ids), length)
-            out[i, j, :m] = ids[:m]
-    return out
+def dense(flat: np.ndarray, lengths: np.ndarray, n: int, length: int) -> np.ndarray:
+    """(Q, N, L) ids from every sample's ids concatenated (``flat``) and their ``lengths``:
+    question q's samples are rows ``q*n .. q*n+n-1``; positions after a sample's end hold END."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) if len(lengths) else lengths
+    depth = np.arange(length)
+    mask = depth[None, :] < np.minimum(lengths, length)[:, None]
+    out = np.full((len(lengths), length), END, dtype=np.int64)
+    out[mask] = np.asarray(flat)[(starts[:, None] + depth[None, :])[mask]]
+    questions = len(lengths) // n if n else 0
+    return out.reshape(questions, n, length)
 
 
 def _majority_walk(tokens: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,21 +71,35 @@ def _majority_walk(tokens: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray
     walk = np.full((q, length), END, dtype=np.int64)
     support = np.zeros((q, length), dtype=np.int64)
     lp = np.where(np.isfinite(logprobs), logprobs, -np.inf).astype(np.float64)
-    rows = np.arange(q)
+    top = np.iinfo(np.int64).max
     for d in range(length):
         tok = tokens[:, :, d]
-        # same[q, i, j]: sample j is still agreeing and votes for the same token as sample i.
-        same = (tok[:, :, None] == tok[:, None, :]) & active[:, None, :]
-        counts = np.where(active, same.sum(axis=2), -1)
-        best_lp = np.where(same, lp[:, None, :], -np.inf).max(axis=2)
-        # lexsort: last key is primary -> count, then best log-prob, then the lower token id.
-        order = np.lexsort((-tok, best_lp, counts), axis=-1)
-        pick = order[:, -1]
-        chosen = tok[rows, pick]
+        chosen = np.where(active, tok, top).min(axis=1)
+        count = active.sum(axis=1)
+        split = np.flatnonzero(chosen != np.where(active, tok, END - 1).max(axis=1))
+        if split.size:
+            chosen[split], count[split] = _split_vote(tok[split], active[split], lp[split])
         walk[:, d] = chosen
-        support[:, d] = counts[rows, pick]
+        support[:, d] = count
         active &= tok == chosen[:, None]
     return walk, support
+
+
+def _split_vote(
+    tok: np.ndarray, active: np.ndarray, lp: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The vote at one depth of questions whose agreeing samples differ: the most common token,
+    then the higher best log-probability among its samples, then the lower id."""
+    # same[q, i, j]: sample j still agrees with the walk and votes for the same token as i.
+    same = (tok[:, :, None] == tok[:, None, :]) & active[:, None, :]
+    counts = np.where(active, same.sum(axis=2), -1)
+    best_lp = np.where(same, lp[:, None, :], -np.inf).max(axis=2)
+    most = counts.max(axis=1, keepdims=True)
+    tied = counts == most
+    lp_tied = np.where(tied, best_lp, -np.inf)
+    tied &= lp_tied == lp_tied.max(axis=1, keepdims=True)
+    chosen = np.where(tied, tok, np.iinfo(np.int64).max).min(axis=1)
+    return chosen, most[:, 0]
 
 
 def _first_walk(tokens: np.ndarray, chosen: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -134,10 +152,12 @@ def vote(
     return VoteResult(walk, support, lengths.astype(np.int64), final_support, complete, n)
 
 
-def truncate(result: VoteResult, q: int, new_length: int) -> None:
-    """Shorten question q's prefix to ``new_length`` tokens and update its support."""
-    if new_length >= int(result.lengths[q]):
-        return
-    result.lengths[q] = new_length
-    result.complete[q] = False
-    result.support[q] = result.support_by_depth[q, max(new_length - 1, 0)]
+def shorten(result: VoteResult, lengths: np.ndarray) -> np.ndarray:
+    """Shorten prefixes to ``lengths`` tokens where that is shorter (a prefix never grows), with
+    their support; a shortened prefix is no longer a whole answer. Returns the questions cut."""
+    cut = np.flatnonzero(np.asarray(lengths) < result.lengths)
+    new = np.asarray(lengths)[cut]
+    result.lengths[cut] = new
+    result.complete[cut] = False
+    result.support[cut] = result.support_by_depth[cut, np.maximum(new - 1, 0)]
+    return cut

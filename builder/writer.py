@@ -6,11 +6,11 @@ files per config under ``data/<config>/``, ``recipe.yaml``, ``manifest.json``, t
 ``<dir>/<name>/<version>``, so a version directory that exists is always complete. A forced
 rebuild swaps the old directory out the same way.
 
-Rows arrive shard by shard (``release.assemble_release``): :class:`ReleaseWriter` streams them
-into the parquet files through bounded buffers, starts a new file every ``MAX_ROWS_PER_FILE``
-rows, and gives the files their Hub names (``train-00000-of-00003.parquet``) once the count is
-known. It measures the row counts and in-memory sizes the card's ``dataset_info`` reports as it
-writes, so nothing is read back.
+Rows arrive shard by shard as Arrow tables (``release.Assembler``): :class:`ReleaseWriter`
+streams them into the parquet files through bounded buffers, starts a new file every
+``MAX_ROWS_PER_FILE`` rows, and gives the files their Hub names
+(``train-00000-of-00003.parquet``) once the count is known. It measures the row counts and
+in-memory sizes the card's ``dataset_info`` reports as it writes, so nothing is read back.
 """
 
 from __future__ import annotations
@@ -108,9 +108,10 @@ class ConfigWriter:
         self._buffered_rows = 0
         self._buffered_bytes = 0
 
-    def append(self, columns: dict[str, list[Any]]) -> None:
-        """Add rows (column name -> values, every column of the schema)."""
-        table = pa.Table.from_pydict({k: columns[k] for k in self.schema.names}, schema=self.schema)
+    def append(self, table: pa.Table) -> None:
+        """Add rows: a table in this config's schema."""
+        if table.schema != self.schema:
+            raise ValueError(f"{self.config} rows have schema {table.schema}, not {self.schema}")
         self.rows += table.num_rows
         self.nbytes += table.nbytes
         self._buffer.append(table)
@@ -165,9 +166,9 @@ class ReleaseWriter:
         self.root = root
         self.configs = {c: ConfigWriter(root, c) for c in CONFIGS}
 
-    def append(self, columns: dict[str, dict[str, list[Any]]]) -> None:
-        for config, rows in columns.items():
-            self.configs[config].append(rows)
+    def append(self, tables: dict[str, pa.Table]) -> None:
+        for config, table in tables.items():
+            self.configs[config].append(table)
 
     def close(self) -> dict[str, dict[str, Any]]:
         """Finish every config; returns per config its files, rows and in-memory bytes."""
@@ -175,13 +176,6 @@ class ReleaseWriter:
             c: {"files": w.close(), "rows": w.rows, "nbytes": w.nbytes}
             for c, w in self.configs.items()
         }
-
-
-def write_config(root: Path, config: str, columns: dict[str, list[Any]]) -> list[str]:
-    """Write one config's rows as ``data/<config>/train-XXXXX-of-YYYYY.parquet``."""
-    writer = ConfigWriter(root, config)
-    writer.append(columns)
-    return writer.close()
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -277,24 +271,13 @@ def read_existing_fingerprint(final: Path) -> str | None:
 
 
 def open_release(staging: Path) -> ReleaseWriter:
-    """A fresh ``<staging>/release`` folder (not yet final) and a writer for its data files."""
+    """A writer for the data files of a fresh ``<staging>/release`` folder (not yet final).
+
+    The folder appears with the first data file (rows stream in while phase 1 runs): a
+    ``release`` folder on disk means that writing has begun."""
     release = staging / "release"
     shutil.rmtree(release, ignore_errors=True)
-    with disk_errors(release):
-        release.mkdir(parents=True)
     return ReleaseWriter(release)
-
-
-def stage_release(
-    staging: Path, columns: dict[str, dict[str, list[Any]]], recipe_yaml: str
-) -> Path:
-    """Write whole columns and the resolved recipe into ``<staging>/release`` (not yet final)."""
-    writer = open_release(staging)
-    with disk_errors(writer.root):
-        writer.append(columns)
-        writer.close()
-        (writer.root / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
-    return writer.root
 
 
 def finish_release(

@@ -24,9 +24,13 @@ import pytest
 import yaml
 
 from builder.manifest import (
+    Contents,
     EngineInfo,
     Manifest,
+    Provenance,
+    RunRecord,
     build_manifest,
+    release_contents,
 )
 from builder.pipeline import build
 from builder.recipe import parse_recipe
@@ -364,7 +368,7 @@ def test_trainer_reads_an_older_dataset_and_keeps_its_identity(
 # --- building the manifest ----------------------------------------------------------------------
 
 
-def test_build_manifest_takes_models_or_their_dict_form(tmp_path: Path) -> None:
+def test_build_manifest_joins_the_typed_parts_with_the_recipe_settings() -> None:
     golden = Manifest.read(GOLDEN / "manifest.json")
     recipe = parse_recipe(
         {
@@ -385,54 +389,35 @@ def test_build_manifest_takes_models_or_their_dict_form(tmp_path: Path) -> None:
         }
     )
     g = golden
-    timings = {k: v for k, v in g.timings.model_dump().items() if v is not None}
-    as_models = build_manifest(
+    assert g.instruction_echo is not None
+    built = build_manifest(
         recipe,
-        g.fingerprint,
-        g.source,
-        g.model,
-        g.counts,
-        g.tokens,
-        g.agreement,
-        g.accuracy,
-        timings,
-        g.resume,
-        g.instruction_echo,
-        g.settings.decoding_sources,
+        Provenance(g.fingerprint, g.source, g.model, g.settings.decoding_sources),
+        Contents(g.counts, g.tokens, g.agreement, g.accuracy, g.instruction_echo),
+        RunRecord(g.timings, g.resume, g.executor),
     )
-    d = g.to_dict()
-    as_dicts = build_manifest(
-        recipe,
-        d["fingerprint"],
-        d["source"],
-        d["model"],
-        d["counts"],
-        d["tokens"],
-        d["agreement"],
-        d["accuracy"],
-        timings,
-        d["resume"],
-        d["instruction_echo"],
-        d["settings"]["decoding_sources"],
-    )
-    assert as_models.model_dump(exclude={"created_at", "environment"}) == as_dicts.model_dump(
-        exclude={"created_at", "environment"}
-    )
-    assert as_models.settings == g.settings
-    assert as_models.timings == g.timings
-    with pytest.raises(ValueError, match=r"manifest section 'counts': questions: Field required"):
-        build_manifest(
-            recipe,
-            d["fingerprint"],
-            d["source"],
-            d["model"],
-            {},
-            d["tokens"],
-            d["agreement"],
-            None,
-            timings,
-            d["resume"],
-        )
+    keep = {"created_at", "environment"}
+    assert built.model_dump(exclude=keep) == golden.model_dump(exclude=keep)
+    assert built.settings == g.settings
+
+
+def test_release_contents_come_from_the_summed_counts() -> None:
+    from builder.mixture import RowCounts
+
+    recipe = parse_recipe({"name": "x", "version": "1.0.0", "source": {"path": "q.jsonl"}})
+    counts = RowCounts(questions=4, prefix_rows=3, full_rows=1, trace_rows=5)
+    counts.prefix_cost, counts.full_cost = 40, 30
+    counts.complete_tokens, counts.complete_answers = 30, 1
+    counts.tuning_prefix, counts.tuning_full = 9, 31
+    counts.echo_prefix.hits, counts.echo_prefix.total = 1, 4
+    counts.agreement.add([[1.0, 0.5]] * 4, [0.5] * 4, [2] * 4)
+    got = release_contents(recipe, counts)
+    assert got.counts.mixture_rows == 4 and got.accuracy is None
+    assert (got.tokens.total_sampled, got.tokens.rft_estimate) == (70, 16 * 4 * 30)
+    assert got.tokens.tuning_tokens.total == 40
+    assert (got.echo.prefix_samples, got.echo.full_traces) == (0.25, None)
+    assert got.echo.measured_on == "first 32 tokens" and got.echo.sample_prompt == "plain"
+    assert (got.agreement.mean_at_L, got.agreement.curve_mean) == (0.5, [1.0, 0.5])
 
 
 def test_existing_fingerprint_is_read_from_any_manifest(tmp_path: Path) -> None:

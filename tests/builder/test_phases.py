@@ -79,7 +79,7 @@ def test_persisted_shards_are_reused_not_sampled(tmp_path: Path) -> None:
     run = runner(tmp_path, first)
     shards = Shards.of(QS, 3)
     run.sample("prefix", shards, prompts_of(first), 1, 50, 0, "p1", "prefix")
-    run.store.shards.joinpath("prefix-00001.parquet").unlink()
+    run.store.shards.joinpath("prefix-00001.arrow").unlink()
     again = FakeSampler(short)
     store = ShardStore(run.store.staging, "fp")  # a resumed build opens the store afresh
     run2 = PhaseRunner(LocalExecutor(sampler=again), store, quiet=True)

@@ -14,7 +14,8 @@ import pytest
 from builder import voting
 from builder.errors import OutputError
 from builder.pipeline import build
-from builder.prompts import stable_prefix
+from tests.builder.test_prompts import stable_prefix
+from tests.builder.test_voting import pack
 from tests.conftest import BUILD_LIMIT, KVCACHE_SET_BY_USER, demo_recipe
 
 L = 16  # tests.conftest.BUILD_OVERRIDES
@@ -130,7 +131,7 @@ def test_prefix_completions_decode_from_voted_ids(built):
         lps.setdefault(r["question_id"], []).append(r["cumulative_logprob"])
     qids = list(prefixes)
     vote = voting.vote(
-        voting.pack([by_q[q] for q in qids], L), np.array([lps[q] for q in qids]), "majority"
+        pack([by_q[q] for q in qids], L), np.array([lps[q] for q in qids]), "majority"
     )
     for i, q in enumerate(qids):
         ids, text = stable_prefix(tok, vote.prefix_ids(i))

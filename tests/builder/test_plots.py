@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.plots import curve_stats, write_agreement_plots
+from builder.agreement import AgreementStats
+from builder.plots import write_plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FILES = ["assets/agreement.png", "assets/agreement_hist.png"]
@@ -26,6 +27,11 @@ def sample_data(seed: int = 0, questions: int = 40, depth: int = 32) -> tuple[li
         ]
         curves.append(curve)
     return curves, [c[-1] for c in curves]
+
+
+def write_agreement_plots(curves: list, agreements: list, out_dir: Path) -> list[str]:
+    """The plots of whole lists, through the statistics a build gathers shard by shard."""
+    return write_plots(AgreementStats.of(curves, agreements), out_dir)
 
 
 def digests(out_dir: Path) -> list[str]:
@@ -74,7 +80,7 @@ def test_overwrites_existing_assets(tmp_path: Path) -> None:
 
 
 def test_curve_stats_handles_curves_of_different_lengths() -> None:
-    stats = curve_stats([[1.0, 0.5], [0.5]])
+    stats = AgreementStats.of([[1.0, 0.5], [0.5]], []).curve_stats()
     assert stats["mean"] == [0.75, 0.5]
     assert stats["std"] == [0.25, 0.0]
     assert stats["p25"] == [0.625, 0.5]

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from builder.prompts import echo_share, echoes, encode_prompt, instruction_markers, messages
+import random
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from builder.prompts import (
+    echo_mask,
+    echoes,
+    encode_batch,
+    encode_prompt,
+    instruction_markers,
+    messages,
+    stable_prefixes,
+)
 from builder.recipe import DEFAULT_INSTRUCTION
 from tests.fakes import CharTokenizer
 
@@ -33,12 +48,102 @@ def test_markers_are_content_bigrams_within_a_clause():
     assert instruction_markers("Solve it. Then stop here; of the") == ["then stop", "stop here"]
 
 
-def test_echo_share_counts_texts_that_repeat_a_marker():
+def test_echo_mask_marks_texts_that_repeat_a_marker():
     markers = ["first thing", "opening step"]
     assert echoes("The FIRST   thing is x", markers)
     assert not echoes("firstthing", markers)
-    assert echo_share(["The first thing", "add 2", "my opening step"], markers) == 2 / 3
-    assert echo_share([], markers) is None
+    texts = ["The first thing", "add 2", "my opening step"]
+    assert echo_mask(texts, markers).tolist() == [True, False, True]
+    assert echo_mask(pa.array(texts), markers).tolist() == [True, False, True]
+    assert echo_mask([], markers).tolist() == [] and not echo_mask(texts, []).any()
+
+
+def test_echo_mask_equals_echoes_on_every_text():
+    # The fast filter must never drop a text echoes() would count: case, the two non-ASCII
+    # letters that lower-case to ASCII (dotted I, Kelvin sign), apostrophes, separators.
+    markers = instruction_markers(DEFAULT_INSTRUCTION) + ["abi step", "don't stop", "t stop"]
+    words = ["first", "FIRST", "thing", "THİNG", "wor\u212a", "out", "work", "ABİ", "step"]
+    words += ["don't", "DON'T", "stop", "final", "answer", "Opening", "whole", "problem", "xé"]
+    separators = [" ", "  ", ", ", "\n", "", "'", "-", " 2 ", "é"]
+    rng = random.Random(3)
+    texts = [
+        "".join(rng.choice(words) + rng.choice(separators) for _ in range(rng.randint(0, 6)))
+        for _ in range(3000)
+    ]
+    texts += ["ABİ step", "wor\u212a out", "first, thing", "first2thing", "don't stop"]
+    got = echo_mask(texts, markers)
+    expected = [echoes(t, markers) for t in texts]
+    assert got.tolist() == expected
+    assert 100 < sum(expected) < 2900  # both outcomes are common
+
+
+class MergingTokenizer:
+    """Greedy longest-match over a few pieces: "a" "b" decode to "ab", which encodes to the
+    single piece "ab", so not every id sequence survives a round trip (as with real BPE)."""
+
+    pieces = ["a", "b", "ab", "abc", "c", " ", " a", "\n"]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return "".join(self.pieces[i] for i in ids)
+
+    def batch_decode(self, batch: list[list[int]], skip_special_tokens: bool = False) -> list[str]:
+        return [self.decode(ids) for ids in batch]
+
+    def encode(self, text: str) -> list[int]:
+        out = []
+        while text:
+            best = max((p for p in self.pieces if text.startswith(p)), key=len)
+            out.append(self.pieces.index(best))
+            text = text[len(best) :]
+        return out
+
+    def __call__(self, texts: Any, add_special_tokens: bool = False) -> dict[str, Any]:
+        if isinstance(texts, list):
+            return {"input_ids": [self.encode(t) for t in texts]}
+        return {"input_ids": self.encode(texts)}
+
+
+def stable_prefix(tokenizer: Any, ids: list[int]) -> tuple[list[int], str]:
+    """The rule, one prefix at a time: drop the last token until the text re-tokenises to
+    exactly the ids and has no trailing white space (the reference for the batched version)."""
+    ids = list(ids)
+    while ids:
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        again = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if text == text.rstrip() and again == ids:
+            return ids, text
+        ids.pop()
+    return [], ""
+
+
+def test_stable_prefixes_equal_the_one_prefix_rule():
+    tok = MergingTokenizer()
+    rng = np.random.default_rng(5)
+    prefixes = [
+        rng.integers(0, len(tok.pieces), size=rng.integers(0, 9)).tolist() for _ in range(500)
+    ]
+    ids, texts = stable_prefixes(tok, prefixes)
+    expected = [stable_prefix(tok, p) for p in prefixes]
+    assert list(zip(ids, texts, strict=True)) == expected
+    shortened = sum(len(i) < len(p) for i, p in zip(ids, prefixes, strict=True))
+    assert 100 < shortened < 450 and any(not i for i in ids)
+
+
+def test_stable_prefixes_keep_what_round_trips():
+    tok = CharTokenizer()
+    ids, texts = stable_prefixes(tok, [tok.encode("ab cd"), tok.encode("ab "), [], tok.encode("x")])
+    assert texts == ["ab cd", "ab", "", "x"]
+    assert ids == [tok.encode("ab cd"), tok.encode("ab"), [], tok.encode("x")]
+
+
+@pytest.mark.slow
+def test_encode_batch_takes_the_rust_route_with_the_same_ids(smollm2):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2.path)
+    texts = ["Ann has 3 pens.", " leading space", "naïve café\n\n", ""]
+    assert encode_batch(tok, texts) == tok(texts, add_special_tokens=False)["input_ids"]
+    assert encode_batch(CharTokenizer(), ["ab"]) == [CharTokenizer().encode("ab")]
 
 
 def test_fit_context_keeps_what_fits_and_encodes_only_long_texts():

@@ -95,19 +95,19 @@ def _samples(k: int) -> list[list[Sample]]:
 def test_save_writes_a_checksum_and_load_round_trips(tmp_path: Path) -> None:
     store = ShardStore(tmp_path / ".1.0.0.partial", "fp")
     store.save("prefix", 0, ["a"], _samples(0))
-    shard = store.shards / "prefix-00000.parquet"
-    sidecar = store.shards / "prefix-00000.parquet.sha256"
+    shard = store.shards / "prefix-00000.arrow"
+    sidecar = store.shards / "prefix-00000.arrow.sha256"
     import hashlib
 
     assert sidecar.read_text() == (
-        f"{hashlib.sha256(shard.read_bytes()).hexdigest()}  prefix-00000.parquet\n"
+        f"{hashlib.sha256(shard.read_bytes()).hexdigest()}  prefix-00000.arrow\n"
     )
     fresh = ShardStore(tmp_path / ".1.0.0.partial", "fp")  # a re-run verifies from disk
     assert fresh.has("prefix", 0)
     assert fresh.load("prefix", 0) == {"a": _samples(0)[0]}
     assert sorted(p.name for p in store.shards.iterdir()) == [
-        "prefix-00000.parquet",
-        "prefix-00000.parquet.sha256",
+        "prefix-00000.arrow",
+        "prefix-00000.arrow.sha256",
     ]
     store.close()
     fresh.close()
@@ -121,23 +121,23 @@ def test_damaged_shard_is_discarded_with_a_warning(
     with contextlib.closing(ShardStore(staging, "fp")) as store:
         store.save("prefix", 0, ["a"], _samples(0))
         store.save("prefix", 1, ["b"], _samples(1))
-    shard = staging / "shards" / "prefix-00001.parquet"
+    shard = staging / "shards" / "prefix-00001.arrow"
     raw = shard.read_bytes()
     if damage == "truncated":
         shard.write_bytes(raw[: len(raw) // 2])
     elif damage == "garbage":
         shard.write_bytes(b"\x00garbage" * 50)
     elif damage == "no-checksum":
-        (staging / "shards" / "prefix-00001.parquet.sha256").unlink()
+        (staging / "shards" / "prefix-00001.arrow.sha256").unlink()
     else:
         shard.write_bytes(raw[:40] + bytes([raw[40] ^ 0xFF]) + raw[41:])
     caplog.set_level(logging.WARNING, logger="builder.store")
     with contextlib.closing(ShardStore(staging, "fp")) as store:
         assert store.has("prefix", 0)
         assert not store.has("prefix", 1)
-        assert store.discarded == ["prefix-00001.parquet"]
+        assert store.discarded == ["prefix-00001.arrow"]
     assert not shard.exists()
-    assert not (staging / "shards" / "prefix-00001.parquet.sha256").exists()
+    assert not (staging / "shards" / "prefix-00001.arrow.sha256").exists()
     reason = (
         "no checksum file"
         if damage == "no-checksum"
@@ -152,12 +152,12 @@ def test_leftover_temp_files_are_removed(tmp_path: Path) -> None:
     staging = tmp_path / ".1.0.0.partial"
     with contextlib.closing(ShardStore(staging, "fp")) as store:
         store.save("prefix", 0, ["a"], _samples(0))
-    (staging / "shards" / "prefix-00001.parquet.tmp").write_bytes(b"half a shard")
-    (staging / "shards" / "prefix-00001.parquet.sha256.tmp").write_bytes(b"half")
+    (staging / "shards" / "prefix-00001.arrow.tmp").write_bytes(b"half a shard")
+    (staging / "shards" / "prefix-00001.arrow.sha256.tmp").write_bytes(b"half")
     with contextlib.closing(ShardStore(staging, "fp")) as store:
         assert sorted(p.name for p in store.shards.iterdir()) == [
-            "prefix-00000.parquet",
-            "prefix-00000.parquet.sha256",
+            "prefix-00000.arrow",
+            "prefix-00000.arrow.sha256",
         ]
 
 
@@ -171,14 +171,18 @@ def test_a_damaged_shard_is_resampled_and_the_build_equals_an_uninterrupted_one(
         make_recipe(tmp_path, tmp_path / "ref"), quiet=True, sampler=FakeSampler(answer)
     )
     recipe = make_recipe(tmp_path)
+    # Fresh full traces come first (2 shards), then phase 1: shards 0 and 1 are persisted.
     with pytest.raises(SamplingError):
-        build(recipe, quiet=True, sampler=StopAfter(3))  # shards 0 and 1 of phase 1 persisted
+        build(recipe, quiet=True, sampler=StopAfter(5))
     shards = tmp_path / "out" / "store" / ".1.0.0.partial" / "shards"
-    assert sorted(p.name for p in shards.glob("*.parquet")) == [
-        "prefix-00000.parquet",
-        "prefix-00001.parquet",
+    kept = sorted(p.name for p in shards.glob("*.arrow") if not p.name.startswith("choice"))
+    assert kept == [
+        "full-00000.arrow",
+        "full-00001.arrow",
+        "prefix-00000.arrow",
+        "prefix-00001.arrow",
     ]
-    damaged = shards / "prefix-00001.parquet"
+    damaged = shards / "prefix-00001.arrow"
     damaged.write_bytes(damaged.read_bytes()[:100])  # a truncated write
 
     caplog.set_level(logging.WARNING, logger="builder.store")
@@ -188,8 +192,8 @@ def test_a_damaged_shard_is_resampled_and_the_build_equals_an_uninterrupted_one(
     assert manifest(result)["resume"] == {
         "prefix_shards_reused": 1,
         "prefix_shards_sampled": 2,
-        "full_shards_reused": 0,
-        "full_shards_sampled": 2,
+        "full_shards_reused": 2,
+        "full_shards_sampled": 0,
     }
     # Questions of the good shard were not sampled again; those of the damaged one were.
     prompts = [p for call in sampler.calls[:2] for p in call["prompts"]]
@@ -330,24 +334,25 @@ def test_disk_full_while_saving_a_shard(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
     with mounted_tmpfs(disk, "size=2m"):
         recipe = make_recipe(tmp_path, disk / "out")
+        # The first two engine calls are the fresh full traces' two shards.
         with pytest.raises(OutputError) as info:
             build(recipe, quiet=True, sampler=FillsDisk(disk, at=2))
         shards = disk / "out" / "store" / ".1.0.0.partial" / "shards"
         assert str(info.value) == (
-            f"cannot write {shards / 'prefix-00001.parquet'}: No space left on device; free "
+            f"cannot write {shards / 'full-00001.arrow'}: No space left on device; free "
             "some space or choose another output.dir (--out), then re-run to resume; shards "
             f"sampled so far are kept in {shards}"
         )
         # The shard written before the disk filled is intact; no half shard, no version dir.
         assert sorted(p.name for p in shards.iterdir()) == [
-            "prefix-00000.parquet",
-            "prefix-00000.parquet.sha256",
+            "full-00000.arrow",
+            "full-00000.arrow.sha256",
         ]
         assert not (disk / "out" / "store" / "1.0.0").exists()
         (disk / "filler").unlink()
         result = build(recipe, quiet=True, sampler=FakeSampler(answer))
-        assert manifest(result)["resume"]["prefix_shards_reused"] == 1
-        assert manifest(result)["resume"]["prefix_shards_sampled"] == 2
+        assert manifest(result)["resume"]["full_shards_reused"] == 1
+        assert manifest(result)["resume"]["full_shards_sampled"] == 1
 
 
 def test_disk_full_while_writing_the_version_directory(tmp_path: Path) -> None:
@@ -365,16 +370,16 @@ def test_disk_full_while_writing_the_version_directory(tmp_path: Path) -> None:
         assert str(info.value).startswith(f"cannot write {release}: No space left on device; ")
         assert not (root / "1.0.0").exists()  # no partial version directory
         assert not release.exists()  # the half-written release was dropped
-        shards = sorted(p.name for p in (root / ".1.0.0.partial" / "shards").glob("*.parquet"))
+        shards = sorted(p.name for p in (root / ".1.0.0.partial" / "shards").glob("*.arrow"))
         assert shards == [
-            "choice-00000.parquet",
-            "choice-00001.parquet",
-            "choice-00002.parquet",
-            "full-00000.parquet",
-            "full-00001.parquet",
-            "prefix-00000.parquet",
-            "prefix-00001.parquet",
-            "prefix-00002.parquet",
+            "choice-00000.arrow",
+            "choice-00001.arrow",
+            "choice-00002.arrow",
+            "full-00000.arrow",
+            "full-00001.arrow",
+            "prefix-00000.arrow",
+            "prefix-00001.arrow",
+            "prefix-00002.arrow",
         ]
         (disk / "filler").unlink()
         sampler = FakeSampler(answer)

@@ -1,4 +1,4 @@
-"""Tests for builder.voting: packing ragged samples, ``first`` and ``majority`` votes, truncation.
+"""Tests for builder.voting: dense token arrays, ``first`` and ``majority`` votes, truncation.
 
 Hand-built token arrays pin exact walks, supports and agreement curves; a seeded random check
 compares the vectorised vote with a plain per-question loop written here from the rules in the
@@ -13,12 +13,24 @@ import math
 import numpy as np
 import pytest
 
-from builder.voting import END, pack, truncate, vote
-
-# --- pack -------------------------------------------------------------------------------------
+from builder.voting import END, dense, shorten, vote
 
 
-def test_pack_pads_with_end_and_cuts_at_length() -> None:
+def pack(samples: list[list[list[int]]], length: int) -> np.ndarray:
+    """(Q, N, L) ids from ragged per-question samples, through ``dense`` as the builder does."""
+    n = len(samples[0]) if samples else 0
+    for i, group in enumerate(samples):
+        if len(group) != n:
+            raise ValueError(f"question {i} has {len(group)} samples, expected {n}")
+    flat = [t for group in samples for ids in group for t in ids]
+    lengths = [len(ids) for group in samples for ids in group]
+    return dense(np.array(flat, dtype=np.int64), np.array(lengths, dtype=np.int64), n, length)
+
+
+# --- dense ------------------------------------------------------------------------------------
+
+
+def test_dense_pads_with_end_and_cuts_at_length() -> None:
     tokens = pack([[[1, 2], [3, 4, 5, 6, 7]], [[8], []]], length=4)
     assert tokens.shape == (2, 2, 4)
     assert tokens.dtype == np.int64
@@ -28,13 +40,8 @@ def test_pack_pads_with_end_and_cuts_at_length() -> None:
     ]
 
 
-def test_pack_rejects_unequal_sample_counts() -> None:
-    with pytest.raises(ValueError, match="question 1 has 1 samples, expected 2"):
-        pack([[[1], [2]], [[3]]], length=2)
-
-
-def test_pack_of_no_questions_is_empty() -> None:
-    assert pack([], length=3).shape == (0, 0, 3)
+def test_dense_of_no_questions_is_empty() -> None:
+    assert dense(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 0, 3).shape == (0, 0, 3)
 
 
 # --- hand-built votes --------------------------------------------------------------------------
@@ -214,19 +221,20 @@ def test_vote_rejects_bad_shapes_and_methods() -> None:
         vote(pack([[[1]]], length=1), method="mode")
 
 
-def test_truncate_shortens_and_updates_support() -> None:
-    tokens = pack([[[1, 2, 3]] * 2 + [[1, 2, 4]] + [[1, 5, 6]]], length=4)
+def test_shorten_cuts_and_updates_support() -> None:
+    tokens = pack([[[1, 2, 3]] * 2 + [[1, 2, 4]] + [[1, 5, 6]], [[7, 8]] * 4], length=4)
     result = vote(tokens, method="majority")
-    assert (result.lengths.tolist(), result.support.tolist()) == ([3], [2])
-    assert result.complete.tolist() == [True]
-    truncate(result, 0, 2)
+    assert (result.lengths.tolist(), result.support.tolist()) == ([3, 2], [2, 4])
+    assert result.complete.tolist() == [True, True]
+    assert shorten(result, np.array([2, 2])).tolist() == [0]  # the second is not shorter
     assert result.prefix_ids(0) == [1, 2]
-    assert result.support.tolist() == [3]
-    assert result.complete.tolist() == [False]
-    truncate(result, 0, 3)  # never lengthens
-    assert result.lengths.tolist() == [2]
-    truncate(result, 0, 1)
-    assert (result.prefix_ids(0), result.support.tolist()) == ([1], [4])
+    assert result.support.tolist() == [3, 4]
+    assert result.complete.tolist() == [False, True]
+    assert shorten(result, np.array([3, 5])).tolist() == []  # never lengthens
+    assert result.lengths.tolist() == [2, 2]
+    shorten(result, np.array([1, 0]))
+    assert (result.prefix_ids(0), result.support.tolist()) == ([1], [4, 4])
+    assert (result.prefix_ids(1), result.complete.tolist()) == ([], [False, False])
 
 
 # --- random arrays against a plain reference walk ---------------------------------------------
@@ -274,7 +282,7 @@ def _reference(
 
 
 def _random_batch(
-    rng: np.random.Generator, questions: int, n: int, length: int
+    rng: np.random.Generator, questions: int, n: int, length: int, vocab: int = 3
 ) -> tuple[np.ndarray, np.ndarray]:
     # Few token values and coarse log-probs so that splits and both tie-breaks happen often.
     groups = []
@@ -282,19 +290,23 @@ def _random_batch(
         group = []
         for _ in range(n):
             stop = int(rng.integers(0, length + 2))  # 0 .. L+1: empty, short, full, cut
-            group.append([int(t) for t in rng.integers(0, 3, size=stop)])
+            group.append([int(t) for t in rng.integers(0, vocab, size=stop)])
         groups.append(group)
-    logprobs = rng.choice([-1.0, -2.0, -3.0, np.nan], size=(questions, n))
+    logprobs = rng.choice([-1.0, -2.0, -3.0, np.nan, -np.inf], size=(questions, n))
     return pack(groups, length), logprobs
 
 
 @pytest.mark.parametrize("method", ["majority", "first"])
-@pytest.mark.parametrize("n", [1, 2, 5, 8])
+@pytest.mark.parametrize(("n", "vocab"), [(1, 3), (2, 3), (5, 3), (8, 3), (16, 2), (16, 6)])
 @pytest.mark.parametrize("min_agreement", [0.0, 0.5])
-def test_vectorised_vote_equals_reference_walk(method: str, n: int, min_agreement: float) -> None:
+def test_vectorised_vote_equals_reference_walk(
+    method: str, n: int, vocab: int, min_agreement: float
+) -> None:
     length, questions = 5, 300
-    rng = np.random.default_rng(1000 * n + int(10 * min_agreement) + (method == "first"))
-    tokens, logprobs = _random_batch(rng, questions, n, length)
+    rng = np.random.default_rng(
+        1000 * n + 10 * vocab + int(10 * min_agreement) + (method == "first")
+    )
+    tokens, logprobs = _random_batch(rng, questions, n, length, vocab)
     result = vote(tokens, logprobs, method=method, min_agreement=min_agreement)
     assert result.walk.shape == (questions, length)
     splits = 0

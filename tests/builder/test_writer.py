@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from builder.errors import OutputError
 from builder.writer import (
     SCHEMAS,
+    ConfigWriter,
     dataset_info,
+    open_release,
     publish_dir,
     read_existing_fingerprint,
-    stage_release,
-    write_config,
 )
 
 MIXTURE = {
@@ -30,32 +31,37 @@ MIXTURE = {
 }
 
 
-def _empty(config):
-    return {name: [] for name in SCHEMAS[config].names}
+def _table(config, columns):
+    return pa.Table.from_pydict(columns, schema=SCHEMAS[config])
 
 
-def test_write_config_uses_the_schema_and_the_hub_file_names(tmp_path):
-    written = write_config(tmp_path, "mixture", MIXTURE)
+def test_config_writer_uses_the_schema_and_the_hub_file_names(tmp_path):
+    out = ConfigWriter(tmp_path, "mixture")
+    out.append(_table("mixture", MIXTURE))
+    written = out.close()
     assert written == ["data/mixture/train-00000-of-00001.parquet"]
     table = pq.read_table(tmp_path / written[0])
     assert table.schema == SCHEMAS["mixture"]
     assert table.column("finish_reason").to_pylist() == ["length", "stop"]
 
 
-def test_a_column_missing_from_the_rows_is_an_error_not_a_silent_null(tmp_path):
+def test_rows_in_another_schema_are_an_error_not_a_silent_cast(tmp_path):
     rows = {k: v for k, v in MIXTURE.items() if k != "finish_reason"}
-    with pytest.raises(KeyError):
-        write_config(tmp_path, "mixture", rows)
+    with pytest.raises(ValueError, match="mixture rows have schema"):
+        ConfigWriter(tmp_path, "mixture").append(pa.Table.from_pydict(rows))
 
 
-def test_stage_release_writes_every_config_and_the_recipe(tmp_path):
-    columns = {"mixture": MIXTURE, "prefixes": _empty("prefixes"), "traces": _empty("traces")}
-    release = stage_release(tmp_path, columns, "name: x\n")
-    assert release == tmp_path / "release"
-    assert (release / "recipe.yaml").read_text() == "name: x\n"
-    infos = {i["config_name"]: i for i in dataset_info(release)}
+def test_a_release_holds_every_config_and_measures_it(tmp_path):
+    writer = open_release(tmp_path)
+    assert writer.root == tmp_path / "release"
+    writer.append({"mixture": _table("mixture", MIXTURE)})
+    sizes = writer.close()
+    assert {c: s["rows"] for c, s in sizes.items()} == {"mixture": 2, "prefixes": 0, "traces": 0}
+    infos = {i["config_name"]: i for i in dataset_info(writer.root)}
     assert infos["mixture"]["splits"][0]["num_examples"] == 2
     assert infos["traces"]["splits"][0]["num_examples"] == 0
+    measured = {i["config_name"]: i for i in dataset_info(writer.root, sizes)}
+    assert measured["mixture"]["splits"][0]["num_examples"] == 2
 
 
 def test_publish_swaps_a_whole_directory_and_never_mixes(tmp_path):
@@ -93,7 +99,7 @@ def test_rows_stream_into_files_of_at_most_max_rows(tmp_path, monkeypatch):
     for start in range(0, 12, 4):
         chunk = {k: (v * 2)[:4] for k, v in MIXTURE.items()}
         chunk["question_id"] = ids[start : start + 4]
-        out.append(chunk)
+        out.append(_table("mixture", chunk))
     files = out.close()
     assert files == [f"data/mixture/train-0000{i}-of-00003.parquet" for i in range(3)]
     got = [pq.read_table(tmp_path / f).column("question_id").to_pylist() for f in files]

@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -388,7 +388,7 @@ class _OpenShard:
 
     questions: list[EvalQuestion]
     prompts: list[str]
-    outputs: dict[str, list[list[Sample]]] = field(default_factory=dict)
+    outputs: dict[str, Sequence[list[Sample]]] = field(default_factory=dict)
 
 
 def _requests(
@@ -472,7 +472,7 @@ def _generate(
     finished: dict[int, list[dict[str, Any]]] = {}
     in_done = 0.0  # driver time spent scoring and saving, not generating
 
-    def done(req: ShardRequest, results: list[list[Sample]]) -> None:
+    def done(req: ShardRequest, results: Sequence[list[Sample]]) -> None:
         nonlocal in_done
         started = time.monotonic()
         shard = open_shards[req.index]
