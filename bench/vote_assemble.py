@@ -1,29 +1,43 @@
-"""Benchmark: memory stays flat as the number of questions grows (vote + assemble + write).
+"""Benchmark: the driver's work after the engine -- throughput, flat memory, overlap on Ray.
 
-Runs the builder's own stages after the engine, on synthetic phase-1 results for 100k, 400k
-and 1.6M questions (N = 16 samples, L = 32 tokens, 10% full traces), each size in a fresh
-process, and reports peak RSS and time per question:
+Runs the builder's own stages after the engine on synthetic phase-1 results (N = 16 samples of
+L = 32 tokens, 10% full traces, shards of 512 questions) in the order a build runs them:
 
-  phase 1      builder.phases.PhaseRunner.sample -> the work cache, shard by shard
-  vote         builder.prefixes.choose_all (voting + token-exact prefixes), persisted per shard
-  phase 2      builder.phases.sample_full_traces (one try: the stub's traces all end)
-  assemble     builder.release.assemble_release -> builder.writer.ReleaseWriter (zstd parquet)
+  phase 2      builder.phases.sample_full_traces (fresh traces first; the stub's all end)
+  phase 1      builder.phases.PhaseRunner.sample handing each shard to
+               builder.overlap.ShardWorkers: persist (Arrow IPC), builder.prefixes.choose_shard
+               (vote + token-exact prefixes with the real SmolLM2 tokenizer + echo), and
+               builder.release.Assembler (rows -> builder.writer.ReleaseWriter, zstd parquet)
+
+Two measurements:
+
+* ``--sizes`` (default 100k, 400k, 1.6M questions, each in a fresh process, local executor):
+  trace rows per second of the whole driver work, peak RSS and its growth. The stub hands
+  back samples it prepared before the clock starts (as Python ``Sample`` objects, the form
+  engines return), so the time measured is the driver's; the stub's own seconds are printed.
+  Target: >= 150,000 trace rows/s, peak RSS within +10% from the smallest to the largest size.
+* ``--overlap`` (Ray, 2 replicas): the same work with the stub on 2 Ray replicas that take a
+  fixed time per token (``--rate`` tokens/s each, by default set so that sampling takes as
+  long as the driver work measured just before, the case where overlap matters most). Target:
+  build time within 1.2x of max(sampling time, driver time).
 
 The engine is a STUB, used only by this benchmark: it returns token ids drawn from real GSM8K
 solutions (tokenised with SmolLM2's tokenizer) with the structure real samples have (a shared
-stem, a few branches, then each sample's own continuation, some ending early), and their
-text. Questions come from a generator, as a streaming source would give them; everything else
-is the builder's code path. Target: peak RSS grows by at most 10% from the smallest to the
-largest size, and the time per question stays flat.
+stem, a few branches, then each sample's own continuation, some ending early), and their text.
+It prepares a few distinct shards of samples once and hands them out in turn (by the shard's
+prompts), so it costs next to nothing per call. Questions come from a generator, as a streaming
+source would give them; everything else is the builder's code path.
 
-    python bench/vote_assemble.py            # 100k, 400k, 1.6M questions
-    python bench/vote_assemble.py --quick    # 10k, 40k, 160k
+    python bench/vote_assemble.py                    # 100k, 400k, 1.6M questions
+    python bench/vote_assemble.py --quick            # 10k, 40k, 160k
+    python bench/vote_assemble.py --sizes 100000 --overlap
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -38,6 +52,7 @@ import numpy as np
 from benchlib import SHARED_DATA, current_rss_mib, header, peak_rss_mib
 
 END = -1
+VARIANTS = 4  # distinct shards of samples the stub prepares per (size, n, max_tokens)
 
 
 def load_pool(tokenizer: Any, limit_len: int) -> tuple[list[str], list[list[int]]]:
@@ -71,53 +86,87 @@ def synthetic_tokens(
     return tokens
 
 
-def make_stub(pool_ids: list[list[int]], pieces: list[str]) -> Any:
-    from builder.sampling.base import ProgressFn, Sample, Sampler, SamplingSettings
+class StubEngine:
+    """Benchmark-only stand-in for an engine: synthetic samples, no model (see the module doc).
 
-    width = max(len(x) for x in pool_ids)
-    pool = np.full((len(pool_ids), width), END, dtype=np.int64)
-    for i, ids in enumerate(pool_ids):
-        pool[i, : len(ids)] = ids
+    ``rate``: tokens per second to take per call (sleeping), as an engine at a fixed speed
+    would; None answers at once. ``seconds`` is the time spent inside :meth:`generate`.
+    """
 
-    class StubEngine(Sampler):
-        """Benchmark-only stand-in for an engine: synthetic samples, no model."""
+    def __init__(self, pool_ids: list[list[int]], pieces: list[str], rate: float | None = None):
+        from builder.sampling.base import SamplingSettings
+
+        width = max(len(x) for x in pool_ids)
+        self.pool = np.full((len(pool_ids), width), END, dtype=np.int64)
+        for i, ids in enumerate(pool_ids):
+            self.pool[i, : len(ids)] = ids
+        self.pieces = pieces
+        self.rate = rate
+        self.settings = SamplingSettings(0.6, 1.0, 0, 0, 1.0)
+        self.seconds = 0.0
+        self._made: dict[tuple[int, int, int, int], tuple[list[list[Any]], int]] = {}
+
+    def _make(self, q: int, n: int, max_tokens: int, variant: int) -> tuple[list[list[Any]], int]:
+        from builder.sampling.base import Sample
+
+        rng = np.random.default_rng([q, n, max_tokens, variant])
+        tokens = synthetic_tokens(self.pool[:, :max_tokens], q, n, max_tokens, rng)
+        is_end = tokens == END
+        lengths = np.where(is_end.any(axis=2), is_end.argmax(axis=2), max_tokens).tolist()
+        logprobs = (-rng.gamma(2.0, 0.35, size=(q, n))).tolist()
+        rows = tokens.tolist()
+        out = []
+        for i in range(q):
+            group = []
+            for j in range(n):
+                k = lengths[i][j]
+                ids = rows[i][j][:k]
+                reason = "length" if k == max_tokens else "stop"
+                text = "".join([self.pieces[t] for t in ids])
+                group.append(Sample(ids, text, reason, logprobs[i][j] * k))
+            out.append(group)
+        return out, int(sum(map(sum, lengths)))
+
+    def prepare(self, q: int, n: int, max_tokens: int) -> None:
+        """Make the variants of one shape now (outside any timing)."""
+        for v in range(VARIANTS):
+            if (q, n, max_tokens, v) not in self._made:
+                self._made[(q, n, max_tokens, v)] = self._make(q, n, max_tokens, v)
+
+    def generate(
+        self, prompts: Sequence[list[int]], n: int, max_tokens: int, progress: Any = None
+    ) -> list[list[Any]]:
+        started = time.monotonic()
+        variant = zlib.crc32(np.asarray(prompts[0], dtype=np.int64).tobytes()) % VARIANTS
+        self.prepare(len(prompts), n, max_tokens)
+        out, tokens = self._made[(len(prompts), n, max_tokens, variant)]
+        if self.rate:
+            time.sleep(max(0.0, tokens / self.rate - (time.monotonic() - started)))
+        if progress is not None:
+            progress(len(prompts), tokens)
+        self.seconds += time.monotonic() - started
+        return out
+
+
+def stub_sampler(pool_ids: list[list[int]], pieces: list[str], rate: float | None = None) -> Any:
+    """The stub as a builder Sampler (what executors and Ray replicas run)."""
+    from builder.sampling.base import Sampler
+
+    class StubSampler(Sampler):
+        """Benchmark-only: the StubEngine behind the Sampler interface."""
 
         def __init__(self) -> None:
-            super().__init__(SamplingSettings(0.6, 1.0, 0, 0, 1.0))
+            self.engine = StubEngine(pool_ids, pieces, rate)
+            super().__init__(self.engine.settings)
 
         @property
         def tokenizer(self) -> Any:
             return None
 
-        def generate(
-            self,
-            prompts: Sequence[list[int]],
-            n: int,
-            max_tokens: int,
-            progress: ProgressFn | None = None,
-        ) -> list[list[Sample]]:
-            first = np.asarray(prompts[0], dtype=np.int64).tobytes()
-            rng = np.random.default_rng([self.settings.seed, len(prompts), zlib.crc32(first)])
-            tokens = synthetic_tokens(pool[:, :max_tokens], len(prompts), n, max_tokens, rng)
-            is_end = tokens == END
-            lengths = np.where(is_end.any(axis=2), is_end.argmax(axis=2), max_tokens).tolist()
-            logprobs = (-rng.gamma(2.0, 0.35, size=(len(prompts), n))).tolist()
-            rows = tokens.tolist()
-            out = []
-            for i in range(len(prompts)):
-                group = []
-                for j in range(n):
-                    k = lengths[i][j]
-                    ids = rows[i][j][:k]
-                    reason = "length" if k == max_tokens else "stop"
-                    text = "".join([pieces[t] for t in ids])
-                    group.append(Sample(ids, text, reason, logprobs[i][j] * k))
-                out.append(group)
-            if progress is not None:
-                progress(len(prompts), int(sum(map(sum, lengths))))
-            return out
+        def generate(self, prompts: Any, n: int, max_tokens: int, progress: Any = None) -> Any:
+            return self.engine.generate(prompts, n, max_tokens, progress)
 
-    return StubEngine()
+    return StubSampler()
 
 
 class SyntheticQuestions:
@@ -133,82 +182,200 @@ class SyntheticQuestions:
             yield Question(f"q{i:08d}", f"{self.pool[i % len(self.pool)]} (variant {i})")
 
 
-def run_one(args: argparse.Namespace, questions: int) -> dict[str, Any]:
-    """One size, in this process; returns the figures."""
-    from transformers import AutoTokenizer
+class Setup:
+    """The tokenizer, the stub's material and the prompts, loaded once per process."""
 
-    from builder.executor import LocalExecutor
-    from builder.mixture import full_trace_share
-    from builder.models import resolve_model
-    from builder.phases import PhaseRunner, Shards, sample_full_traces
-    from builder.prefixes import choose_all
+    def __init__(self) -> None:
+        from transformers import AutoTokenizer
+
+        from builder.models import resolve_model
+
+        self.tok = AutoTokenizer.from_pretrained(resolve_model("embedded:smollm2").path)
+        self.pool_q, self.pool_ids = load_pool(self.tok, 256)
+        vocab = max(max(x) for x in self.pool_ids if x) + 1
+        self.pieces = self.tok.batch_decode([[i] for i in range(vocab)])
+        self.prompts = [
+            self.tok(f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+            for q in self.pool_q
+        ]
+
+    def make_prompts(self, index: int, shard: list[Any]) -> list[list[int]]:
+        return [self.prompts[int(q.id[1:]) % len(self.prompts)] for q in shard]
+
+
+def recipe_for(args: argparse.Namespace) -> Any:
     from builder.recipe import parse_recipe
-    from builder.release import assemble_release
-    from builder.store import ShardStore
-    from builder.writer import open_release
 
-    tok = AutoTokenizer.from_pretrained(resolve_model("embedded:smollm2").path)
-    pool_q, pool_ids = load_pool(tok, 256)
-    vocab = max(max(x) for x in pool_ids if x) + 1
-    pieces = tok.batch_decode([[i] for i in range(vocab)])
-    prompts = [
-        tok(f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
-        for q in pool_q
-    ]
-    recipe = parse_recipe(
+    return parse_recipe(
         {
             "name": "bench-stream",
             "version": "0.0.1",
             "source": {"path": "synthetic.jsonl", "question": "question"},
             "prefix": {"length": args.length, "samples": args.samples, "vote": "majority"},
-            "mixture": {"full_trace_ratio": args.full_ratio, "seed": 0},
+            "mixture": {"full_trace_ratio": args.full_ratio, "seed": 0, "full_trace_tries": 1},
             "output": {"shard_size": args.shard_size},
         }
     )
-    work = Path(tempfile.mkdtemp(prefix="upft-bench-stream-", dir=args.tmp))
-    shards = Shards(SyntheticQuestions(questions, pool_q), questions, args.shard_size)
-    timings: dict[str, float] = {}
+
+
+def build_rows(
+    args: argparse.Namespace, setup: Setup, questions: int, executor: Any, work: Path
+) -> dict[str, Any]:
+    """Phase 2, then phase 1 with its shards chosen and written beside it (as a build runs);
+    returns seconds per stage, the counts and the parquet size."""
+    from builder.mixture import full_trace_share
+    from builder.overlap import ShardWorkers
+    from builder.phases import PhaseRunner, Shards, sample_full_traces
+    from builder.release import Assembler
+    from builder.store import ShardStore
+    from builder.writer import open_release
+
+    recipe = recipe_for(args)
+    shards = Shards(SyntheticQuestions(questions, setup.pool_q), questions, args.shard_size)
+    store = ShardStore(work / ".0.0.1.partial", "bench")
+    runner = PhaseRunner(executor, store, True)
+    executor.prepare()
+    seconds: dict[str, float] = {}
+    started = time.monotonic()
+    share = full_trace_share((q.id for q in shards.questions()), args.full_ratio, 0)
+    full = shards.select(lambda q: q.id in share, share.size)
+    tries = sample_full_traces(runner, full, setup.make_prompts, args.full_tokens, 0, 1)
+    seconds["phase 2 + persist"] = time.monotonic() - started
+
+    mark = time.monotonic()
+    writer = open_release(store.staging)
+    assembler = Assembler(recipe, runner, tries, share, setup.tok, writer)
+    with ShardWorkers(store, setup.tok, recipe, shards, assembler.add) as workers:
+        runner.sample(
+            "prefix",
+            shards,
+            setup.make_prompts,
+            args.samples,
+            args.length,
+            0,
+            "phase 1",
+            "prefix",
+            derived=("choice",),
+            on_shard=workers.arrived,
+        )
+        workers.finish()
+    seconds["phase 1 + choose + write rows"] = time.monotonic() - mark
+    mark = time.monotonic()
+    release = assembler.close()
+    seconds["close files"] = time.monotonic() - mark
+    seconds["total"] = time.monotonic() - started
+    files = sum(p.stat().st_size for p in writer.root.rglob("*.parquet"))
+    store.close()
+    return {
+        "seconds": seconds,
+        "choose_s": workers.choose_s,
+        "assemble_s": assembler.seconds,
+        "counts": release.counts.counts().model_dump(),
+        "agreement_at_L": round(release.counts.agreement.final.mean(), 4),
+        "parquet_mib": round(files / 2**20, 1),
+    }
+
+
+def run_one(args: argparse.Namespace, questions: int) -> dict[str, Any]:
+    """One size with the local executor, in this process; returns the figures."""
+    from builder.executor import LocalExecutor
+
+    setup = Setup()
+    sampler = stub_sampler(setup.pool_ids, setup.pieces)
+    for n, tokens in ((args.samples, args.length), (1, args.full_tokens)):
+        sampler.engine.prepare(args.shard_size, n, tokens)
     rss_ready = current_rss_mib()
+    work = Path(tempfile.mkdtemp(prefix="upft-bench-stream-", dir=args.tmp))
     try:
-        store = ShardStore(work / ".0.0.1.partial", "bench")
-        runner = PhaseRunner(LocalExecutor(sampler=make_stub(pool_ids, pieces)), store, True)
-
-        def make_prompts(index: int, shard: list[Any]) -> list[list[int]]:
-            return [prompts[int(q.id[1:]) % len(prompts)] for q in shard]
-
-        started = time.monotonic()
-        runner.sample("prefix", shards, make_prompts, args.samples, args.length, 0, "p1", "prefix")
-        timings["phase 1 (stub) + persist"] = time.monotonic() - started
-
-        started = time.monotonic()
-        choose_all(runner, shards, tok, recipe)
-        timings["vote"] = time.monotonic() - started
-
-        started = time.monotonic()
-        share = full_trace_share((q.id for q in shards.questions()), args.full_ratio, 0)
-        full = shards.select(lambda q: q.id in share, share.size)
-        tries = sample_full_traces(runner, full, make_prompts, args.full_tokens, 0, 1)
-        timings["phase 2 (stub) + persist"] = time.monotonic() - started
-
-        started = time.monotonic()
-        writer = open_release(store.staging)
-        totals = assemble_release(recipe, shards, runner, tries, share, tok, writer)
-        timings["assemble + write"] = time.monotonic() - started
-        files = sum(p.stat().st_size for p in writer.root.rglob("*.parquet"))
-        store.close()
+        got = build_rows(args, setup, questions, LocalExecutor(sampler=sampler), work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    total = sum(timings.values())
+    trace_rows = got["counts"]["trace_rows"]
+    driver_s = got["seconds"]["total"] - sampler.engine.seconds
     return {
         "questions": questions,
-        "rows": totals.counts(),
-        "agreement_at_L": round(totals.agreement.final.mean(), 4),
-        "parquet_mib": round(files / 2**20, 1),
+        **got,
+        "stub_s": round(sampler.engine.seconds, 2),
+        "driver_s": round(driver_s, 2),
+        "rows_per_s": round(trace_rows / driver_s),
         "rss_ready_mib": round(rss_ready, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1),
-        "seconds": {k: round(v, 2) for k, v in timings.items()},
-        "us_per_question": round(total / questions * 1e6, 1),
     }
+
+
+def run_overlap(args: argparse.Namespace, questions: int, driver_s: float) -> dict[str, Any]:
+    """The same work with the stub on 2 Ray replicas at a fixed token rate."""
+    import ray
+
+    from builder.ray_executor import RayExecutor, ReplicaSpec
+    from builder.sampling.base import EngineOptions
+
+    setup = Setup()
+    recipe = recipe_for(args)
+    # The tokens the stub will hand out, shard by shard (its variants), to fix the rate.
+    from builder.mixture import full_trace_share
+
+    probe = StubEngine(setup.pool_ids, setup.pieces)
+    ids = [f"q{i:08d}" for i in range(questions)]
+    share = full_trace_share(ids, args.full_ratio, 0)
+    full = [i for i, q in enumerate(ids) if q in share]
+    tokens = 0
+    for numbers, n, max_tokens in (
+        (list(range(questions)), args.samples, args.length),
+        (full, 1, args.full_tokens),
+    ):
+        for start in range(0, len(numbers), args.shard_size):
+            part = numbers[start : start + args.shard_size]
+            first = setup.prompts[part[0] % len(setup.prompts)]
+            variant = zlib.crc32(np.asarray(first, dtype=np.int64).tobytes()) % VARIANTS
+            probe.prepare(len(part), n, max_tokens)
+            tokens += probe._made[(len(part), n, max_tokens, variant)][1]
+    replicas = 2
+    rate = args.rate or tokens / replicas / driver_s
+    sampling_s = tokens / replicas / rate
+    bench_dir = str(Path(__file__).resolve().parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [bench_dir, str(Path(bench_dir).parent), os.environ.get("PYTHONPATH", "")]
+    )
+    spec = ReplicaSpec(
+        "transformers",
+        "stub",
+        None,
+        recipe.sampling.settings(),
+        EngineOptions(),
+        factory=_RemoteStub(rate),
+    )
+    ray.init(num_cpus=replicas, include_dashboard=False, log_to_driver=False)
+    executor = RayExecutor(spec, replicas=replicas)
+    work = Path(tempfile.mkdtemp(prefix="upft-bench-overlap-", dir=args.tmp))
+    try:
+        got = build_rows(args, setup, questions, executor, work)
+    finally:
+        executor.close()
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    build_s = got["seconds"]["total"]
+    return {
+        "questions": questions,
+        "rate_per_replica": round(rate),
+        "sampled_tokens": tokens,
+        "sampling_s": round(sampling_s, 2),
+        "driver_s": round(driver_s, 2),
+        "build_s": round(build_s, 2),
+        "ratio": round(build_s / max(sampling_s, driver_s), 3),
+        **got,
+    }
+
+
+class _RemoteStub:
+    """Builds the paced stub inside a Ray replica (pickled there; imports its material)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+
+    def __call__(self) -> Any:
+        setup = Setup()
+        return stub_sampler(setup.pool_ids, setup.pieces, self.rate)
 
 
 def main(argv: list[str]) -> int:
@@ -220,41 +387,69 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--full-ratio", type=float, default=0.1, help="share with a full trace")
     ap.add_argument("--full-tokens", type=int, default=192, help="max tokens of a full trace")
     ap.add_argument("--shard-size", type=int, default=512, help="questions per shard")
+    ap.add_argument("--overlap", action="store_true", help="then the Ray overlap check")
+    ap.add_argument("--rate", type=float, default=None, help="stub tokens/s per replica")
     ap.add_argument("--tmp", type=Path, default=None, help="where the work files go")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--overlap-one", type=float, nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one is not None:
         print(json.dumps(run_one(args, args.one)))
         return 0
+    if args.overlap_one is not None:
+        print(json.dumps(run_overlap(args, int(args.overlap_one[0]), args.overlap_one[1])))
+        return 0
     sizes = [10_000, 40_000, 160_000] if args.quick else args.sizes
-    header("streaming vote + assemble: memory vs questions", [sys.argv[0], *argv])
+    header("driver work after the engine: throughput, memory, overlap", [sys.argv[0], *argv])
     print(
         f"setup   : N={args.samples}, L={args.length}, full-trace ratio {args.full_ratio} "
         f"(<= {args.full_tokens} tokens), shard size {args.shard_size}; stub engine"
     )
     results = []
     for size in sizes:
-        cmd = [sys.executable, __file__, "--one", str(size), *_options(args)]
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results.append(_child(["--one", str(size)], args))
         r = results[-1]
         print(
-            f"{size:>10,} questions: peak RSS {r['peak_rss_mib']:>7,.0f} MiB (after imports "
-            f"{r['rss_ready_mib']:,.0f}), {r['us_per_question']:>7,.1f} us/question, "
-            f"{sum(r['seconds'].values()):>7,.1f} s; rows {r['rows']['mixture_rows']:,} mixture, "
-            f"{r['rows']['trace_rows']:,} traces; parquet {r['parquet_mib']:,.1f} MiB"
+            f"{size:>10,} questions: {r['rows_per_s']:>8,} trace rows/s "
+            f"({r['counts']['trace_rows']:,} rows in {r['driver_s']:,.1f} s of driver work; "
+            f"stub {r['stub_s']:.1f} s); peak RSS {r['peak_rss_mib']:,.0f} MiB (after imports "
+            f"{r['rss_ready_mib']:,.0f}); parquet {r['parquet_mib']:,.1f} MiB"
         )
-        print("           " + ", ".join(f"{k} {v:.1f} s" for k, v in r["seconds"].items()))
+        print(
+            "           "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in r["seconds"].items())
+            + f"; worker seconds: choose {r['choose_s']:.1f}, assemble {r['assemble_s']:.1f}"
+        )
     first, last = results[0], results[-1]
     growth = last["peak_rss_mib"] / first["peak_rss_mib"] - 1
-    pace = last["us_per_question"] / first["us_per_question"]
     print()
+    worst = min(r["rows_per_s"] for r in results)
+    print(
+        f"throughput: {worst:,} trace rows/s at the slowest size "
+        f"(target >= 150,000: {'MET' if worst >= 150_000 else 'MISSED'})"
+    )
     print(
         f"peak RSS growth {first['questions']:,} -> {last['questions']:,} questions: "
         f"{growth * 100:+.1f}% (target <= +10%: {'MET' if growth <= 0.10 else 'MISSED'})"
     )
-    print(f"time per question, largest / smallest: {pace:.2f}x (flat = 1.00)")
+    if args.overlap:
+        size = sizes[0]
+        o = _child(["--overlap-one", str(size), str(first["driver_s"])], args)
+        print()
+        print(
+            f"overlap on Ray, 2 stub replicas at {o['rate_per_replica']:,} tokens/s each, "
+            f"{size:,} questions: sampling {o['sampling_s']:.1f} s, driver {o['driver_s']:.1f} s, "
+            f"build {o['build_s']:.1f} s -> build / max = {o['ratio']:.3f} "
+            f"(target <= 1.2: {'MET' if o['ratio'] <= 1.2 else 'MISSED'})"
+        )
+        print("           " + ", ".join(f"{k} {v:.1f} s" for k, v in o["seconds"].items()))
     return 0
+
+
+def _child(extra: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, *extra, *_options(args)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def _options(args: argparse.Namespace) -> list[str]:
@@ -270,6 +465,8 @@ def _options(args: argparse.Namespace) -> list[str]:
         "--shard-size",
         str(args.shard_size),
     ]
+    if args.rate is not None:
+        out += ["--rate", str(args.rate)]
     if args.tmp is not None:
         out += ["--tmp", str(args.tmp)]
     return out
