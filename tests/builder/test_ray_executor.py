@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -175,11 +175,13 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.done: list[tuple[int, list[list[Sample]]]] = []
+        self.kinds: set[str] = set()  # what the executor handed over (columns from Ray)
         self.questions = self.tokens = 0
         self.lowest = 0  # progress may be taken back, never below zero
 
-    def on_done(self, req: ShardRequest, results: list[list[Sample]]) -> None:
-        self.done.append((req.index, results))
+    def on_done(self, req: ShardRequest, results: Sequence[list[Sample]]) -> None:
+        self.kinds.add(type(results).__name__)
+        self.done.append((req.index, [list(group) for group in results]))
 
     def on_progress(self, questions: int, tokens: int) -> None:
         self.questions += questions
@@ -219,6 +221,7 @@ def test_shards_spread_over_replicas_and_match_a_local_run(ray_cluster: Any) -> 
         ex.close()
     assert sorted(i for i, _ in rec.done) == list(range(8))  # each shard once
     assert dict(rec.done) == _local(requests)
+    assert rec.kinds == {"SampleBatch"}  # replicas send columns, not pickled Sample objects
     assert placed[0] and placed[1], placed  # both replicas worked
     tokens = sum(len(s.token_ids) for _, res in rec.done for row in res for s in row)
     assert (rec.questions, rec.tokens) == (16, tokens)
