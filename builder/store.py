@@ -316,6 +316,12 @@ class ShardStore:
         with pa.OSFile(str(self._path(phase, index))) as source:
             return pa.ipc.open_file(source).read_all()
 
+    def load_frame(self, phase: str, index: int) -> Any:
+        """The polars frame of shard ``<phase>-<index>`` (which must exist)."""
+        import polars as pl
+
+        return pl.from_arrow(self.load_table(phase, index))
+
     def load_batch(self, phase: str, index: int) -> SampleBatch:
         """One sampled shard as a batch (questions in the order they were sampled)."""
         return SampleBatch.from_table(self.load_table(phase, index))

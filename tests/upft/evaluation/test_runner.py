@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import EvalError, SourceError
+from builder.store import SHARD_SUFFIX
 from tests.upft.evaluation.conftest import SVAMP, svamp_rows, svamp_text
 from tests.upft.evaluation.fakes import FakeSampler
 from upft.evaluation import runner
@@ -50,7 +51,7 @@ def fake(right: int = 2, **kwargs) -> FakeSampler:
 
 def stored_shards(out: Path) -> list[str]:
     """The scored shards an interrupted eval left in its shard store."""
-    return sorted(p.name for p in (out / ".shards" / "shards").glob("rows-*.parquet"))
+    return sorted(p.name for p in (out / ".shards" / "shards").glob(f"rows-*{SHARD_SUFFIX}"))
 
 
 def read_rows(out: Path) -> list[dict]:
@@ -169,7 +170,7 @@ def test_resume_after_interruption(stand_in_model: Path, tmp_path: Path) -> None
     with pytest.raises(KeyboardInterrupt):
         runner.evaluate(make_cfg(stand_in_model, out), quiet=True, sampler=broken)
     assert not (out / "summary.json").exists()
-    assert stored_shards(out) == ["rows-00000.parquet"]
+    assert stored_shards(out) == [f"rows-00000{SHARD_SUFFIX}"]
     second = fake()
     run = runner.evaluate(make_cfg(stand_in_model, out), quiet=True, sampler=second)
     assert run.summary["resume"] == {"shards_reused": 1, "shards_evaluated": 2}
@@ -382,8 +383,8 @@ def test_a_damaged_shard_is_discarded_and_evaluated_again(
     broken.generate = interrupted  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):
         runner.evaluate(make_cfg(stand_in_model, out), quiet=True, sampler=broken)
-    assert stored_shards(out) == ["rows-00000.parquet", "rows-00001.parquet"]
-    damaged = out / ".shards" / "shards" / "rows-00001.parquet"
+    assert stored_shards(out) == [f"rows-00000{SHARD_SUFFIX}", f"rows-00001{SHARD_SUFFIX}"]
+    damaged = out / ".shards" / "shards" / f"rows-00001{SHARD_SUFFIX}"
     damaged.write_bytes(damaged.read_bytes()[:50])  # truncated, e.g. by a full disk
     second = fake()
     with caplog.at_level("WARNING"):
