@@ -26,6 +26,8 @@ HEADLINES = (
     "target",
     "time ratio",
     "peak RSS",
+    "throughput",
+    "overlap on Ray",
     "time per question",
     "TOTAL",
     "ours (",

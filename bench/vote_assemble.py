@@ -36,6 +36,7 @@ source would give them; everything else is the builder's code path.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -343,7 +344,8 @@ def run_overlap(args: argparse.Namespace, questions: int, driver_s: float) -> di
         None,
         recipe.sampling.settings(),
         EngineOptions(),
-        factory=_RemoteStub(rate),
+        # By its module's name, not ``__main__``: the replicas unpickle it.
+        factory=importlib.import_module("vote_assemble")._RemoteStub(rate),
     )
     ray.init(num_cpus=replicas, include_dashboard=False, log_to_driver=False)
     executor = RayExecutor(spec, replicas=replicas)
@@ -448,7 +450,7 @@ def main(argv: list[str]) -> int:
 
 def _child(extra: list[str], args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, *extra, *_options(args)]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)  # stderr shows
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
