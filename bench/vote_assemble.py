@@ -212,7 +212,11 @@ def recipe_for(args: argparse.Namespace) -> Any:
             "name": "bench-stream",
             "version": "0.0.1",
             "source": {"path": "synthetic.jsonl", "question": "question"},
-            "prefix": {"length": args.length, "samples": args.samples, "vote": "majority"},
+            "prefix": {
+                "length": args.length,
+                "samples": args.samples,
+                "vote": "majority" if args.samples > 1 else "first",  # N=1: the paper's
+            },
             "mixture": {"full_trace_ratio": args.full_ratio, "seed": 0, "full_trace_tries": 1},
             "output": {"shard_size": args.shard_size},
         }
@@ -405,7 +409,8 @@ def main(argv: list[str]) -> int:
     header("driver work after the engine: throughput, memory, overlap", [sys.argv[0], *argv])
     print(
         f"setup   : N={args.samples}, L={args.length}, full-trace ratio {args.full_ratio} "
-        f"(<= {args.full_tokens} tokens), shard size {args.shard_size}; stub engine"
+        f"(<= {args.full_tokens} tokens), shard size {args.shard_size}, vote "
+        f"{'majority' if args.samples > 1 else 'first'}; stub engine"
     )
     results = []
     for size in sizes:
