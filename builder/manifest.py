@@ -37,6 +37,7 @@ from builder.manifest_schema import (
     EngineInfo,
     Environment,
     ExecutorInfo,
+    GoldAnswers,
     InstructionEcho,
     Manifest,
     ManifestHeader,
@@ -178,6 +179,7 @@ class Provenance:
     source: SourceInfo
     model: ModelInfo
     decoding_sources: Mapping[str, str]  # per decoding field: recipe | generation_config | neutral
+    gold_answers: GoldAnswers | None = None  # how the source's gold answers were read
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,7 @@ def build_manifest(
         builder_version=__version__,
         created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         source=provenance.source,
+        gold_answers=provenance.gold_answers,
         model=provenance.model,
         backend=r.model.backend,
         settings=settings(r, provenance.decoding_sources),

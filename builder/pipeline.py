@@ -366,8 +366,6 @@ def _run(
     manifest = build_manifest(
         r, _provenance(b, loaded, fp), release_contents(r, release.counts), _run_record(b)
     )
-    if b.gold is not None:
-        manifest.gold_answers = GoldAnswers.model_validate(b.gold.as_dict())
     recipe_yaml = r.to_yaml()
     finish_release(
         b.writer.root,
@@ -482,7 +480,8 @@ def _provenance(b: _Build, loaded: LoadedSource, fp: str) -> Provenance:
         engine=EngineInfo.model_validate(engine) if engine else None,
     )
     source = SourceInfo.model_validate(loaded.manifest_entry())
-    return Provenance(fp, source, model, b.decoding_sources)
+    gold = GoldAnswers.model_validate(b.gold.as_dict()) if b.gold is not None else None
+    return Provenance(fp, source, model, b.decoding_sources, gold)
 
 
 def _run_record(b: _Build) -> RunRecord:

@@ -392,7 +392,7 @@ def test_build_manifest_joins_the_typed_parts_with_the_recipe_settings() -> None
     assert g.instruction_echo is not None
     built = build_manifest(
         recipe,
-        Provenance(g.fingerprint, g.source, g.model, g.settings.decoding_sources),
+        Provenance(g.fingerprint, g.source, g.model, g.settings.decoding_sources, g.gold_answers),
         Contents(g.counts, g.tokens, g.agreement, g.accuracy, g.instruction_echo),
         RunRecord(g.timings, g.resume, g.executor),
     )
