@@ -313,10 +313,9 @@ def run_overlap(args: argparse.Namespace, questions: int, driver_s: float) -> di
     import ray
 
     from builder.ray_executor import RayExecutor, ReplicaSpec
-    from builder.sampling.base import EngineOptions
+    from builder.sampling.base import EngineOptions, SamplingSettings
 
     setup = Setup()
-    recipe = recipe_for(args)
     # The tokens the stub will hand out, shard by shard (its variants), to fix the rate.
     from builder.mixture import full_trace_share
 
@@ -346,7 +345,7 @@ def run_overlap(args: argparse.Namespace, questions: int, driver_s: float) -> di
         "transformers",
         "stub",
         None,
-        recipe.sampling.settings(),
+        SamplingSettings(0.6, 1.0, 0, 0, 1.0),  # the stub's own (it ignores them)
         EngineOptions(),
         # By its module's name, not ``__main__``: the replicas unpickle it.
         factory=importlib.import_module("vote_assemble")._RemoteStub(rate),
