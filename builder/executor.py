@@ -9,8 +9,10 @@ interrupted build loses only unfinished shards.
 
 :class:`LocalExecutor` runs the shards one after another on one lazily loaded engine. A shard's
 samples depend only on its request: the engines reseed from ``(seed, prompts)`` before every
-call (``sampling.base.seed_for``), so where and in which order a shard runs does not change the
-dataset. That is what lets another executor spread shards over engine replicas.
+call (``sampling.base.seed_for``), or seed every request from ``(seed, phase, question id,
+sample index)`` where they can (``sampling.base.request_seed``, GPU vLLM), so where and in
+which order a shard runs does not change the dataset. That is what lets another executor
+spread shards over engine replicas.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ class ShardRequest:
     max_tokens: int
     seed: int
     messages: tuple[Chat, ...] | None = None
+
+    def seed_keys(self) -> tuple[str, ...]:
+        """Each prompt's name for per-request seeds (``sampling.base.request_seed``): the phase
+        (a full-trace try is its own phase) and the question id."""
+        return tuple(f"{self.phase}/{qid}" for qid in self.question_ids)
 
 
 # Per question, its samples in order: a list of lists, or the same as columns (a SampleBatch).
@@ -127,8 +134,8 @@ class LocalExecutor(Executor):
         for req in requests:
             # The phase's seed; the engine derives the call's own seed from it and the prompts.
             sampler.settings = dataclasses.replace(sampler.settings, seed=req.seed)
-            results = sampler.generate(
-                [list(p) for p in req.prompts], req.n, req.max_tokens, progress
+            results = sampler.generate_keyed(
+                [list(p) for p in req.prompts], req.n, req.max_tokens, req.seed_keys(), progress
             )
             self.engine_calls += 1
             done(req, results)

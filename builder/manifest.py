@@ -11,10 +11,11 @@ import Manifest`` is what readers write.
 
 The fingerprint hashes every input that changes the output: the resolved recipe (except the
 output location and the executor), the source content (file sha256 or Hub commit), the model id
-and revision, and the builder version. Two builds with the same fingerprint and backend are the
-same dataset; an existing version directory with another fingerprint is never overwritten
-silently. Token accounting compares what was sampled with rejection-sampling fine-tuning (RFT:
-16 full traces per question) at the measured mean full-trace length.
+and revision, the builder version and, for ``model.dtype: auto``, what auto means on this CPU.
+Two builds with the same fingerprint and backend are the same dataset; an existing version
+directory with another fingerprint is never overwritten silently. Token accounting compares
+what was sampled with rejection-sampling fine-tuning (RFT: 16 full traces per question) at the
+measured mean full-trace length.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from builder import __version__
 from builder.agreement import AgreementStats
+from builder.cpu import choose_dtype, cpu_flags
 from builder.manifest_schema import (
     MANIFEST_VERSION,
     Accuracy,
@@ -113,6 +115,10 @@ def fingerprint(recipe: Recipe, source_info: Mapping[str, Any], model_revision: 
         "model": {"id": recipe.model.id, "revision": model_revision},
         "builder_version": __version__,
     }
+    if recipe.model.dtype == "auto":
+        # On a CPU, auto follows the CPU's flags (builder.cpu): a partial build resumed on a
+        # CPU of another kind starts over instead of mixing number formats.
+        payload["cpu_auto_dtype"] = choose_dtype("auto", on_gpu=False, flags=cpu_flags()).dtype
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()
 

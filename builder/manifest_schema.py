@@ -140,10 +140,17 @@ class EngineInfo(ManifestSection):
     deterministic_scheduling: bool | None = None
     compile: Literal["compiled", "eager"] | None = None  # what model.compile resolved to
     compile_setting: Literal["auto", "compiled", "eager"] | None = None  # the recipe's value
-    # per_call: reseeded before each call; engine: the engine's own stream; per_request: a
-    # served model's per-request seeds, honoured; none: sent but not honoured, or not sent
-    seeding: Literal["per_call", "engine", "per_request", "none"] | None = None
+    # per_request: every sample carries its own seed (GPU vLLM: from the seed, phase, question
+    # id and sample index; a served model: its per-request seeds, honoured); per_call: the
+    # engine's stream reseeded before each call; engine: the engine's own stream; none: sent
+    # but not honoured, or not sent
+    seeding: Literal["per_request", "per_call", "engine", "none"] | None = None
     served: ServedInfo | None = None
+    prefix_cache_reset: Literal["per_call"] | None = None  # emptied before every generate
+    dtype: str | None = None  # what the engine computes in
+    dtype_setting: Literal["auto", "bfloat16", "float16", "float32"] | None = None
+    dtype_reason: str | None = None  # e.g. "auto on a CPU with AMX (amx_bf16): bfloat16"
+    cpu_flags: dict[str, bool] | None = None  # the flags model.dtype auto reads (CPU engines)
 
     @model_serializer(mode="wrap")
     def _reported_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

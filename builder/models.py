@@ -7,8 +7,8 @@ Three kinds of ids are accepted:
   (``$UPFT_CACHE`` or ``~/.cache/upft``) so that vLLM and transformers load it like any model.
   The folder holds bfloat16 weights, the dtype vLLM runs it in by default (like the published
   SmolLM2 checkpoint), so vLLM narrows nothing on load (narrowing logged one warning per
-  tensor). Where float32 computes faster (the transformers sampler and the trainer on CPU, the
-  demo recipe on a CPU without AMX) the weights widen exactly and silently.
+  tensor). Where float32 computes faster (``model.dtype: auto`` on a CPU without AMX, see
+  ``builder.cpu``; the trainer on CPU) the weights widen exactly and silently.
 * a local directory containing a transformers model;
 * a Hub repo id (``org/name``), optionally pinned with ``model.revision``.
 

@@ -19,7 +19,9 @@ than a slow one. ``ray.data.llm`` is not used: it keeps only the first completio
 (``n`` samples per prompt would be lost) and its extra pins an older vLLM.
 
 Samples do not depend on placement: before every shard the replica sets the phase's seed, and
-the engines reseed from ``(seed, prompts)`` right before ``generate`` (``sampling.base``).
+the engines reseed from ``(seed, prompts)`` right before ``generate``, or (GPU vLLM) seed every
+request from the seed, phase, question id and sample index (``sampling.base``), which also
+holds across tensor-parallel workers in other processes.
 
 Failures: a replica whose process or node dies fails the shard in flight; the shard goes back
 to the queue (at most ``executor.max_shard_attempts`` tries), Ray restarts the replica up to
@@ -156,8 +158,12 @@ class EngineReplica:
                 last = time.monotonic()
 
         # What is not reported here the driver settles from the shard's result.
-        results = sampler.generate(
-            [list(p) for p in request.prompts], request.n, request.max_tokens, progress
+        results = sampler.generate_keyed(
+            [list(p) for p in request.prompts],
+            request.n,
+            request.max_tokens,
+            request.seed_keys(),
+            progress,
         )
         return SampleBatch.from_results(request.question_ids, results)
 

@@ -8,6 +8,7 @@ import their engines lazily, so that this module (and ``upft-build --help``) sta
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -70,6 +71,31 @@ def seed_for(seed: int, prompts: Sequence[Sequence[int]]) -> int:
     return (seed * 1_000_003 + crc) % (2**63)
 
 
+def request_seed(seed: int, key: str, sample: int) -> int:
+    """The seed of one sample on engines that seed every request (``seeding: per_request``).
+
+    ``key`` names the prompt within the build: the phase (which carries the try) and the
+    question id (``executor.ShardRequest.seed_keys``); ``seed`` is the phase's seed (the recipe
+    seed, or a full-trace try's own). The result depends on nothing else, so a sample is the
+    same whichever shard, replica or tensor-parallel layout it ran in.
+    """
+    digest = hashlib.sha256(f"{seed}:{key}:{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: any engine's seed type
+
+
+def request_seeds(
+    seed: int, keys: Sequence[str] | None, call_seed: int, prompts: int, n: int
+) -> list[list[int]]:
+    """Per prompt, the seeds of its ``n`` samples. Without ``keys`` (a call from outside an
+    executor) the prompts are named by their position in the call and the call's own seed
+    (:func:`seed_for`), which keeps the per-call guarantee: same call, same samples."""
+    if keys is None:
+        keys = [f"call-{call_seed}/{i}" for i in range(prompts)]
+    elif len(keys) != prompts:
+        raise ValueError(f"{len(keys)} seed keys for {prompts} prompts")
+    return [[request_seed(seed, key, j) for j in range(n)] for key in keys]
+
+
 class Sampler(ABC):
     """A loaded engine that samples continuations for templated prompts."""
 
@@ -90,6 +116,19 @@ class Sampler(ABC):
         progress: ProgressFn | None = None,
     ) -> list[list[Sample]]:
         """Sample ``n`` continuations of at most ``max_tokens`` for every prompt, in order."""
+
+    def generate_keyed(
+        self,
+        prompts: Sequence[list[int]],
+        n: int,
+        max_tokens: int,
+        keys: Sequence[str] | None,
+        progress: ProgressFn | None = None,
+    ) -> list[list[Sample]]:
+        """:meth:`generate`, told each prompt's place in the build (``keys``: phase and question
+        id, see :func:`request_seed`). Engines that seed every request use the keys; the
+        others (per-call seeding) ignore them, which is what this default does."""
+        return self.generate(prompts, n, max_tokens, progress)
 
     def engine_info(self) -> dict[str, Any]:
         """Engine settings chosen at load time that can change output (for the manifest)."""

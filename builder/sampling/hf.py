@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from builder.cpu import engine_dtype
 from builder.errors import SamplingError
 from builder.sampling.base import (
     EngineOptions,
@@ -27,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 
 class HFSampler(Sampler):
-    """Samples with ``transformers``; fp32 on CPU, bf16 on a CUDA GPU that supports it."""
+    """Samples with ``transformers``; ``model.dtype: auto`` is bf16 on a CUDA GPU that supports
+    it and, on CPU, what the CPU's flags call for (``builder.cpu``)."""
 
     model: Any
     _tokenizer: Any
@@ -51,11 +53,15 @@ class HFSampler(Sampler):
             ) from exc
         self._torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if engine.dtype == "auto":
-            use_bf16 = self.device == "cuda" and torch.cuda.is_bf16_supported()
+        # model.dtype auto: on CPU the CPU's flags decide (builder.cpu); on a GPU bfloat16 where
+        # it is supported, else float32.
+        self.dtype = engine_dtype(engine.dtype, on_gpu=self.device == "cuda")
+        if self.dtype.dtype == "auto":
+            use_bf16 = torch.cuda.is_bf16_supported()
             dtype = torch.bfloat16 if use_bf16 else torch.float32
         else:
-            dtype = getattr(torch, engine.dtype)
+            dtype = getattr(torch, self.dtype.dtype)
+        self._torch_dtype = dtype
         rev = {"revision": revision} if revision else {}
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(model_path, **rev)
@@ -75,6 +81,13 @@ class HFSampler(Sampler):
     @property
     def tokenizer(self) -> Any:
         return self._tokenizer
+
+    def engine_info(self) -> dict[str, Any]:
+        return {
+            "seeding": "per_call",
+            "dtype": str(self._torch_dtype).removeprefix("torch."),
+            **self.dtype.info(),
+        }
 
     def generation_config(self, n: int, max_tokens: int, stops: list[int]) -> Any:
         """A complete ``GenerationConfig`` built from our settings alone.

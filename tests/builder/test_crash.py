@@ -45,8 +45,8 @@ NAME, VERSION = "demo-upft", "0.1.0"
 
 
 def write_recipe(folder: Path, backend: str = "transformers") -> Path:
-    # The session engines (tests/conftest.py): transformers in the model's own dtype, vLLM
-    # eager in bf16; the killed process must compute as they do.
+    # The session engines (tests/conftest.py): both with model.dtype auto (this CPU's choice),
+    # vLLM eager; the killed process must compute as they do.
     model = {"dtype": "auto"} if backend == "transformers" else {"compile": "eager"}
     recipe = demo_recipe(
         folder / "out",

@@ -70,10 +70,15 @@ PINNED = {
 VLLM_ENGINE = {
     "kv_block_size": 32,
     "prefix_caching": True,
+    "prefix_cache_reset": "per_call",
     "deterministic_scheduling": True,
     "compile": "eager",
     "compile_setting": "auto",
     "seeding": "per_call",
+    "dtype": "bfloat16",
+    "dtype_setting": "auto",
+    "dtype_reason": "auto on a CPU with AMX (amx_bf16): bfloat16",
+    "cpu_flags": {"amx_bf16": True, "avx512_bf16": True},
 }
 
 
@@ -418,6 +423,30 @@ def test_release_contents_come_from_the_summed_counts() -> None:
     assert (got.echo.prefix_samples, got.echo.full_traces) == (0.25, None)
     assert got.echo.measured_on == "first 32 tokens" and got.echo.sample_prompt == "plain"
     assert (got.agreement.mean_at_L, got.agreement.curve_mean) == (0.5, [1.0, 0.5])
+
+
+def test_fingerprint_of_dtype_auto_follows_what_auto_means_on_this_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partial build resumed on a CPU of another kind starts over instead of mixing number
+    formats; an explicit dtype means the same everywhere."""
+    from builder import manifest as module
+    from builder.manifest import fingerprint
+    from tests.conftest import demo_recipe
+
+    info = {"type": "file", "sha256": "0" * 64}
+    prints = {}
+    for kind, flags in {"amx": {"amx_bf16"}, "avx512": {"avx512_bf16"}, "avx2": {"avx2"}}.items():
+        monkeypatch.setattr(module, "cpu_flags", lambda flags=flags: frozenset(flags))
+        prints[kind] = {
+            dtype: fingerprint(demo_recipe(tmp_path, model={"dtype": dtype}), info, "r1")
+            for dtype in ("auto", "float32", "bfloat16")
+        }
+    assert prints["amx"]["auto"] != prints["avx2"]["auto"]  # bfloat16 vs float32
+    assert prints["avx512"]["auto"] == prints["avx2"]["auto"]  # float32 on both
+    for dtype in ("float32", "bfloat16"):
+        assert prints["amx"][dtype] == prints["avx512"][dtype] == prints["avx2"][dtype]
+    assert len({p["auto"] for p in prints.values()} | {prints["amx"]["float32"]}) == 3
 
 
 def test_existing_fingerprint_is_read_from_any_manifest(tmp_path: Path) -> None:

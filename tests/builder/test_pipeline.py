@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from builder import voting
+from builder.cpu import cpu_flags, engine_dtype
 from builder.errors import OutputError
 from builder.pipeline import build
 from tests.builder.test_prompts import stable_prefix
@@ -83,22 +84,36 @@ def test_layout_and_row_counts(built):
     }
     assert manifest["source"]["counts"]["kept"] == BUILD_LIMIT
     assert len(manifest["fingerprint"]) == 64
+    # model.dtype auto (the tests' recipe leaves it): this CPU's flags decide, and the manifest
+    # says what was chosen and from which flags (AMX CPU: bfloat16; AVX2 or AVX512-BF16 alone:
+    # float32; builder/cpu.py, tested with other flag sets in tests/builder/test_cpu.py).
+    flags = cpu_flags()
+    dtype = "bfloat16" if "amx_bf16" in flags else "float32"
+    decided = {
+        "dtype": dtype,
+        "dtype_setting": "auto",
+        "dtype_reason": engine_dtype("auto", on_gpu=False).reason,
+        "cpu_flags": {"amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags},
+    }
+    assert decided["dtype_reason"].endswith(f": {dtype}")
     if result.manifest.backend == "vllm":
         # No kv_block_size in the recipe: on CPU the sampler asks for 32 so that the N
         # samples of a prompt share its prefill (vLLM-CPU's own default is 128).
         assert manifest["model"]["engine"] == {
             "kv_block_size": 32,
             "prefix_caching": True,
+            "prefix_cache_reset": "per_call",
             "deterministic_scheduling": True,
             # The session engine is forced to eager (tests/conftest.py); shards reseed per call.
             "compile": "eager",
             "compile_setting": "eager",
             "seeding": "per_call",
+            **decided,
         }
         if not KVCACHE_SET_BY_USER:  # the recipe's whole GiB, as vLLM parses it with int()
             assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "2"
-    else:  # transformers reports no engine settings
-        assert manifest["model"]["engine"] is None
+    else:  # transformers: the same dtype rule, per-call seeds
+        assert manifest["model"]["engine"] == {"seeding": "per_call", **decided}
 
 
 @pytest.mark.slow

