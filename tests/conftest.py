@@ -48,8 +48,8 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 BUILD_LIMIT = 8
 # max_tokens: room for most of SmolLM2's answers to end (full traces that hit it are re-sampled).
 # model.dtype stays auto, as shipped: the CPU's flags decide (builder/cpu.py), so the suite runs
-# the default on either kind of CPU (float32 without AMX, where bfloat16 ran these builds' batches
-# about 5x slower on the AVX2 build machine; bfloat16 with AMX; bench/README.md "Number format").
+# the default on either kind of CPU (float32 without AMX, where bfloat16 is emulated on the AVX2
+# build machine; bfloat16 with AMX; bench/README.md "Number format").
 BUILD_OVERRIDES = {
     "prefix": {"length": 16},
     "sampling": {"max_tokens": 256},
