@@ -52,9 +52,9 @@ class DtypeChoice:
 
 
 def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
-    """The CPU's feature flags from ``/proc/cpuinfo`` (the first ``flags`` line; every core of
-    a machine reports the same). Empty where there is no such file (not Linux): the rule then
-    keeps float32."""
+    """The CPU's feature flags from ``/proc/cpuinfo`` (the first ``flags`` line, ``Features``
+    on ARM; every core of a machine reports the same). Empty where there is no such file (not
+    Linux): the rule then keeps float32. ``upft.precision`` (training) reads them here too."""
     if cpuinfo is None:
         try:
             cpuinfo = CPUINFO.read_text(errors="replace")
@@ -62,7 +62,7 @@ def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
             return frozenset()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "flags":
+        if key.strip() in ("flags", "Features"):
             return frozenset(value.split())
     return frozenset()
 

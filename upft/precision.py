@@ -14,26 +14,12 @@ CPU flags that decided it go into ``train_summary.json`` and the model card.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
+from builder.cpu import cpu_flags  # the one /proc/cpuinfo reader (also the engines' dtype)
 from builder.errors import TrainError
 
 # The CPU flags that matter for the choice (and are recorded with it).
 RELEVANT_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
-
-
-def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
-    """The flags of the first CPU in ``/proc/cpuinfo`` (empty where there is no such file)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return frozenset()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
 
 
 @dataclass(frozen=True)
