@@ -29,11 +29,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(VENV)/bin/upft-build recipes/demo.yaml
 
+# Tests that load no model run on every core (pytest-xdist, one worker per core); tests that load
+# an engine run one at a time, since each engine already computes on every core.
 test: setup
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not slow" -n auto
+	$(VENV)/bin/pytest -m slow
 
 test-fast: setup
-	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest -m "not slow" -n auto
 
 lint: setup
 	$(VENV)/bin/ruff format --check builder upft tests bench
