@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
             "vllm", model.path, model.revision, s.settings(), m.engine_options(), m.chat_template
         )
         print(f"engine  : vLLM {m.dtype}, loaded in {time.perf_counter() - started:.1f} s")
-        questions = load_questions(first.source, base_dir).questions
+        questions = load_questions(first.question_sources[0], base_dir).questions
         plain = [
             encode_prompt(sampler.tokenizer, messages(q.text, None, m.system_prompt))
             for q in questions

@@ -61,7 +61,9 @@ def main(argv: list[str]) -> int:
     llm = LLM(**kwargs)
     cache = llm.llm_engine.vllm_config.cache_config
     tok = llm.get_tokenizer()
-    questions = load_questions(recipe.source, base_dir).questions[: 16 if args.quick else None]
+    questions = load_questions(recipe.question_sources[0], base_dir).questions[
+        : 16 if args.quick else None
+    ]
     prompts = [
         TokensPrompt(
             prompt_token_ids=encode_prompt(tok, messages(q.text, p.instruction, m.system_prompt))

@@ -43,7 +43,7 @@ def _requests(recipe: Any, questions: int, shard: int) -> list[Any]:
 
     model = resolve_model(recipe.model.id)
     tok = AutoTokenizer.from_pretrained(model.path)
-    qs = load_questions(recipe.source, None).questions[:questions]
+    qs = load_questions(recipe.question_sources[0], None).questions[:questions]
     prompts = [
         tuple(encode_prompt(tok, messages(q.text, None, recipe.model.system_prompt))) for q in qs
     ]

@@ -96,7 +96,7 @@ def main(argv: list[str]) -> int:
             "vllm", model.path, model.revision, settings, m.engine_options(), m.chat_template
         )
         print(f"engine  : vLLM {m.dtype}, loaded in {time.perf_counter() - started:.1f} s")
-        questions = load_questions(recipe.source, base_dir).questions
+        questions = load_questions(recipe.question_sources[0], base_dir).questions
         prompts = [
             encode_prompt(sampler.tokenizer, messages(q.text, p.instruction, m.system_prompt))
             for q in questions

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from builder.manifest import Manifest
+from builder.manifest import Manifest, SourceInfo
 from builder.writer import CONFIGS
 
 VERSIONS_START = "<!-- upft:versions:start -->"
@@ -207,8 +207,9 @@ def card_metadata(
     meta["task_categories"] = ["text-generation"]
     meta["tags"] = list(TAGS)
     meta["size_categories"] = [size_category(manifest.counts.mixture_rows)]
-    if manifest.source.type == "hub" and manifest.source.id:
-        meta["source_datasets"] = [manifest.source.id]
+    hub_ids = [s.id for s in manifest.sources if s.type == "hub" and s.id]
+    if hub_ids:
+        meta["source_datasets"] = list(dict.fromkeys(hub_ids))
     # The writer's configs, in its order; the first (the training mixture) is the default.
     meta["configs"] = [
         {
@@ -233,8 +234,8 @@ def _front_matter(manifest: Manifest, dataset_info: list[dict[str, Any]] | None 
 # --- the body ----------------------------------------------------------------------------------
 
 
-def _source_sentence(manifest: Manifest) -> str:
-    src = manifest.source
+def _where(src: SourceInfo) -> str:
+    """Where one source's questions came from, in words with its identity."""
     if src.type == "hub":
         sid = str(src.id)
         parts = [f"config `{src.config}`"] if src.config else []
@@ -248,6 +249,46 @@ def _source_sentence(manifest: Manifest) -> str:
     if src.sha256:
         text += f" (sha256 `{src.sha256[:12]}`)"
     return text
+
+
+def _source_sentence(manifest: Manifest) -> str:
+    sources = manifest.sources
+    if len(sources) == 1:
+        return _where(sources[0])
+    listed = "; ".join(f"`{s.name}`, {_where(s)}" for s in sources)
+    return (
+        f"{len(sources)} sources, taken in this order: {listed}. A question whose normalised "
+        "text an earlier source already gave was left out of the later one"
+    )
+
+
+def _sources_table(manifest: Manifest) -> str:
+    """Per source: rows read, dropped by reason, and kept."""
+    rows = [
+        [
+            f"`{s.name}`",
+            fmt_int(c.read),
+            fmt_int(c.empty),
+            fmt_int(c.duplicate_within),
+            fmt_int(c.duplicate_across),
+            fmt_int(c.limited),
+            fmt_int(c.too_long),
+            fmt_int(c.kept),
+        ]
+        for s in manifest.sources
+        for c in (s.counts,)
+    ]
+    headers = [
+        "Source",
+        "Read",
+        "Empty",
+        "Duplicate",
+        "Of an earlier source",
+        "Over limit",
+        "Too long",
+        "Kept",
+    ]
+    return md_table(headers, rows, align="lrrrrrrr")
 
 
 def _curve_table(manifest: Manifest) -> str:
@@ -423,7 +464,7 @@ def _card_context(manifest: Manifest, recipe_yaml: str, repo_id: str | None) -> 
         "timing": _timing_sentence(m),
         "settings": settings,
         "counts": m.counts,
-        "source_counts": m.source.counts,
+        "sources_table": _sources_table(m),
         "backend_id": m.backend,
         "curve_table": _curve_table(m),
         "tokens_table": _tokens_table(m),

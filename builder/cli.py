@@ -161,7 +161,7 @@ def _check_inputs(parsed: Any) -> None:
 def _check_recipe_text(recipe: str) -> None:
     """A recipe with bytes that are not UTF-8 is named with line and offset, not a traceback."""
     from builder.errors import RecipeError, SourceError
-    from builder.sources import check_utf8
+    from builder.source_files import check_utf8
 
     try:
         check_utf8(Path(recipe))
@@ -172,13 +172,16 @@ def _check_recipe_text(recipe: str) -> None:
 
 
 def _print_plan(p: dict[str, Any]) -> None:
-    src = p["source"]
-    counts = src["counts"]
-    click.echo(
-        f"source: {src.get('id') or src.get('path')}  read {counts['read']}, "
-        f"empty {counts['empty']}, duplicate {counts['duplicate']}, "
-        f"over limit {counts['limited']}, kept {counts['kept']}"
-    )
+    for src in p["sources"]:
+        c = src["counts"]
+        across = (
+            f" (+{c['duplicate_across']} of an earlier source)" if len(p["sources"]) > 1 else ""
+        )
+        click.echo(
+            f"source {src['name']}: {src.get('id') or src.get('path')}  read {c['read']}, "
+            f"empty {c['empty']}, duplicate {c['duplicate_within']}{across}, "
+            f"over limit {c['limited']}, kept {c['kept']}"
+        )
     gold = p.get("gold_answers")
     if gold is not None:
         click.echo(

@@ -10,19 +10,20 @@ the typed :class:`~builder.manifest_schema.Manifest` that the writer saves as
 import Manifest`` is what readers write.
 
 The fingerprint hashes every input that changes the output: the resolved recipe (except the
-output location and the executor), the source content (file sha256 or Hub commit), the model id
-and revision, the builder version and, for ``model.dtype: auto``, what auto means on this CPU.
-Two builds with the same fingerprint and backend are the same dataset; an existing version
-directory with another fingerprint is never overwritten silently. Token accounting compares
-what was sampled with rejection-sampling fine-tuning (RFT: 16 full traces per question) at the
-measured mean full-trace length.
+output location and the executor), the content of every source (file sha256 or Hub commit) and
+the rules that read them (``sources.SOURCE_RULES``), the model id and revision, the builder
+version and, for ``model.dtype: auto``, what auto means on this CPU. Two builds with the same
+fingerprint and backend are the same dataset; an existing version directory with another
+fingerprint is never overwritten silently. Token accounting compares what was sampled with
+rejection-sampling fine-tuning (RFT: 16 full traces per question) at the measured mean
+full-trace length.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,7 @@ from builder.manifest_schema import (
 from builder.prompts import instruction_markers
 from builder.recipe import Recipe
 from builder.served import without_served
+from builder.sources import SOURCE_RULES
 
 if TYPE_CHECKING:
     from builder.mixture import RowCounts
@@ -100,18 +102,25 @@ RFT_SAMPLES_PER_QUESTION = 16
 # --- computing the parts -----------------------------------------------------------------------
 
 
-def fingerprint(recipe: Recipe, source_info: Mapping[str, Any], model_revision: str | None) -> str:
-    """sha256 over everything that determines the dataset's content."""
+def fingerprint(
+    recipe: Recipe, sources: Sequence[Mapping[str, Any]], model_revision: str | None
+) -> str:
+    """sha256 over everything that determines the dataset's content (``sources``: what
+    identifies each source, in the recipe's order)."""
     resolved = recipe.resolved_dict()
     resolved["output"] = {k: v for k, v in resolved["output"].items() if k != "dir"}
     # Where shards run does not change them: a Ray build and a local one resume each other.
     resolved.pop("executor", None)
     # Nor where a served model is reached (base URL, key variable, concurrency, retries).
     resolved["model"] = without_served(resolved["model"], recipe.model.backend)
+    # `source:` and a `sources:` list of that one source are the same build.
+    if "source" in resolved:
+        resolved["sources"] = [resolved.pop("source")]
     keys = ("type", "id", "path", "config", "split", "revision", "sha256")
     payload = {
         "recipe": resolved,
-        "source": {k: source_info.get(k) for k in keys},
+        "sources": [{k: info.get(k) for k in keys} for info in sources],
+        "source_rules": SOURCE_RULES,
         "model": {"id": recipe.model.id, "revision": model_revision},
         "builder_version": __version__,
     }
@@ -182,7 +191,7 @@ class Provenance:
     """What a build was made from, besides the recipe."""
 
     fingerprint: str
-    source: SourceInfo
+    sources: Sequence[SourceInfo]  # in the recipe's order
     model: ModelInfo
     decoding_sources: Mapping[str, str]  # per decoding field: recipe | generation_config | neutral
     gold_answers: GoldAnswers | None = None  # how the source's gold answers were read
@@ -277,7 +286,7 @@ def build_manifest(
         fingerprint=provenance.fingerprint,
         builder_version=__version__,
         created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        source=provenance.source,
+        sources=list(provenance.sources),
         gold_answers=provenance.gold_answers,
         model=provenance.model,
         backend=r.model.backend,

@@ -35,8 +35,8 @@ from builder import __version__
 from builder.errors import ManifestError
 
 # The schema of manifest.json; bump it with any change a reader of the old schema cannot read.
-# 1: builder 0.1.0 (unversioned, untyped); 2: this typed model.
-MANIFEST_VERSION: Literal[2] = 2
+# 1: builder 0.1.0 (unversioned, untyped); 2: typed; 3: `sources`, a list with per-source counts.
+MANIFEST_VERSION: Literal[3] = 3
 
 Fingerprint = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Timestamp = Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")]
@@ -56,19 +56,26 @@ class ManifestSection(BaseModel):
 
 
 class SourceCounts(ManifestSection):
-    """How many source rows were read, dropped (by reason) and kept."""
+    """How many rows of one source were read, dropped (by reason) and kept; the source stage
+    (``builder.sources``) counts them in this model, which the manifest stores as it is."""
 
     read: int
-    empty: int
-    duplicate: int
-    limited: int
-    too_long: int = 0  # longer than the model's context (skipped)
+    empty: int  # no question text
+    duplicate_within: int  # the normalised text of an earlier row of the same source
+    duplicate_across: int  # the text of a question an earlier source keeps
+    limited: int  # beyond the source's limit
+    too_long: int  # longer than the model's context (skipped by the build)
     kept: int
+
+    @classmethod
+    def zero(cls) -> SourceCounts:
+        return cls.model_validate(dict.fromkeys(cls.model_fields, 0))
 
 
 class SourceInfo(ManifestSection):
-    """Where the questions came from: a local file (sha256) or a Hub dataset (commit)."""
+    """Where one source's questions came from: a local file (sha256) or a Hub dataset (commit)."""
 
+    name: str  # labels its rows (the `source` column)
     type: Literal["file", "hub"]
     id: str | None  # Hub dataset id
     path: str | None  # local file, as the recipe names it
@@ -76,6 +83,7 @@ class SourceInfo(ManifestSection):
     split: str | None
     revision: str | None  # the resolved Hub commit
     sha256: str | None  # of the local file
+    streaming: bool | None  # Hub: read through datasets' streaming path (None: a file)
     question: str  # the recipe's question field or template
     answer_field: str | None
     id_field: str | None
@@ -338,9 +346,9 @@ class Manifest(ManifestSection):
     repo_id: str | None
     fingerprint: Fingerprint
     builder_version: str
-    manifest_version: Literal[2] = MANIFEST_VERSION
+    manifest_version: Literal[3] = MANIFEST_VERSION
     created_at: Timestamp  # UTC, e.g. 2026-11-26T19:30:00Z
-    source: SourceInfo
+    sources: list[SourceInfo]  # in the recipe's order (one for `source:`)
     model: ModelInfo
     backend: Literal["vllm", "transformers", "openai"]
     settings: Settings

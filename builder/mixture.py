@@ -307,7 +307,7 @@ def _trace_rows(
         ],
         schema=SCHEMAS["traces"],
     )
-    has_gold = recipe.source.answer is not None
+    has_gold = recipe.has_gold_answers
     rows: dict[str, list[object]] = {name: [] for name in SCHEMAS["traces"].names}
     owner: list[int] = []
     for i, q in enumerate(questions):
@@ -366,9 +366,11 @@ def shard_rows(
     support, n_samples = np.asarray(shown.column("support")), np.asarray(shown.column("n_samples"))
     agreement = support / n_samples if len(keep) else np.zeros(0)
     method = "label_filter" if recipe.label_filter.enabled else recipe.prefix.vote
+    source = pa.array([q.source for q in kept_q], pa.string())
     prefixes = pa.Table.from_arrays(
         [
             shown.column("question_id"),
+            source,
             pa.array([q.text for q in kept_q], pa.string()),
             shown.column("text"),
             pa.array(prefix_len, pa.int32()),
@@ -409,6 +411,7 @@ def shard_rows(
     mixture = pa.Table.from_arrays(
         [
             shown.column("question_id"),
+            source,
             pa.array(kinds, pa.string()),
             _messages(roles, contents),
             _messages(["assistant"], answers_text),

@@ -1,15 +1,16 @@
 """The build: recipe -> questions -> phase 1 -> prefix choice -> phase 2 -> files.
 
-This module only orchestrates; each step lives in the module that owns it: ``sources``
-(questions), ``resolve`` (decoding values), ``phases`` (sampling phases as shard streams, resume,
-full-trace tries), ``executor`` + ``sampling/`` (engines), ``store`` (persisted shards),
-``prefixes`` (vote / label filter / token-exact settling, per shard), ``release`` (rows,
-assembled shard by shard, and the totals), ``manifest`` (numbers) and ``writer`` (the version
-directory). The pipeline owns the rules that span steps: the fingerprint check against an
-existing version directory (same fingerprint: nothing to do, no engine is loaded; different:
-refuse unless ``force``), which questions fit the model's context, the full-trace share, and
-the order of the phases. After the source stage nothing grows with the number of questions
-but the question list itself: samples stay on disk and are read back one shard at a time.
+This module only orchestrates; each step lives in the module that owns it: ``source_files``,
+``sources``, ``selection`` and ``question_store`` (questions), ``resolve`` (decoding values),
+``phases`` (sampling phases as shard streams, resume, full-trace tries), ``executor`` +
+``sampling/`` (engines), ``store`` (persisted shards), ``prefixes`` (vote / label filter /
+token-exact settling, per shard), ``release`` (rows, assembled shard by shard, and the totals),
+``manifest`` (numbers) and ``writer`` (the version directory). The pipeline owns the rules that
+span steps: the fingerprint check against an existing version directory (same fingerprint:
+nothing to do, no engine is loaded; different: refuse unless ``force``), which questions fit
+the model's context, the full-trace share, and the order of the phases. Nothing grows with the
+number of questions: the questions stay on disk (``question_store``, in the staging folder) and
+the samples too; both are read back one shard at a time.
 """
 
 from __future__ import annotations
@@ -46,15 +47,17 @@ from builder.models import ResolvedModel, load_tokenizer, resolve_model
 from builder.overlap import ShardWorkers
 from builder.phases import MessagesFn, PhaseRunner, Shards, sample_full_traces
 from builder.progress import phase_progress
-from builder.prompts import encode_prompt, fit_context, messages, model_context
+from builder.prompts import encode_prompt, messages, model_context, too_long
+from builder.question_store import Collected, QuestionStore, QuestionView, collect
 from builder.recipe import Recipe
 from builder.release import Assembler, Release
 from builder.resolve import decoding_sources, generation_defaults, resolve
 from builder.sampling import make_sampler
 from builder.sampling.base import Sampler
 from builder.served import chat_of, wants_messages
-from builder.sources import LoadedSource, Question, load_questions
-from builder.store import ShardStore, staging_dir
+from builder.source_files import OpenedSource, open_source
+from builder.sources import Question
+from builder.store import ShardStore, disk_error, staging_dir
 from builder.writer import ReleaseWriter, finish_release, open_release, read_existing_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -114,19 +117,30 @@ def token_budget(recipe: Recipe, questions: int) -> dict[str, int]:
     return {"full_questions": n_full, "prefix": prefix, "full": full, "total": prefix + full}
 
 
+def open_sources(recipe: Recipe, base_dir: Path | None) -> list[OpenedSource]:
+    """Every source of the recipe, checked and identified (nothing is read yet)."""
+    return [open_source(cfg, field, base_dir) for field, cfg in recipe.source_fields()]
+
+
 def plan(recipe: Recipe, base_dir: Path | None) -> dict[str, Any]:
-    """What a build would sample, without loading a model (``--dry-run``)."""
-    loaded = load_questions(recipe.source, base_dir)
-    q = len(loaded.questions)
+    """What a build would sample, without loading a model (``--dry-run``): the sources are
+    read, checked and de-duplicated in full, and only their counts are kept."""
+    opened = open_sources(recipe, base_dir)
     lf = recipe.label_filter.enabled
-    src = recipe.source
-    gold = audit_source(loaded.questions, src.answer, src.answer_pattern, lf)
+    # The gold answers are audited over the kept questions, so those go to a temporary store
+    # (on disk, read back a batch at a time) when a source has an answer field.
+    found = collect(opened, keep=any(o.cfg.answer is not None for o in opened))
+    try:
+        q = found.kept
+        gold = audit_gold(found, lf)
+    finally:
+        found.close()
     budget = token_budget(recipe, q)
     n_full = budget["full_questions"]
     rft_bound = RFT_SAMPLES_PER_QUESTION * q * recipe.sampling.max_tokens
     return {
         "output": str(Path(recipe.output.dir) / recipe.name / recipe.version),
-        "source": loaded.manifest_entry(),
+        "sources": found.manifest_entries(),
         "gold_answers": gold.as_dict() if gold is not None else None,
         "questions": q,
         "prefix_phase": {
@@ -193,7 +207,7 @@ def build(
     """
     t0 = time.monotonic()
     timings: dict[str, float] = {}
-    loaded: LoadedSource = load_questions(recipe.source, base_dir)
+    opened = open_sources(recipe, base_dir)
     timings["source"] = time.monotonic() - t0
 
     if recipe.model.backend == "openai":
@@ -205,7 +219,7 @@ def build(
         gen = generation_defaults(model)
         sources = decoding_sources(recipe, gen)
         recipe = resolve(recipe, model, gen)
-    fp = fingerprint(recipe, loaded.info, model.revision)
+    fp = fingerprint(recipe, [o.info for o in opened], model.revision)
     final = Path(recipe.output.dir) / recipe.name / recipe.version
     staging = staging_dir(recipe.output.dir, recipe.name, recipe.version)
 
@@ -222,28 +236,66 @@ def build(
             "build a new version, or pass --force to replace it"
         )
 
-    src, lf = recipe.source, recipe.label_filter.enabled
-    gold = audit_source(loaded.questions, src.answer, src.answer_pattern, lf)
-    if executor is None and sampler is None and recipe.executor.kind == "ray":
-        from builder.ray_executor import RayExecutor
-
-        bound = token_budget(recipe, len(loaded.questions))["total"]
-        executor = RayExecutor.from_recipe(recipe, bound)
-    if executor is None and sampler is None and recipe.model.backend == "openai":
-        from builder.served import make_build_executor
-
-        executor = make_build_executor(recipe, model, staging)
-    if executor is None:
-        executor = _local_executor(recipe, model, len(loaded.questions), sampler)
-    b = _Build(
-        recipe, model, executor, ShardStore(staging, fp, fresh=force), quiet, timings, sources
-    )
-    b.gold = gold
+    # The folders this build makes (outermost first): a source that turns out unusable while
+    # it is read leaves nothing behind, as when it was read before any folder was made.
+    made = [p for p in (*reversed(staging.parents[:2]), staging) if not p.exists()]
+    store = ShardStore(staging, fp, fresh=force)
     try:
-        return _run(b, loaded, final, fp, replace=final.exists(), t0=t0)
+        started = time.monotonic()
+        try:
+            found = _collect(opened, staging / "source")
+            gold = audit_gold(found, recipe.label_filter.enabled)
+        except SourceError:
+            if made:
+                store.close()
+                shutil.rmtree(made[0], ignore_errors=True)
+            raise
+        timings["source"] += time.monotonic() - started
+        assert found.store is not None
+        if executor is None and sampler is None and recipe.executor.kind == "ray":
+            from builder.ray_executor import RayExecutor
+
+            bound = token_budget(recipe, found.store.count)["total"]
+            executor = RayExecutor.from_recipe(recipe, bound)
+        if executor is None and sampler is None and recipe.model.backend == "openai":
+            from builder.served import make_build_executor
+
+            executor = make_build_executor(recipe, model, staging)
+        if executor is None:
+            executor = _local_executor(recipe, model, found.store.count, sampler)
+        b = _Build(recipe, model, executor, store, quiet, timings, sources)
+        b.gold = gold
+        try:
+            return _run(b, found, final, fp, replace=final.exists(), t0=t0)
+        finally:
+            executor.close(process_exiting=process_exiting)
     finally:
-        executor.close(process_exiting=process_exiting)
-        b.store.close()  # release the build lock; the shards stay for a resume
+        store.close()  # release the build lock; the shards stay for a resume
+
+
+def audit_gold(found: Collected, label_filter: bool) -> GoldAudit | None:
+    """The audit of the kept questions' gold answers (None: no source has an answer field);
+    a label-filter build none of whose gold answers can match stops here, before sampling.
+    With several sources it names each answer field as ``name.field``."""
+    sources = [s for s in found.sources if s.cfg.answer is not None]
+    if not sources:
+        return None
+    assert found.store is not None
+    if len(found.sources) == 1:
+        field, pattern = sources[0].cfg.answer, sources[0].cfg.answer_pattern
+    else:
+        field = ", ".join(f"{s.name}.{s.cfg.answer}" for s in sources)
+        patterns = [f"{s.name}: {s.cfg.answer_pattern}" for s in sources if s.cfg.answer_pattern]
+        pattern = "; ".join(patterns) or None
+    return audit_source(found.store, field, pattern, label_filter)
+
+
+def _collect(opened: list[OpenedSource], folder: Path) -> Collected:
+    """The build's questions, read into its staging folder (or found there on a resume)."""
+    try:
+        return collect(opened, folder)
+    except OSError as exc:
+        raise disk_error(folder, exc, keep=folder.parent / "shards") from None
 
 
 def _phase_timing(b: _Build, key: str, started: float, loaded_before: float) -> None:
@@ -252,31 +304,39 @@ def _phase_timing(b: _Build, key: str, started: float, loaded_before: float) -> 
 
 
 def _drop_too_long(
-    b: _Build, loaded: LoadedSource, prompt: Callable[[Question], list[int]]
-) -> None:
+    b: _Build, found: Collected, prompt: Callable[[Question], list[int]]
+) -> QuestionStore | QuestionView:
+    """The questions whose phase-1 prompt fits the model's context; the rest are counted per
+    source and skipped with a warning (an error if none is left)."""
+    assert found.store is not None
     r = b.recipe
     context = model_context(r.model.max_model_len, b.model.path)
-    kept, skipped = fit_context(loaded.questions, prompt, context, r.phase1_max_tokens)
+    skipped: dict[str, str] = {}  # id -> source name
+    for q in too_long(found.store, prompt, context, r.phase1_max_tokens):
+        skipped[q.id] = q.source or ""
     if not skipped:
-        return
-    loaded.counts.too_long = len(skipped)
-    loaded.counts.kept = len(kept)
-    loaded.questions = kept
-    shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        return found.store
+    for src, counts in zip(found.sources, found.counts, strict=True):
+        n = sum(1 for name in skipped.values() if name == src.name)
+        counts.too_long, counts.kept = n, counts.kept - n
+    ids = list(skipped)
+    shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
     logger.warning(
         "%d question(s) too long for the model context (%d tokens, %d of them kept for "
         "phase 1) skipped: %s; raise model.max_model_len if the model allows it",
-        len(skipped),
+        len(ids),
         context,
         r.phase1_max_tokens,
         shown,
     )
-    if not kept:
+    view = found.store.without(set(skipped))
+    if not view.count:
         raise SourceError(
             f"no question fits the model context of {context} tokens (prompt plus "
             f"{r.phase1_max_tokens} sampled tokens); raise model.max_model_len or use "
             "shorter questions"
         )
+    return view
 
 
 @dataclass
@@ -337,18 +397,16 @@ class _Prompts:
 
 
 def _run(
-    b: _Build, loaded: LoadedSource, final: Path, fp: str, replace: bool, t0: float
+    b: _Build, found: Collected, final: Path, fp: str, replace: bool, t0: float
 ) -> BuildResult:
     prompts = _Prompts(b)
-    _drop_too_long(b, loaded, prompts.prefix)
+    kept = _drop_too_long(b, found, prompts.prefix)
     r = b.recipe
-    questions = Shards.of(loaded.questions, r.output.shard_size)
-    share = full_trace_share(
-        (q.id for q in loaded.questions), r.mixture.full_trace_ratio, r.mixture.seed
-    )
+    size = r.output.shard_size
+    questions = Shards(kept, kept.count, size)
+    share = full_trace_share(kept.ids(), r.mixture.full_trace_ratio, r.mixture.seed)
     if r.mixture.full_trace_from == "prefix":
-        size = r.output.shard_size
-        b.home = {q.id: i // size for i, q in enumerate(loaded.questions) if q.id in share}
+        b.home = {qid: i // size for i, qid in enumerate(kept.ids()) if qid in share}
     release = _sample_and_assemble(b, questions, share, prompts)
     if not (release.counts.prefix_rows + release.counts.full_rows):
         raise SamplingError(
@@ -364,7 +422,7 @@ def _run(
         release.counts.prefix_cost = reported.get("prefix", 0)
         release.counts.full_cost = sum(v for k, v in reported.items() if k != "prefix")
     manifest = build_manifest(
-        r, _provenance(b, loaded, fp), release_contents(r, release.counts), _run_record(b)
+        r, _provenance(b, found, fp), release_contents(r, release.counts), _run_record(b)
     )
     recipe_yaml = r.to_yaml()
     finish_release(
@@ -471,7 +529,7 @@ def _full_phase(b: _Build, full: Shards, prompts: _Prompts) -> list[Shards]:
     return tries
 
 
-def _provenance(b: _Build, loaded: LoadedSource, fp: str) -> Provenance:
+def _provenance(b: _Build, found: Collected, fp: str) -> Provenance:
     engine = b.executor.engine_info()
     model = ModelInfo(
         id=b.recipe.model.id,
@@ -479,9 +537,9 @@ def _provenance(b: _Build, loaded: LoadedSource, fp: str) -> Provenance:
         name=b.model.display_name,
         engine=EngineInfo.model_validate(engine) if engine else None,
     )
-    source = SourceInfo.model_validate(loaded.manifest_entry())
+    sources = [SourceInfo.model_validate(e) for e in found.manifest_entries()]
     gold = GoldAnswers.model_validate(b.gold.as_dict()) if b.gold is not None else None
-    return Provenance(fp, source, model, b.decoding_sources, gold)
+    return Provenance(fp, sources, model, b.decoding_sources, gold)
 
 
 def _run_record(b: _Build) -> RunRecord:

@@ -5,7 +5,7 @@ prompt is the question followed by the recipe's instruction; a full-trace exampl
 question. Prefixes are *sampled* with the plain question by default (the paper: the first L
 tokens of the model's normal answer); ``instruction_markers`` / ``echo_mask`` measure how often
 samples repeat the instruction's wording, which is what sampling under the instruction causes.
-``fit_context`` keeps out questions whose prompt would not fit the model's context, and
+``too_long`` finds the questions whose prompt would not fit the model's context, and
 ``stable_prefixes`` settles prefixes to token boundaries their text reproduces.
 """
 
@@ -15,7 +15,7 @@ import functools
 import json
 import re
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -201,27 +201,22 @@ def model_context(max_model_len: int | None, model_path: str) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def fit_context(
-    questions: list[Question],
+def too_long(
+    questions: Iterable[Question],
     prompt: Callable[[Question], list[int]],
     context: int | None,
     reserve: int,
-) -> tuple[list[Question], list[str]]:
-    """The questions whose phase-1 prompt leaves ``reserve`` tokens within ``context``, and the
-    ids of those that do not (an engine refuses a prompt longer than its context)."""
+) -> Iterator[Question]:
+    """The questions whose phase-1 prompt would not leave ``reserve`` tokens within ``context``
+    (an engine refuses a prompt longer than its context), as they stream past."""
     if context is None:
-        return questions, []
+        return
     limit = context - reserve
     # A prompt has at most one token per UTF-8 byte of the question plus the template's own
     # tokens (8 spare for tokenizers that add a word marker): only longer texts are encoded.
     from builder.sources import Question
 
     overhead = len(prompt(Question("", ""))) + 8
-    kept: list[Question] = []
-    skipped: list[str] = []
     for q in questions:
-        if len(q.text.encode("utf-8")) + overhead <= limit or len(prompt(q)) <= limit:
-            kept.append(q)
-        else:
-            skipped.append(q.id)
-    return kept, skipped
+        if len(q.text.encode("utf-8")) + overhead > limit and len(prompt(q)) > limit:
+            yield q

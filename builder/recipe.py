@@ -33,16 +33,31 @@ _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 # A field placeholder in a question template: "{Body} {Question}".
 PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class SourceConfig(_Strict):
-    """Where questions come from: a Hub dataset (``hub``) or a local file (``path``)."""
+    """One question set: a Hub dataset (``hub``) or a local file (``path``).
 
+    A recipe has one (``source:``) or several (``sources:``, taken in order). ``name`` labels
+    the source's rows (the ``source`` column), its manifest entry and, with several sources, the
+    ids its id field gives; left out, it is derived from the file name or the Hub id.
+    """
+
+    name: str | None = Field(
+        default=None,
+        description="labels this source's rows; default: the file's stem or the Hub id's name",
+    )
     hub: str | None = Field(default=None, description="Hub dataset id, e.g. openai/gsm8k")
     path: str | None = Field(default=None, description="local .jsonl/.json/.parquet/.csv file")
     config: str | None = None
     split: str = "train"
     revision: str | None = None
+    streaming: bool | None = Field(
+        default=None,
+        description="Hub only: read through datasets' streaming path (nothing cached on disk); "
+        "empty: stream when the dataset's files exceed 1 GiB",
+    )
     question: str = Field(
         default="question", description="a field name, or a template like '{Body} {Question}'"
     )
@@ -62,6 +77,18 @@ class SourceConfig(_Strict):
         compile_pattern(value)
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        # Filled in here so that the resolved recipe (and the fingerprint) names every source.
+        if isinstance(data, dict) and data.get("name") is None:
+            path, hub = data.get("path"), data.get("hub")
+            if isinstance(path, str):
+                data = {**data, "name": default_source_name(Path(path).stem)}
+            elif isinstance(hub, str):
+                data = {**data, "name": default_source_name(hub.rsplit("/", 1)[-1])}
+        return data
+
     @model_validator(mode="after")
     def _one_source(self) -> SourceConfig:
         if (self.hub is None) == (self.path is None):
@@ -72,19 +99,35 @@ class SourceConfig(_Strict):
                 raise ValueError(
                     f"path {self.path!r} has suffix {suffix!r}; use .jsonl, .json, .parquet or .csv"
                 )
-            for name in ("config", "revision"):
+            for name in ("config", "revision", "streaming"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"'{name}' only applies to a Hub source; remove it")
         if not self.question.strip():
             raise ValueError("'question' must name a field or be a template like '{problem}'")
         if self.answer_pattern is not None and self.answer is None:
             raise ValueError("'answer_pattern' applies to the answer field: set 'answer' too")
+        if self.name is not None and not _SOURCE_NAME.match(self.name):
+            raise ValueError(
+                f"name {self.name!r} must be 1-64 letters, digits, '.', '_' or '-' (it labels "
+                "the source's rows and prefixes its ids)"
+            )
         return self
 
     def question_fields(self) -> list[str]:
         """Field names the question needs: the template's placeholders, or the bare name."""
         found = PLACEHOLDER.findall(self.question)
         return found if found else [self.question]
+
+    @property
+    def label(self) -> str:
+        """The source's name (always set once validated)."""
+        return self.name or "source"
+
+
+def default_source_name(stem: str) -> str:
+    """A valid source name from a file's stem (``gsm8k-test``) or a Hub id's last part."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._")[:64]
+    return name or "source"
 
 
 class ModelConfig(ServedFields, _Strict):
@@ -280,7 +323,10 @@ class Recipe(_Strict):
     description: str | None = None
     license: str | None = None
     language: list[str] = Field(default_factory=lambda: ["en"])
-    source: SourceConfig
+    source: SourceConfig | None = Field(default=None, description="the question set (one)")
+    sources: list[SourceConfig] | None = Field(
+        default=None, min_length=1, description="several question sets, taken in order"
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     prefix: PrefixConfig = Field(default_factory=PrefixConfig)
@@ -328,11 +374,26 @@ class Recipe(_Strict):
                     "mixture.full_trace_from: prefix continues the chosen prefix's tokens, which "
                     "the chat endpoint cannot take; set model.endpoint: completions"
                 )
-        if self.label_filter.enabled:
-            if not self.source.answer:
+        if (self.source is None) == (self.sources is None):
+            raise ValueError(
+                "a recipe reads its questions from 'source' (one question set) or 'sources' (a "
+                "list of them): set exactly one of the two"
+            )
+        seen: dict[str, str] = {}
+        for field, cfg in self.source_fields():
+            if cfg.label in seen:
                 raise ValueError(
-                    "label_filter.enabled needs gold answers: set source.answer to the answer field"
+                    f"{seen[cfg.label]} and {field} are both named {cfg.label!r}; give them "
+                    "different 'name's"
                 )
+            seen[cfg.label] = field
+        if self.label_filter.enabled:
+            for field, cfg in self.source_fields():
+                if not cfg.answer:
+                    raise ValueError(
+                        f"label_filter.enabled needs gold answers: set {field}.answer to the "
+                        "answer field"
+                    )
             if self.prefix.vote != "first" or self.prefix.samples != 1:
                 raise ValueError(
                     "label_filter picks the prefix from label_filter.samples complete answers; "
@@ -346,6 +407,22 @@ class Recipe(_Strict):
         return self
 
     @property
+    def question_sources(self) -> list[SourceConfig]:
+        """Every source, in order (``source:`` is a list of one)."""
+        return [cfg for _, cfg in self.source_fields()]
+
+    def source_fields(self) -> list[tuple[str, SourceConfig]]:
+        """(field path for messages, config) of every source: ``source`` or ``sources.N``."""
+        if self.sources is not None:
+            return [(f"sources.{i}", cfg) for i, cfg in enumerate(self.sources)]
+        return [("source", self.source)] if self.source is not None else []
+
+    @property
+    def has_gold_answers(self) -> bool:
+        """Whether any source names a gold-answer field."""
+        return any(cfg.answer is not None for cfg in self.question_sources)
+
+    @property
     def sampled_per_question(self) -> int:
         """Phase-1 samples per question: N prefixes, or K complete answers (label filter)."""
         return self.label_filter.samples if self.label_filter.enabled else self.prefix.samples
@@ -356,8 +433,11 @@ class Recipe(_Strict):
         return self.sampling.max_tokens if self.label_filter.enabled else self.prefix.length
 
     def resolved_dict(self) -> dict[str, Any]:
-        """Every field with its effective value, in declaration order."""
-        return self.model_dump(mode="json")
+        """Every field with its effective value, in declaration order (of ``source`` and
+        ``sources``, the one the recipe uses)."""
+        data = self.model_dump(mode="json")
+        data.pop("sources" if self.sources is None else "source")
+        return data
 
     def to_yaml(self) -> str:
         """The resolved recipe as YAML (what goes into the output directory)."""
@@ -382,12 +462,14 @@ def load_recipe(path: str | Path) -> tuple[Recipe, Path]:
 
 
 def apply_overrides(recipe: Recipe, **flags: Any) -> Recipe:
-    """CLI flags win over the file: ``out``, ``limit``, ``backend`` (None means not given)."""
+    """CLI flags win over the file: ``out``, ``limit`` (of each source), ``backend`` (None means
+    not given)."""
     data = recipe.resolved_dict()
     if flags.get("out") is not None:
         data["output"]["dir"] = str(flags["out"])
-    if flags.get("limit") is not None:
-        data["source"]["limit"] = int(flags["limit"])
+    if flags.get("limit") is not None:  # every source's limit
+        for cfg in data["sources"] if "sources" in data else [data["source"]]:
+            cfg["limit"] = int(flags["limit"])
     if flags.get("backend") is not None:
         data["model"] = drop_for_backend(data["model"], flags["backend"])
         data["model"]["backend"] = flags["backend"]

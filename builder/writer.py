@@ -44,6 +44,7 @@ SCHEMAS = {
     "mixture": pa.schema(
         [
             ("question_id", pa.string()),
+            ("source", pa.string()),  # the recipe's name of the question's source
             ("kind", pa.string()),
             ("prompt", pa.list_(_MESSAGE)),
             ("completion", pa.list_(_MESSAGE)),
@@ -54,6 +55,7 @@ SCHEMAS = {
     "prefixes": pa.schema(
         [
             ("question_id", pa.string()),
+            ("source", pa.string()),
             ("question", pa.string()),
             ("prefix", pa.string()),
             ("prefix_tokens", pa.int32()),

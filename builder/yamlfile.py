@@ -11,6 +11,7 @@ for an unknown key, the closest valid one.
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -109,13 +110,26 @@ def node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds: ``M``, ``M | None`` or ``list[M]`` (None: no model)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def closest_key(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
     """The valid key nearest in spelling to the unknown last key of ``loc``, if one is close."""
     current: Any = model
     for key in loc[:-1]:
+        if isinstance(key, int):  # an item of a list field: the model stays the list's
+            continue
         info = getattr(current, "model_fields", {}).get(str(key))
-        current = getattr(info, "annotation", None)
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+        current = _model_in(getattr(info, "annotation", None))
+        if current is None:
             return None
     if not loc or not (isinstance(current, type) and issubclass(current, BaseModel)):
         return None

@@ -324,11 +324,12 @@ def test_sections_in_order_and_conditional_parts() -> None:
     ]
     assert "![Prefix self-consistency](assets/agreement.png)" in card
     assert "](assets/agreement_hist.png)" in card
-    assert "Answer accuracy of the complete answers: 2 of 4 reached the gold answer (50.0%)" in card
+    assert "Answer accuracy of the complete answers: 2 of 5 reached the gold answer (40.0%)" in card
     assert "| gold_answer " in card and "| is_correct " in card
-    assert "| RFT estimate (16 full traces per question) | 12,576 |" in card
+    assert "| RFT estimate (16 full traces per question) | 15,696 |" in card
     assert "1 question(s) needed more than one try for a complete answer" in card
-    assert "| duplicate |         1 |" in card
+    assert "| `apples` |   13 |     0 |         1 |                    0 |" in card
+    assert "| `more`   |    5 |     0 |         0 |                    1 |          1 |" in card
     assert "<summary>Full resolved recipe (recipe.yaml)</summary>" in card
     assert "```yaml\n" + (GOLDEN / "recipe.yaml").read_text("utf-8") + "```\n" in card
     assert "@inproceedings{ji2025first," in card and "eprint        = {2503.02875}," in card

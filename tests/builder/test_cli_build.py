@@ -90,7 +90,8 @@ def test_dry_run_prints_the_plan(in_tmp: Path) -> None:
     result = _run(DEMO_RECIPE, "--dry-run")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        "source: data/demo-questions.jsonl  read 48, empty 0, duplicate 1, over limit 0, kept 47",
+        "source demo-questions: data/demo-questions.jsonl  read 48, empty 0, duplicate 1, over "
+        "limit 0, kept 47",
         "gold answers: 47 in field 'answer', 0 parse to nothing comparable",
         # 47 questions x 8 samples of at most 32 tokens, sampled with the plain question.
         "phase 1 (prefixes): 47 prompts, plain prompt, 376 samples x <= 32 tokens = <= 12,032 "
@@ -111,7 +112,8 @@ def test_dry_run_with_limit_and_out(in_tmp: Path) -> None:
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines == [
-        "source: data/demo-questions.jsonl  read 48, empty 0, duplicate 1, over limit 42, kept 5",
+        "source demo-questions: data/demo-questions.jsonl  read 48, empty 0, duplicate 1, over "
+        "limit 42, kept 5",
         "gold answers: 5 in field 'answer', 0 parse to nothing comparable",
         "phase 1 (prefixes): 5 prompts, plain prompt, 40 samples x <= 32 tokens = <= 1,280 tokens",
         "phase 2 (full traces): 1 prompts, 1 samples x <= 384 tokens, up to 3 tries each = "

@@ -44,7 +44,8 @@ def test_dry_run_on_shared_data(tmp_path: Path, name: str, fields: str, used) ->
     assert result.exit_code == 0, result.output
     rows, duplicates = _expected_counts(SHARED_DATA / name, used)
     assert result.stdout.splitlines()[0] == (
-        f"source: {SHARED_DATA / name}  read {rows}, empty 0, duplicate {duplicates}, "
+        f"source {Path(name).stem}: {SHARED_DATA / name}  read {rows}, empty 0, "
+        f"duplicate {duplicates}, "
         f"over limit {rows - duplicates - 5}, kept 5"
     )
     plan = "phase 1 (prefixes): 5 prompts, plain prompt, 20 samples x <= 8 tokens = <= 160 tokens"

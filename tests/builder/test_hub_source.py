@@ -82,7 +82,7 @@ def test_dry_run_reads_the_pinned_revision(hub, tmp_path):
     pinned = CliRunner().invoke(build_main, [str(_recipe_file(tmp_path, "v1")), "--dry-run", "-q"])
     assert pinned.exit_code == 0, pinned.output
     assert pinned.stdout.splitlines()[0] == (
-        f"source: {REPO}  read 3, empty 0, duplicate 0, over limit 0, kept 3"
+        f"source word-problems: {REPO}  read 3, empty 0, duplicate 0, over limit 0, kept 3"
     )
     latest = CliRunner().invoke(build_main, [str(_recipe_file(tmp_path, "main")), "--dry-run"])
     assert latest.exit_code == 0, latest.output

@@ -63,7 +63,7 @@ PINNED = {
     "hub": {
         "created_at": "2026-12-03T08:05:41Z",
         "fingerprint": "a1b2c3d4e5f6" + "07" * 26,
-        "source.revision": "e53f048856ff4f594e959d75785d2c2d37b678ee",
+        "sources.0.revision": "e53f048856ff4f594e959d75785d2c2d37b678ee",
     },
 }
 # The settings the vLLM sampler reports (builder.sampling.vllm), for the Hub variant's engine.
@@ -89,7 +89,7 @@ def pin(doc: dict[str, Any], variant: str) -> dict[str, Any]:
         node = out
         *parents, last = dotted.split(".")
         for part in parents:
-            node = node[part]
+            node = node[int(part)] if isinstance(node, list) else node[part]
         node[last] = value
     out["timings"] = {
         k: None if v is None else PINNED_TIMINGS[k] for k, v in out["timings"].items()
@@ -193,19 +193,39 @@ def golden_build(variant: str, tmp_path: Path) -> Path:
         ]
         rows.append(dict(rows[0], id="q99"))  # an exact repeat: counted, dropped
         (tmp_path / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        # A second source: one question the first already gave (dropped), four new ones of
+        # which the shuffled limit keeps three.
+        (tmp_path / "more.csv").write_text(
+            "text,solution\n"
+            + "".join(
+                f"Tom has {a} apples and buys {a + 2} more. How many now?,{2 * a + 2}\n"
+                for a in (3, 20, 22, 24, 26)
+            )
+        )
         recipe = parse_recipe(
             {
                 **common,
                 "name": "demo-upft",
                 "version": "0.1.0",
                 "license": "apache-2.0",
-                "description": "UPFT data of a scripted model on twelve apple problems.",
-                "source": {
-                    "path": "questions.jsonl",
-                    "question": "question",
-                    "answer": "answer",
-                    "id": "id",
-                },
+                "description": "UPFT data of a scripted model on apple problems from two files.",
+                "sources": [
+                    {
+                        "name": "apples",
+                        "path": "questions.jsonl",
+                        "question": "question",
+                        "answer": "answer",
+                        "id": "id",
+                    },
+                    {
+                        "path": "more.csv",
+                        "question": "text",
+                        "answer": "solution",
+                        "shuffle": True,
+                        "seed": 5,
+                        "limit": 3,
+                    },
+                ],
                 "sampling": {"max_tokens": 80},
                 "prefix": {"length": 16, "vote": "majority", "samples": 8},
                 "mixture": {"full_trace_ratio": 0.25},
@@ -303,12 +323,15 @@ def test_golden_builds_cover_both_kinds_of_sections() -> None:
     """The two goldens between them exercise every optional part of the schema."""
     file, hub = Manifest.read(GOLDEN / "manifest.json"), Manifest.read(GOLDEN / "manifest_hub.json")
     assert file.accuracy is not None and hub.accuracy is None  # gold answers or none
-    assert file.counts.full_trace_resampled > 0 and file.source.counts.duplicate == 1
+    assert file.counts.full_trace_resampled > 0
+    apples, more = file.sources
+    assert (apples.counts.duplicate_within, apples.counts.duplicate_across) == (1, 0)
+    assert (more.counts.duplicate_across, more.counts.limited, more.counts.kept) == (1, 1, 3)
     assert (file.settings.vote, hub.settings.vote) == ("majority", "first")
     assert hub.resume.prefix_shards_reused == 2 and hub.resume.prefix_shards_sampled == 1
     assert file.model.engine is None
     assert hub.model.engine == EngineInfo.model_validate(VLLM_ENGINE)
-    assert hub.source.type == "hub" and hub.settings.system_prompt
+    assert [s.type for s in hub.sources] == ["hub"] and hub.settings.system_prompt
     assert hub.settings.decoding_sources == {
         "top_p": "generation_config",
         "top_k": "recipe",
@@ -357,7 +380,7 @@ def test_trainer_reads_an_older_dataset_and_keeps_its_identity(
     _write(root, _old_manifest())
     with caplog.at_level(logging.WARNING, logger="upft.data"):
         rows, source = open_dataset(str(root), None)
-    assert len(rows) == 12
+    assert len(rows) == 15
     assert source.manifest is None
     assert "training goes on, reading only the manifest's name, version" in caplog.text
     described = source.describe()
@@ -397,7 +420,7 @@ def test_build_manifest_joins_the_typed_parts_with_the_recipe_settings() -> None
     assert g.instruction_echo is not None
     built = build_manifest(
         recipe,
-        Provenance(g.fingerprint, g.source, g.model, g.settings.decoding_sources, g.gold_answers),
+        Provenance(g.fingerprint, g.sources, g.model, g.settings.decoding_sources, g.gold_answers),
         Contents(g.counts, g.tokens, g.agreement, g.accuracy, g.instruction_echo),
         RunRecord(g.timings, g.resume, g.executor),
     )
@@ -439,7 +462,7 @@ def test_fingerprint_of_dtype_auto_follows_what_auto_means_on_this_cpu(
     for kind, flags in {"amx": {"amx_bf16"}, "avx512": {"avx512_bf16"}, "avx2": {"avx2"}}.items():
         monkeypatch.setattr(module, "cpu_flags", lambda flags=flags: frozenset(flags))
         prints[kind] = {
-            dtype: fingerprint(demo_recipe(tmp_path, model={"dtype": dtype}), info, "r1")
+            dtype: fingerprint(demo_recipe(tmp_path, model={"dtype": dtype}), [info], "r1")
             for dtype in ("auto", "float32", "bfloat16")
         }
     assert prints["amx"]["auto"] != prints["avx2"]["auto"]  # bfloat16 vs float32

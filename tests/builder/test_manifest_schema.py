@@ -49,7 +49,7 @@ def test_json_sections_and_order() -> None:
         "builder_version",
         "manifest_version",
         "created_at",
-        "source",
+        "sources",
         "model",
         "backend",
         "settings",
@@ -92,7 +92,14 @@ def test_json_sections_and_order() -> None:
             lambda d: d.update(backend="llama.cpp"),
             r"backend: Input should be 'vllm', 'transformers' or 'openai'",
         ),
-        (lambda d: d["source"].update(type="ftp"), r"source\.type: Input should be 'file'"),
+        (
+            lambda d: d["sources"][1].update(type="ftp"),
+            r"sources\.1\.type: Input should be 'file'",
+        ),
+        (
+            lambda d: d["sources"][0]["counts"].pop("duplicate_across"),
+            r"sources\.0\.counts\.duplicate_across: Field required",
+        ),
     ],
 )
 def test_a_bad_field_is_named_with_the_file(tmp_path: Path, edit: Any, message: str) -> None:

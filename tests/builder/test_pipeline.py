@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -337,3 +339,157 @@ def test_paper_label_filter_cuts_the_prefix_from_a_checked_complete_answer(vllm_
     )
     assert result.manifest.counts.label_filter_unfiltered == unverified
     assert result.manifest.accuracy is not None and result.manifest.accuracy.checked == 6
+
+
+# --- several sources ----------------------------------------------------------------------------
+
+
+def _two_sources(tmp_path: Path, out: Path) -> Any:
+    """A recipe over two local files: `pens` (ids from a field; one question twice) and
+    `more` (a CSV that repeats two of pens' questions; shuffled, limited to 3)."""
+    from builder.recipe import parse_recipe
+    from tests.fakes import fake_model_dir
+
+    pens = [{"n": i, "q": f"Ann has {i} pens and gets {i + 2} more. How many?"} for i in range(6)]
+    pens.append({"n": 99, "q": pens[1]["q"]})
+    (tmp_path / "pens.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pens))
+    more = [pens[2]["q"], pens[4]["q"]] + [
+        f"Bob has {i} cups and breaks {i - 1}. How many are left?" for i in range(3, 8)
+    ]
+    (tmp_path / "more.csv").write_text("text\n" + "".join(f"{q}\n" for q in more))
+    return parse_recipe(
+        {
+            "name": "mix",
+            "version": "1.0.0",
+            "sources": [
+                {"name": "pens", "path": "pens.jsonl", "question": "q", "id": "n"},
+                {"path": "more.csv", "question": "text", "shuffle": True, "limit": 3},
+            ],
+            "model": {"id": str(fake_model_dir(tmp_path)), "backend": "transformers"},
+            "sampling": {"max_tokens": 60},
+            "prefix": {"length": 10, "vote": "majority", "samples": 4},
+            "mixture": {"full_trace_ratio": 0.4},
+            "output": {"dir": str(out), "shard_size": 2},
+        }
+    )
+
+
+def _fake_answers(text: str, j: int, seed: int) -> str:
+    return ("We count first." if j % 3 else "We add.") + f" The answer is {len(text) % 7}."
+
+
+def _parquet_rows(path: Path, config: str) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(sorted((path / "data" / config).glob("*.parquet"))).to_pylist()
+
+
+class _Stops(Exception):
+    pass
+
+
+def test_two_sources_build_with_counts_source_column_and_resume(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.fakes import FakeSampler
+
+    whole = build(
+        _two_sources(tmp_path, tmp_path / "a"),
+        tmp_path,
+        quiet=True,
+        sampler=FakeSampler(_fake_answers),
+    )
+    pens, more = whole.manifest.sources
+    assert (pens.name, more.name) == ("pens", "more")
+    assert (pens.counts.read, pens.counts.duplicate_within, pens.counts.kept) == (7, 1, 6)
+    assert (more.counts.read, more.counts.duplicate_across) == (7, 2)
+    assert (more.counts.limited, more.counts.kept) == (2, 3)
+    assert pens.sha256 and more.sha256 and pens.sha256 != more.sha256
+    mixture = _parquet_rows(whole.path, "mixture")
+    prefixes = _parquet_rows(whole.path, "prefixes")
+    assert [r["source"] for r in mixture] == ["pens"] * 6 + ["more"] * 3
+    assert [r["source"] for r in prefixes] == [r["source"] for r in mixture]
+    assert [r["question_id"] for r in mixture][:6] == [f"pens/{i}" for i in range(6)]
+    assert all(r["question_id"].startswith("q-") for r in mixture[6:])
+    assert all(r["question"].startswith("Bob has") for r in prefixes[6:])
+    card = (whole.path / "README.md").read_text()
+    assert "| `more` |    7 |     0 |         0 |                    2 |          2 |" in card
+
+    # Interrupted after two phase-1 shards, then resumed: the questions come from the store
+    # the first run left in the staging folder, and the data equal the uninterrupted build's.
+    class StopsAfter(FakeSampler):
+        def __init__(self) -> None:
+            super().__init__(_fake_answers)
+            self.left = 2
+
+        def generate(self, *args: Any, **kwargs: Any) -> Any:
+            if not self.left:
+                raise _Stops
+            self.left -= 1
+            return super().generate(*args, **kwargs)
+
+    recipe = _two_sources(tmp_path, tmp_path / "b")
+    with pytest.raises(_Stops):
+        build(recipe, tmp_path, quiet=True, sampler=StopsAfter())
+    staging = tmp_path / "b" / "mix" / ".1.0.0.partial"
+    assert (staging / "source" / "questions.json").is_file()
+    with caplog.at_level(logging.INFO, logger="builder.question_store"):
+        resumed = build(recipe, tmp_path, quiet=True, sampler=FakeSampler(_fake_answers))
+    assert "reusing the 9 read by the interrupted build" in caplog.text
+    assert resumed.manifest.resume.prefix_shards_reused == 2
+    assert resumed.manifest.fingerprint == whole.manifest.fingerprint
+    assert resumed.manifest.sources == whole.manifest.sources
+    for config in ("mixture", "prefixes", "traces"):
+        assert _parquet_rows(resumed.path, config) == _parquet_rows(whole.path, config), config
+    assert not staging.exists()
+
+
+def test_a_changed_source_file_is_a_new_build(tmp_path: Path) -> None:
+    from tests.fakes import FakeSampler
+
+    recipe = _two_sources(tmp_path, tmp_path / "out")
+    first = build(recipe, tmp_path, quiet=True, sampler=FakeSampler(_fake_answers))
+    with (tmp_path / "more.csv").open("a") as fh:
+        fh.write("One more question?\n")
+    with pytest.raises(OutputError, match="bump `version`"):
+        build(recipe, tmp_path, quiet=True, sampler=FakeSampler(_fake_answers))
+    assert first.status == "built"
+
+
+@pytest.mark.slow
+def test_two_sources_with_a_real_engine(hf_sampler, smollm2, tmp_path: Path) -> None:
+    """GSM8K test and SVAMP from ../shared/data, the second repeating one of the first's
+    questions, sampled by SmolLM2 (transformers)."""
+    from builder.recipe import parse_recipe
+    from tests.conftest import SHARED_DATA
+
+    gsm8k = json.loads((SHARED_DATA / "gsm8k-test.jsonl").read_text().splitlines()[1])
+    (tmp_path / "extra.jsonl").write_text(
+        json.dumps({"question": gsm8k["question"], "answer": gsm8k["answer"]})
+        + "\n"
+        + json.dumps({"question": "What is 12 times 12?", "answer": "144"})
+        + "\n"
+    )
+    data = demo_recipe(tmp_path / "out", backend="transformers").resolved_dict()
+    del data["source"]
+    data["prefix"]["samples"], data["mixture"]["full_trace_ratio"] = 2, 0.0  # a few seconds
+    data["sources"] = [
+        {"path": str(SHARED_DATA / "gsm8k-test.jsonl"), "answer": "answer", "limit": 2},
+        {"path": str(tmp_path / "extra.jsonl"), "answer": "answer"},
+        {
+            "path": str(SHARED_DATA / "svamp-test.jsonl"),
+            "question": "{Body} {Question}",
+            "answer": "Answer",
+            "id": "ID",
+            "shuffle": True,
+            "limit": 1,
+        },
+    ]
+    result = build(parse_recipe(data), None, quiet=True, sampler=hf_sampler)
+    counts = [(s.name, s.counts.duplicate_across, s.counts.kept) for s in result.manifest.sources]
+    assert counts == [("gsm8k-test", 0, 2), ("extra", 1, 1), ("svamp-test", 0, 1)]
+    mixture = _load(result.path, "mixture")
+    assert mixture["source"] == ["gsm8k-test", "gsm8k-test", "extra", "svamp-test"]
+    assert mixture["question_id"][3].startswith("svamp-test/chal-")
+    assert result.manifest.counts.questions == 4
+    assert len(_load(result.path, "traces")) == 4 * 2

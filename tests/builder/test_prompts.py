@@ -146,8 +146,8 @@ def test_encode_batch_takes_the_rust_route_with_the_same_ids(smollm2):
     assert encode_batch(CharTokenizer(), ["ab"]) == [CharTokenizer().encode("ab")]
 
 
-def test_fit_context_keeps_what_fits_and_encodes_only_long_texts():
-    from builder.prompts import fit_context
+def test_too_long_finds_what_does_not_fit_and_encodes_only_long_texts():
+    from builder.prompts import too_long
     from builder.sources import Question
 
     encoded: list[str] = []
@@ -157,11 +157,11 @@ def test_fit_context_keeps_what_fits_and_encodes_only_long_texts():
         return list(range(10 + len(q.text)))  # 10 template tokens, one per character
 
     qs = [Question("short", "x" * 20), Question("edge", "y" * 30), Question("long", "z" * 31)]
-    kept, skipped = fit_context(qs, prompt, context=48, reserve=8)  # 40 prompt tokens at most
-    assert [q.id for q in kept] == ["short", "edge"] and skipped == ["long"]
+    skipped = too_long(iter(qs), prompt, context=48, reserve=8)  # 40 prompt tokens at most
+    assert [q.id for q in skipped] == ["long"]
     # The empty question measures the template; "short" fits by its byte count alone.
     assert encoded == ["", "edge", "long"]
-    assert fit_context(qs, prompt, context=None, reserve=8) == (qs, [])
+    assert list(too_long(qs, prompt, context=None, reserve=8)) == []
 
 
 def test_model_context_from_the_recipe_or_the_model_config(tmp_path):

@@ -62,9 +62,9 @@ def test_fingerprint_ignores_the_executor(tmp_path: Path) -> None:
     local = demo_recipe(tmp_path)
     ray = demo_recipe(tmp_path, executor={"kind": "ray", "replicas": 4, "address": "auto"})
     info = {"type": "file", "sha256": "0" * 64}
-    assert fingerprint(local, info, "r1") == fingerprint(ray, info, "r1")
+    assert fingerprint(local, [info], "r1") == fingerprint(ray, [info], "r1")
     other = demo_recipe(tmp_path, output={"shard_size": 2})  # shards change samples: counted
-    assert fingerprint(other, info, "r1") != fingerprint(local, info, "r1")
+    assert fingerprint(other, [info], "r1") != fingerprint(local, [info], "r1")
 
 
 def test_cpu_binding_gives_each_replica_its_own_cores() -> None:

@@ -77,7 +77,10 @@ BAD_RECIPES = [
     ),
     pytest.param(
         "name: demo\nversion: 1.0.0\n",
-        ["  - source (recipe.yaml:1): required field is missing"],
+        [
+            "  - (top level) (recipe.yaml:1): a recipe reads its questions from 'source' (one "
+            "question set) or 'sources' (a list of them): set exactly one of the two"
+        ],
         id="missing-source",
     ),
     pytest.param(
@@ -151,6 +154,50 @@ BAD_RECIPES = [
         GOOD + "prefix:\n  vote: mode\n",
         ["  - prefix.vote (recipe.yaml:7): Input should be 'first' or 'majority'"],
         id="unknown-vote",
+    ),
+    pytest.param(
+        GOOD + "  questoin: q\n",
+        ["  - source.questoin (recipe.yaml:6): unknown field; did you mean 'question'?"],
+        id="typo-in-the-source",
+    ),
+    pytest.param(
+        "name: demo\nversion: 1.0.0\nsources:\n- path: a.jsonl\n- path: b.csv\n  anwser: x\n",
+        ["  - sources.1.anwser (recipe.yaml:6): unknown field; did you mean 'answer'?"],
+        id="typo-in-the-second-source",
+    ),
+    pytest.param(
+        GOOD + "sources:\n- path: b.jsonl\n",
+        ["'source' (one question set) or 'sources' (a list of them): set exactly one"],
+        id="source-and-sources",
+    ),
+    pytest.param(
+        "name: demo\nversion: 1.0.0\nsources: []\n",
+        ["  - sources (recipe.yaml:3): List should have at least 1 item after validation"],
+        id="empty-sources",
+    ),
+    pytest.param(
+        "name: demo\nversion: 1.0.0\nsources:\n- path: data/train.jsonl\n- path: b/train.csv\n",
+        [
+            "  - (top level) (recipe.yaml:1): sources.0 and sources.1 are both named 'train'; "
+            "give them different 'name's"
+        ],
+        id="sources-with-the-same-name",
+    ),
+    pytest.param(
+        GOOD + "  name: my set\n",
+        ["name 'my set' must be 1-64 letters, digits, '.', '_' or '-'"],
+        id="bad-source-name",
+    ),
+    pytest.param(
+        GOOD + "  streaming: true\n",
+        ["source (recipe.yaml:3): 'streaming' only applies to a Hub source; remove it"],
+        id="streaming-a-local-file",
+    ),
+    pytest.param(
+        "name: demo\nversion: 1.0.0\nsources:\n- {path: a.jsonl, answer: a}\n"
+        "- {path: b.jsonl}\nlabel_filter: {enabled: true}\n",
+        ["label_filter.enabled needs gold answers: set sources.1.answer to the answer field"],
+        id="label-filter-with-a-source-without-answers",
     ),
     pytest.param(
         GOOD + "label_filter:\n  enabled: true\n",
@@ -430,7 +477,8 @@ def test_demo_recipe_round_trips_through_resolved_yaml(tmp_path: Path) -> None:
     # The resolved file names every field, so it is a complete recipe by itself.
     written = _write(tmp_path, text, "resolved.yaml")
     assert load_recipe(written)[0] == recipe
-    assert list(yaml.safe_load(text)) == list(Recipe.model_fields)
+    # (of `source` and `sources`, the one the recipe uses)
+    assert list(yaml.safe_load(text)) == [f for f in Recipe.model_fields if f != "sources"]
 
 
 def test_non_default_recipe_round_trips(tmp_path: Path) -> None:
@@ -484,3 +532,50 @@ def test_non_default_recipe_round_trips(tmp_path: Path) -> None:
     assert parse_recipe(yaml.safe_load(recipe.to_yaml())) == recipe
     path = _write(tmp_path, recipe.to_yaml())
     assert load_recipe(path)[0] == recipe
+
+
+def test_sources_get_names_and_the_limit_flag_reaches_each(tmp_path: Path) -> None:
+    recipe, _ = load_recipe(
+        _write(
+            tmp_path,
+            """\
+            name: mix
+            version: 1.0.0
+            sources:
+              - path: ../data/gsm8k-test.jsonl
+                limit: 100
+              - hub: ChilleD/SVAMP
+                split: test
+                streaming: true
+              - hub: AI-MO/NuminaMath-1.5
+                name: numina
+            """,
+        )
+    )
+    assert recipe.source is None and recipe.sources is not None
+    assert [s.name for s in recipe.question_sources] == ["gsm8k-test", "SVAMP", "numina"]
+    assert [f for f, _ in recipe.source_fields()] == ["sources.0", "sources.1", "sources.2"]
+    limited = apply_overrides(recipe, limit=5)
+    assert [s.limit for s in limited.question_sources] == [5, 5, 5]
+    # The resolved recipe names every source and writes only the form the recipe used.
+    data = yaml.safe_load(recipe.to_yaml())
+    assert "source" not in data and [s["name"] for s in data["sources"]] == [
+        "gsm8k-test",
+        "SVAMP",
+        "numina",
+    ]
+    assert SourceConfig(hub="AI-MO/NuminaMath-1.5").name == "NuminaMath-1.5"
+    assert SourceConfig(path="my data/set 1.csv").name == "set-1"
+
+
+def test_one_source_or_a_list_of_one_is_the_same_build(tmp_path: Path) -> None:
+    from builder.manifest import fingerprint
+
+    one = parse_recipe(yaml.safe_load(GOOD))
+    data = yaml.safe_load(GOOD)
+    data["sources"] = [data.pop("source")]
+    listed = parse_recipe(data)
+    info = [{"type": "file", "sha256": "0" * 64}]
+    assert fingerprint(one, info, None) == fingerprint(listed, info, None)
+    shuffled = parse_recipe({**data, "sources": [{**data["sources"][0], "shuffle": True}]})
+    assert fingerprint(shuffled, info, None) != fingerprint(listed, info, None)

@@ -47,8 +47,9 @@ def test_shipped_recipe_validates_and_names_its_setting(path):
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
 def test_no_shipped_recipe_samples_an_evaluation_set(path):
     recipe, _ = load_recipe(path)
-    assert recipe.source.split != "test", path.name
-    assert recipe.source.hub not in EVAL_SETS, path.name
+    for source in recipe.question_sources:
+        assert source.split != "test", path.name
+        assert source.hub not in EVAL_SETS, path.name
 
 
 @pytest.mark.parametrize(

@@ -88,7 +88,8 @@ def test_question_longer_than_the_context_is_skipped_and_counted(
     r = recipe(tmp_path, 4, model={"max_model_len": 128})
     with caplog.at_level(logging.WARNING, logger="builder.pipeline"):
         result = build(r, quiet=True, sampler=FakeSampler(script))
-    counts = result.manifest.source.counts
+    (source,) = result.manifest.sources
+    counts = source.counts
     assert (counts.read, counts.too_long, counts.kept) == (14, 1, 13)
     assert result.manifest.counts.questions == 13
     assert "long" not in {row["question_id"] for row in rows(result.path)["prefixes"]}

@@ -16,11 +16,11 @@ import polars as pl
 import pytest
 
 from builder.errors import SourceError
+from builder.manifest_schema import SourceCounts
 from builder.recipe import SourceConfig
 from builder.sources import (
     LoadedSource,
     Question,
-    SourceCounts,
     load_questions,
     normalise,
     question_id,
@@ -41,6 +41,11 @@ def _jsonl(path: Path, rows: list[Any]) -> Path:
 
 def _load(path: Path, **cfg: Any) -> LoadedSource:
     return load_questions(SourceConfig(path=str(path), **cfg))
+
+
+def _counts(**values: int) -> SourceCounts:
+    """Source counts with every number not given at 0."""
+    return SourceCounts.model_validate({**dict.fromkeys(SourceCounts.model_fields, 0), **values})
 
 
 def _hash_id(text: str) -> str:
@@ -71,11 +76,14 @@ def test_local_formats(tmp_path: Path, suffix: str) -> None:
     path = _write_format(tmp_path, suffix)
     loaded = _load(path, answer="answer")
     assert loaded.questions == [
-        Question(_hash_id(r["question"]), r["question"], r["answer"], (f"${r['answer']}$",))
+        Question(
+            _hash_id(r["question"]), r["question"], r["answer"], (f"${r['answer']}$",), "questions"
+        )
         for r in ROWS
     ]
-    assert loaded.counts == SourceCounts(read=3, empty=0, duplicate=0, limited=0, kept=3)
+    assert loaded.counts == _counts(read=3, empty=0, duplicate_within=0, limited=0, kept=3)
     assert loaded.info == {
+        "name": "questions",
         "type": "file",
         "id": None,
         "path": str(path),
@@ -83,6 +91,7 @@ def test_local_formats(tmp_path: Path, suffix: str) -> None:
         "split": None,
         "revision": None,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "streaming": None,
         "question": "question",
         "answer_field": "answer",
         "id_field": None,
@@ -99,7 +108,7 @@ def test_csv_numbers_become_text(tmp_path: Path) -> None:
     path = tmp_path / "nums.csv"
     path.write_text("question,answer,id\nHow many legs has a cat?,4,17\n", encoding="utf-8")
     loaded = _load(path, answer="answer", id="id")
-    assert loaded.questions == [Question("17", "How many legs has a cat?", "4", ("$4$",))]
+    assert loaded.questions == [Question("17", "How many legs has a cat?", "4", ("$4$",), "nums")]
 
 
 def test_relative_path_resolves_against_base_dir(tmp_path: Path) -> None:
@@ -177,11 +186,12 @@ def test_duplicates_and_empties_are_dropped_and_counted(tmp_path: Path) -> None:
     )
     loaded = _load(path, limit=2)
     assert [q.text for q in loaded.questions] == ["What is 2 + 3?", "Half of 18?"]
-    assert loaded.counts == SourceCounts(read=7, empty=2, duplicate=2, limited=1, kept=2)
+    assert loaded.counts == _counts(read=7, empty=2, duplicate_within=2, limited=1, kept=2)
     assert loaded.manifest_entry()["counts"] == {
         "read": 7,
         "empty": 2,
-        "duplicate": 2,
+        "duplicate_within": 2,
+        "duplicate_across": 0,
         "limited": 1,
         "too_long": 0,
         "kept": 2,
@@ -242,14 +252,14 @@ def test_limit_applies_after_shuffle(tmp_path: Path) -> None:
     full = _load(path, shuffle=True, seed=11).questions
     limited = _load(path, shuffle=True, seed=11, limit=5)
     assert limited.questions == full[:5]
-    assert limited.counts == SourceCounts(read=30, empty=0, duplicate=0, limited=25, kept=5)
+    assert limited.counts == _counts(read=30, empty=0, duplicate_within=0, limited=25, kept=5)
     unshuffled = _load(path, limit=4)
     assert [q.text for q in unshuffled.questions] == [f"Question number {i}?" for i in range(4)]
 
 
 def test_limit_above_count_keeps_all(tmp_path: Path) -> None:
     loaded = _load(_many(tmp_path, 3), limit=10)
-    assert loaded.counts == SourceCounts(read=3, empty=0, duplicate=0, limited=0, kept=3)
+    assert loaded.counts == _counts(read=3, empty=0, duplicate_within=0, limited=0, kept=3)
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -347,7 +357,7 @@ def test_gsm8k_test_set() -> None:
     with path.open(encoding="utf-8") as fh:
         first = json.loads(fh.readline())
     loaded = load_questions(SourceConfig(path=str(path), answer="answer", limit=20))
-    assert loaded.counts == SourceCounts(read=1319, empty=0, duplicate=0, limited=1299, kept=20)
+    assert loaded.counts == _counts(read=1319, empty=0, duplicate_within=0, limited=1299, kept=20)
     assert len(loaded.questions) == 20
     assert loaded.questions[0].text == first["question"]
     assert loaded.questions[0].answer == first["answer"]
@@ -608,7 +618,7 @@ def test_whitespace_only_questions_are_skipped_and_counted(tmp_path: Path) -> No
     )
     loaded = _load(path)
     assert [q.text for q in loaded.questions] == ["Real?"]
-    assert loaded.counts == SourceCounts(read=3, empty=2, duplicate=0, limited=0, kept=1)
+    assert loaded.counts == _counts(read=3, empty=2, duplicate_within=0, limited=0, kept=1)
 
 
 # --- Unicode comes back byte for byte ---------------------------------------------------------

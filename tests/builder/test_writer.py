@@ -20,6 +20,7 @@ from builder.writer import (
 
 MIXTURE = {
     "question_id": ["a", "b"],
+    "source": ["gsm8k", "svamp"],
     "kind": ["prefix", "full"],
     "prompt": [[{"role": "user", "content": "A?"}], [{"role": "user", "content": "B?"}]],
     "completion": [
