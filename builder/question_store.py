@@ -465,7 +465,7 @@ class _Partitions:
                 piece = table.slice(int(bounds[p]), int(bounds[p + 1] - bounds[p]))
                 self._held.setdefault(int(p), []).append(piece)
         self._rows += table.num_rows
-        if self._rows >= 16 * BATCH:
+        if self._rows >= 4 * BATCH:  # bounded: a few MiB of rows held
             self._flush()
 
     def _flush(self) -> None:
