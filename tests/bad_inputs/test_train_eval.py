@@ -221,7 +221,7 @@ CASES = [
         "train-parquet-not-a-mixture",
         (
             f"dataset file '{{tmp}}/{MIXTURE}' has no column(s) prompt, completion (it has: "
-            "question_id, kind, num_tokens",
+            "question_id, source, kind, num_tokens",
         ),
         **train(setup=_steps(_version, _mixture_edit(lambda t: t.drop(["prompt", "completion"])))),
     ),
