@@ -493,3 +493,37 @@ def test_two_sources_with_a_real_engine(hf_sampler, smollm2, tmp_path: Path) -> 
     assert mixture["question_id"][3].startswith("svamp-test/chal-")
     assert result.manifest.counts.questions == 4
     assert len(_load(result.path, "traces")) == 4 * 2
+    gold = result.manifest.gold_answers
+    assert gold is not None and gold.field == "gsm8k-test.answer, extra.answer, svamp-test.Answer"
+    assert (gold.with_gold, gold.unparsed) == (4, 0)
+    card = (result.path / "README.md").read_text()
+    assert "| `extra`      |    2 |     0 |         0 |                    1 |" in card
+
+
+def test_a_dry_run_audits_the_gold_answers_of_every_source(tmp_path: Path) -> None:
+    """The audit covers the kept questions of each source with an answer field, named as
+    ``source.field``; a source without one adds nothing."""
+    from builder.pipeline import plan
+    from builder.recipe import parse_recipe
+
+    rows = [{"q": "What is 2 + 2?", "a": "4"}, {"q": "How far is it?", "a": "about 40"}]
+    (tmp_path / "one.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "two.csv").write_text("text,sol\nWhat is 2 + 2?,4\nWhat is 3 + 3?,6 (apples)\n")
+    (tmp_path / "three.jsonl").write_text(json.dumps({"question": "What is 7 + 1?"}) + "\n")
+    recipe = parse_recipe(
+        {
+            "name": "mix",
+            "version": "1.0.0",
+            "sources": [
+                {"path": "one.jsonl", "question": "q", "answer": "a"},
+                {"path": "two.csv", "question": "text", "answer": "sol"},
+                {"path": "three.jsonl"},
+            ],
+        }
+    )
+    p = plan(recipe, tmp_path)
+    assert [s["counts"]["kept"] for s in p["sources"]] == [2, 1, 1]
+    gold = p["gold_answers"]
+    assert (gold["field"], gold["pattern"]) == ("one.a, two.sol", None)
+    assert (gold["with_gold"], gold["unparsed"]) == (3, 1)
+    assert [e["answer"] for e in gold["examples"]] == ["about 40"]

@@ -393,11 +393,19 @@ REAL = {
 
 
 def _recipe(out: Path, backend: str, ray: bool = False) -> Any:
+    """The demo questions as two sources (the first 6, then 2 more picked by a seeded shuffle of
+    the same file, whose repeats of the first are dropped): Ray builds carry sources too."""
+    from builder.recipe import parse_recipe
+
     sections: dict[str, Any] = {k: dict(v) for k, v in REAL.items()}
     sections["output"]["dir"] = str(out)
     if ray:
         sections["executor"] = {"kind": "ray", "replicas": 2}
-    return demo_recipe(out, backend=backend, **sections)
+    data = demo_recipe(out, backend=backend, **sections).resolved_dict()
+    first = data.pop("source")
+    again = {**first, "name": "again", "limit": 2, "shuffle": True, "seed": 5}
+    data["sources"] = [{**first, "limit": 6}, again]
+    return parse_recipe(data, "test recipe")
 
 
 def _rows(root: Path) -> dict[str, list[dict[str, Any]]]:
@@ -460,6 +468,13 @@ def test_ray_build_equals_the_local_build_transformers(
     result = build(_recipe(tmp_path, "transformers", ray=True), None, quiet=True)
     assert_same_rows(result.path, local_hf)
     ray_m, local_m = _manifest(result.path), _manifest(local_hf)
+    assert [(s["name"], s["counts"]["kept"]) for s in ray_m["sources"]] == [
+        ("demo-questions", 6),
+        ("again", 2),
+    ]
+    assert ray_m["sources"] == local_m["sources"]
+    sources = [r["source"] for r in _rows(result.path)["mixture"]]
+    assert sources == ["demo-questions"] * 6 + ["again"] * 2
     assert ray_m["fingerprint"] == local_m["fingerprint"]
     assert ray_m["resume"] == local_m["resume"]
     assert ray_m["executor"]["kind"] == "ray" and local_m["executor"]["kind"] == "local"
