@@ -11,7 +11,8 @@ source is put in key order through range partitions of its keys, each sorted on 
 :class:`QuestionStore` is the narrow interface the pipeline sees: ``count``, iteration in build
 order (one batch in memory), ``ids()``, and ``without(ids)`` for the questions a build skips.
 A build keeps its store in its staging folder (``<staging>/source/``), where a resumed build
-finds it instead of reading the sources again; ``--dry-run`` keeps nothing but the counts.
+finds it instead of reading the sources again; ``--dry-run`` keeps nothing but the counts, or
+(for its gold-answer audit) the store in a temporary folder.
 """
 
 from __future__ import annotations

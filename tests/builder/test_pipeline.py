@@ -527,3 +527,16 @@ def test_a_dry_run_audits_the_gold_answers_of_every_source(tmp_path: Path) -> No
     assert (gold["field"], gold["pattern"]) == ("one.a, two.sol", None)
     assert (gold["with_gold"], gold["unparsed"]) == (3, 1)
     assert [e["answer"] for e in gold["examples"]] == ["about 40"]
+
+
+def test_a_bad_row_found_while_reading_leaves_no_folder_behind(tmp_path: Path) -> None:
+    from builder.errors import SourceError
+    from tests.fakes import FakeSampler
+
+    recipe = _two_sources(tmp_path, tmp_path / "out")
+    with (tmp_path / "pens.jsonl").open("a") as fh:
+        fh.write(json.dumps({"n": 7, "q": ["not", "text"]}) + "\n")
+    sampler = FakeSampler(_fake_answers)
+    with pytest.raises(SourceError, match=r"pens\.jsonl:8: field 'q' holds a list"):
+        build(recipe, tmp_path, quiet=True, sampler=sampler)
+    assert sampler.calls == [] and not (tmp_path / "out").exists()
