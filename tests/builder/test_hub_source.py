@@ -104,7 +104,7 @@ def test_build_from_hub_source_records_resolved_commit(hub, tmp_path, hf_sampler
 
     recipe, base = load_recipe(_recipe_file(tmp_path, "v1"))
     result = build(recipe, base, quiet=True, sampler=hf_sampler)
-    source = result.manifest.source
+    (source,) = result.manifest.sources
     assert source.type == "hub" and source.id == REPO and source.config == "easy"
     assert source.revision == first  # the tag resolved to its commit id
     assert source.counts.kept == 3

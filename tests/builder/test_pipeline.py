@@ -84,7 +84,7 @@ def test_layout_and_row_counts(built):
         "label_filter_dropped": 0,
         "label_filter_unfiltered": 0,
     }
-    assert manifest["source"]["counts"]["kept"] == BUILD_LIMIT
+    assert manifest["sources"][0]["counts"]["kept"] == BUILD_LIMIT
     assert len(manifest["fingerprint"]) == 64
     # model.dtype auto (the tests' recipe leaves it): this CPU's flags decide, and the manifest
     # says what was chosen and from which flags (AMX CPU: bfloat16; AVX2 or AVX512-BF16 alone:
