@@ -127,12 +127,12 @@ def test_an_older_manifest_says_which_builder_wrote_it(tmp_path: Path) -> None:
         ManifestError,
         match=(
             r"has no manifest_version: it was written by upft builder 0.1.0, before manifests "
-            r"were typed; this upft \(\S+\) reads manifest_version 2; rebuild the version"
+            r"were typed; this upft \(\S+\) reads manifest_version 3; rebuild the version"
         ),
     ):
         Manifest.read(path)
-    newer = dict(_golden(), manifest_version=3)
-    with pytest.raises(ManifestError, match="has manifest_version 3"):
+    newer = dict(_golden(), manifest_version=4)
+    with pytest.raises(ManifestError, match="has manifest_version 4"):
         Manifest.read(_write(tmp_path, newer))
 
 
