@@ -415,12 +415,12 @@ def test_two_sources_build_with_counts_source_column_and_resume(
     card = (whole.path / "README.md").read_text()
     assert "| `more` |    7 |     0 |         0 |                    2 |          2 |" in card
 
-    # Interrupted after two phase-1 shards, then resumed: the questions come from the store
+    # Interrupted after three shards, then resumed: the questions come from the store
     # the first run left in the staging folder, and the data equal the uninterrupted build's.
     class StopsAfter(FakeSampler):
         def __init__(self) -> None:
             super().__init__(_fake_answers)
-            self.left = 2
+            self.left = 3  # phase 2's two shards of fresh full traces come first, then phase 1
 
         def generate(self, *args: Any, **kwargs: Any) -> Any:
             if not self.left:
@@ -436,7 +436,8 @@ def test_two_sources_build_with_counts_source_column_and_resume(
     with caplog.at_level(logging.INFO, logger="builder.question_store"):
         resumed = build(recipe, tmp_path, quiet=True, sampler=FakeSampler(_fake_answers))
     assert "reusing the 9 read by the interrupted build" in caplog.text
-    assert resumed.manifest.resume.prefix_shards_reused == 2
+    assert resumed.manifest.resume.full_shards_reused == 2
+    assert resumed.manifest.resume.prefix_shards_reused == 1
     assert resumed.manifest.fingerprint == whole.manifest.fingerprint
     assert resumed.manifest.sources == whole.manifest.sources
     for config in ("mixture", "prefixes", "traces"):
