@@ -498,7 +498,11 @@ def test_two_sources_with_a_real_engine(hf_sampler, smollm2, tmp_path: Path) -> 
     assert gold is not None and gold.field == "gsm8k-test.answer, extra.answer, svamp-test.Answer"
     assert (gold.with_gold, gold.unparsed) == (4, 0)
     card = (result.path / "README.md").read_text()
-    assert "| `extra`      |    2 |     0 |         0 |                    1 |" in card
+    row = (
+        "| `extra`      |     2 |     0 |         0 |                    1 |          0 |        0 "
+        "|    1 |"
+    )
+    assert row in card  # read 2, 1 of an earlier source, kept 1
 
 
 def test_a_dry_run_audits_the_gold_answers_of_every_source(tmp_path: Path) -> None:
