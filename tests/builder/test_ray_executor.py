@@ -29,6 +29,7 @@ from builder.executor import LocalExecutor, ShardRequest
 from builder.manifest import fingerprint
 from builder.ray_executor import RayExecutor, ReplicaSpec, cpu_binding
 from builder.sampling.base import EngineOptions, Sample, SamplingSettings
+from builder.store import SHARD_SUFFIX
 from tests.conftest import demo_recipe
 from tests.fakes import FakeSampler
 
@@ -532,7 +533,7 @@ def test_a_ray_build_interrupted_then_finished_locally_equals_one_build(
             executor=_executor(recipe, on_submit=interrupt_at_fourth_shard),
         )
     shards = tmp_path / "demo-upft" / ".0.1.0.partial" / "shards"
-    kept = sorted(p.name for p in shards.glob("prefix-*.parquet"))
+    kept = sorted(p.name for p in shards.glob(f"prefix-*{SHARD_SUFFIX}"))
     assert 1 <= len(kept) <= 3, kept
 
     result = build(_recipe(tmp_path, "transformers"), None, quiet=True)  # executor: local

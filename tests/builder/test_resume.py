@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from builder.pipeline import build
+from builder.store import SHARD_SUFFIX
 from tests.conftest import DEMO_RECIPE, demo_recipe
 
 pytestmark = pytest.mark.slow
@@ -45,15 +46,17 @@ def test_killed_build_resumes_without_resampling(tmp_path, hf_sampler):
     )
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and len(list(shards.glob("prefix-*.parquet"))) < 1:
+        while time.monotonic() < deadline and len(list(shards.glob(f"prefix-*{SHARD_SUFFIX}"))) < 1:
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)  # mid-phase-1: at least one shard, not all
     finally:
         proc.wait(timeout=60)
-    done = sorted(p.name for p in shards.glob("prefix-*.parquet"))
+    done = sorted(p.name for p in shards.glob(f"prefix-*{SHARD_SUFFIX}"))
     assert 1 <= len(done) < LIMIT // SHARD, done
-    assert not list(shards.glob("full-*.parquet"))
+    # Fresh full traces are sampled first (phase 2 before phase 1): their one shard is kept.
+    full = sorted(p.name for p in shards.glob(f"full-*{SHARD_SUFFIX}"))
+    assert len(full) == 1, full
     assert not (tmp_path / "out" / "demo-upft" / "0.1.0").exists()  # nothing looks complete
 
     from builder.recipe import load_recipe
@@ -63,10 +66,10 @@ def test_killed_build_resumes_without_resampling(tmp_path, hf_sampler):
     resume = result.manifest.resume
     assert resume.prefix_shards_reused == len(done)
     assert resume.prefix_shards_sampled == LIMIT // SHARD - len(done)
-    # Phase 2 (one shard of full traces) was never reached before the kill.
-    assert resume.full_shards_sampled == 1 and resume.full_shards_reused == 0
+    # Phase 2 (one shard of full traces) ran before phase 1 and is reused.
+    assert resume.full_shards_sampled == 0 and resume.full_shards_reused == 1
     # One engine call per missing shard: nothing already on disk was sampled again.
-    assert result.engine_calls == resume.prefix_shards_sampled + 1
+    assert result.engine_calls == resume.prefix_shards_sampled
 
     import datasets
 

@@ -27,6 +27,7 @@ from builder.errors import ModelError
 from builder.manifest import Manifest
 from builder.pipeline import BuildResult, build
 from builder.prompts import encode_text
+from builder.store import SHARD_SUFFIX
 from tests.conftest import REPO_ROOT, SERVED_KEY_ENV, demo_recipe, served_section
 from tests.served.proxy import FaultProxy
 from tests.served.server import NATIVE_BF16, server_dtype
@@ -228,14 +229,14 @@ def test_kill_9_mid_phase_then_resume_gives_the_same_rows_and_no_key_anywhere(
     shards = tmp_path / "out" / recipe.name / f".{recipe.version}.partial" / "shards"
     first = _cli(path)
     deadline = time.monotonic() + 300
-    while not list(shards.glob("prefix-*.parquet")):
+    while not list(shards.glob(f"prefix-*{SHARD_SUFFIX}")):
         assert first.poll() is None, first.stdout.read().decode()  # type: ignore[union-attr]
         assert time.monotonic() < deadline
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     killed_output = first.communicate()[0].decode()
     assert first.returncode == -signal.SIGKILL
-    assert len(list(shards.glob("prefix-*.parquet"))) == 1  # of 2: killed mid phase 1
+    assert len(list(shards.glob(f"prefix-*{SHARD_SUFFIX}"))) == 1  # of 2: killed mid phase 1
 
     second = _cli(path)
     output = second.communicate(timeout=600)[0].decode()

@@ -17,6 +17,7 @@ import pytest
 from builder.executor import ShardRequest
 from builder.models import resolve_model
 from builder.ray_executor import RayExecutor
+from builder.store import SHARD_SUFFIX
 from tests.conftest import DEMO_RECIPE
 from upft.evaluation import runner
 from upft.evaluation.config import EvalConfig, resolve_config
@@ -123,8 +124,8 @@ def test_a_ray_eval_interrupted_then_finished_locally_equals_one_eval(
     executor.on_submit = interrupt_at_last_prefix_check
     with pytest.raises(_Interrupt):
         runner.evaluate(cfg, quiet=True, executor=executor)
-    kept = sorted(p.name for p in (out / ".shards" / "shards").glob("rows-*.parquet"))
-    assert 1 <= len(kept) <= 2 and "rows-00002.parquet" not in kept, kept
+    kept = sorted(p.name for p in (out / ".shards" / "shards").glob(f"rows-*{SHARD_SUFFIX}"))
+    assert 1 <= len(kept) <= 2 and f"rows-00002{SHARD_SUFFIX}" not in kept, kept
 
     run = runner.evaluate(make_cfg(out, ray=False), quiet=True)
     summary, rows = read(run.path)
