@@ -87,8 +87,10 @@ def format_number(value: int | float | Decimal) -> str:
     return format(number.normalize(), "f")
 
 
-def _kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     """A JSON-ish name for a value's type, for error messages."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, (int, float, Decimal)):
@@ -111,7 +113,7 @@ def _gold_item(value: Any, where: str, field: str) -> str | None:
         except ValueError:
             pass
     raise SourceError(
-        f"{where}: answer field {field!r} holds {_kind(value)} ({value!r:.60}); a gold answer "
+        f"{where}: answer field {field!r} holds {json_kind(value)} ({value!r:.60}); a gold answer "
         "must be a string, a number, or a list of them (any of which is accepted)"
     )
 

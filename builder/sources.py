@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import SourceError
-from builder.gold import format_number, read_gold
+from builder.gold import format_number, json_kind, read_gold
 from builder.manifest_schema import SourceCounts
 from builder.recipe import PLACEHOLDER, SourceConfig
 
@@ -70,21 +70,6 @@ def question_id(text: str) -> str:
     return "q-" + hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()[:16]
 
 
-def _kind(value: Any) -> str:
-    """A JSON-ish name for a value's type, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float, Decimal)):
-        return "a number"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return f"a {type(value).__name__}"
-
-
 def _field_text(value: Any, where: str, what: str, numbers: bool, field: str = "source") -> str:
     """The text of a question field: strings as they are, null as empty."""
     if value is None:
@@ -97,7 +82,8 @@ def _field_text(value: Any, where: str, what: str, numbers: bool, field: str = "
         except ValueError:
             pass
     raise SourceError(
-        f"{where}: {what} holds {_kind(value)} ({value!r:.60}), not text; point {field}.question "
+        f"{where}: {what} holds {json_kind(value)} ({value!r:.60}), not text; "
+        f"point {field}.question "
         "at a text field (a template such as '{a} {b}' may also use numbers)"
     )
 
@@ -125,7 +111,7 @@ def _row_id(value: Any, where: str, name: str, field: str = "source") -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise SourceError(
-        f"{where}: id field {name!r} holds {_kind(value)} ({value!r:.60}); ids must be "
+        f"{where}: id field {name!r} holds {json_kind(value)} ({value!r:.60}); ids must be "
         f"non-empty strings or integers -- fix {field}.id, or remove it to hash the questions"
     )
 
