@@ -43,7 +43,7 @@ from builder.sampling.vllm import (
     choose_seeding,
     eager_rank_counts,
 )
-from tests.conftest import demo_recipe
+from tests.conftest import BUILD_OVERRIDES, demo_recipe
 from tests.fakes import CharTokenizer, fake_model_dir
 
 # --- compile choice ---------------------------------------------------------------------------
@@ -455,11 +455,16 @@ class _Interrupted(Exception):
 
 
 class _StopsAfter(Sampler):
-    """The real engine, interrupted after ``calls`` generate calls (a killed build)."""
+    """The real engine, interrupted at its next prefix call after ``prefix_calls`` of them.
 
-    def __init__(self, inner: Sampler, calls: int) -> None:
+    Full-trace calls (phase 2, which the driver runs first) pass through: how many of them a
+    build makes depends on how many traces hit max_tokens and are re-sampled, so only prefix
+    calls (max_tokens == the prefix length) count towards the interruption.
+    """
+
+    def __init__(self, inner: Sampler, prefix_calls: int, prefix_length: int) -> None:
         super().__init__(inner.settings)
-        self.inner, self.left = inner, calls
+        self.inner, self.left, self.prefix_length = inner, prefix_calls, prefix_length
 
     @property
     def tokenizer(self) -> Any:
@@ -475,9 +480,10 @@ class _StopsAfter(Sampler):
         max_tokens: int,
         progress: ProgressFn | None = None,
     ) -> list[list[Sample]]:
-        if self.left == 0:
-            raise _Interrupted
-        self.left -= 1
+        if max_tokens == self.prefix_length:
+            if self.left == 0:
+                raise _Interrupted
+            self.left -= 1
         self.inner.settings = self.settings
         return self.inner.generate(prompts, n, max_tokens, progress)
 
@@ -490,13 +496,16 @@ def test_resumed_vllm_build_equals_uninterrupted(vllm_sampler: Sampler, tmp_path
         return demo_recipe(out, limit=8, mixture={"full_trace_ratio": 0.5})
 
     whole = build(recipe(tmp_path / "whole"), None, quiet=True, sampler=vllm_sampler)
-    # Interrupted after the first of two phase-1 shards, then resumed with another call order
+    # Interrupted after the first of two prefix shards, then resumed with another call order
     # behind the engine (the unrelated call below moves its random stream on).
+    stops = _StopsAfter(vllm_sampler, 1, BUILD_OVERRIDES["prefix"]["length"])
     with pytest.raises(_Interrupted):
-        build(recipe(tmp_path / "resumed"), None, quiet=True, sampler=_StopsAfter(vllm_sampler, 1))
+        build(recipe(tmp_path / "resumed"), None, quiet=True, sampler=stops)
     vllm_sampler.generate(_prompts(vllm_sampler, SHARD_A), 4, 8)
     resumed = build(recipe(tmp_path / "resumed"), None, quiet=True, sampler=vllm_sampler)
     assert resumed.manifest.resume.prefix_shards_reused == 1
+    assert resumed.manifest.resume.prefix_shards_sampled == 1
+    assert resumed.manifest.resume.full_shards_reused == 1
     for config in ("mixture", "prefixes", "traces"):
         a = sorted((whole.path / "data" / config).glob("*.parquet"))
         b = sorted((resumed.path / "data" / config).glob("*.parquet"))
