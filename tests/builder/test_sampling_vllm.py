@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,7 +25,6 @@ from builder.errors import RecipeError, SamplingError
 from builder.phases import try_phase, try_seed
 from builder.recipe import parse_recipe
 from builder.sampling.base import (
-    ProgressFn,
     Sample,
     Sampler,
     SamplingSettings,
@@ -43,7 +41,7 @@ from builder.sampling.vllm import (
     choose_seeding,
     eager_rank_counts,
 )
-from tests.conftest import BUILD_OVERRIDES, demo_recipe
+from tests.conftest import demo_recipe
 from tests.fakes import CharTokenizer, fake_model_dir
 
 # --- compile choice ---------------------------------------------------------------------------
@@ -448,65 +446,3 @@ def test_eager_engine_ranks_sampled_tokens_without_torch_compile(
     original = getattr(compiled, "_torchdynamo_orig_callable", compiled)
     x = torch.randn(4, 50)
     assert original(x, x[:, :1]).tolist() == eager_rank_counts(x, x[:, :1]).tolist()
-
-
-class _Interrupted(Exception):
-    pass
-
-
-class _StopsAfter(Sampler):
-    """The real engine, interrupted at its next prefix call after ``prefix_calls`` of them.
-
-    Full-trace calls (phase 2, which the driver runs first) pass through: how many of them a
-    build makes depends on how many traces hit max_tokens and are re-sampled, so only prefix
-    calls (max_tokens == the prefix length) count towards the interruption.
-    """
-
-    def __init__(self, inner: Sampler, prefix_calls: int, prefix_length: int) -> None:
-        super().__init__(inner.settings)
-        self.inner, self.left, self.prefix_length = inner, prefix_calls, prefix_length
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.inner.tokenizer
-
-    def engine_info(self) -> dict[str, Any]:
-        return self.inner.engine_info()
-
-    def generate(
-        self,
-        prompts: Sequence[list[int]],
-        n: int,
-        max_tokens: int,
-        progress: ProgressFn | None = None,
-    ) -> list[list[Sample]]:
-        if max_tokens == self.prefix_length:
-            if self.left == 0:
-                raise _Interrupted
-            self.left -= 1
-        self.inner.settings = self.settings
-        return self.inner.generate(prompts, n, max_tokens, progress)
-
-
-@pytest.mark.slow
-def test_resumed_vllm_build_equals_uninterrupted(vllm_sampler: Sampler, tmp_path: Path) -> None:
-    from builder.pipeline import build
-
-    def recipe(out: Path) -> Any:
-        return demo_recipe(out, limit=8, mixture={"full_trace_ratio": 0.5})
-
-    whole = build(recipe(tmp_path / "whole"), None, quiet=True, sampler=vllm_sampler)
-    # Interrupted after the first of two prefix shards, then resumed with another call order
-    # behind the engine (the unrelated call below moves its random stream on).
-    stops = _StopsAfter(vllm_sampler, 1, BUILD_OVERRIDES["prefix"]["length"])
-    with pytest.raises(_Interrupted):
-        build(recipe(tmp_path / "resumed"), None, quiet=True, sampler=stops)
-    vllm_sampler.generate(_prompts(vllm_sampler, SHARD_A), 4, 8)
-    resumed = build(recipe(tmp_path / "resumed"), None, quiet=True, sampler=vllm_sampler)
-    assert resumed.manifest.resume.prefix_shards_reused == 1
-    assert resumed.manifest.resume.prefix_shards_sampled == 1
-    assert resumed.manifest.resume.full_shards_reused == 1
-    for config in ("mixture", "prefixes", "traces"):
-        a = sorted((whole.path / "data" / config).glob("*.parquet"))
-        b = sorted((resumed.path / "data" / config).glob("*.parquet"))
-        assert a and [p.read_bytes() for p in a] == [p.read_bytes() for p in b], config
