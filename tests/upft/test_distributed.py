@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 BATCH = 4
-STEPS = 3
+STEPS = 2
 FLAGS = [
     "--model", "embedded:smollm2", "--max-steps", str(STEPS), "--batch-size", str(BATCH),
     "--micro-batch-size", "1", "--learning-rate", "5e-5", "--warmup-ratio", "0",

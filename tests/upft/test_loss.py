@@ -407,13 +407,14 @@ def max_relative_gap(found: dict[str, Any], expected: dict[str, Any]) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["example", "token"])
 def test_packed_and_padded_real_smollm2_steps_agree(
-    tmp_path: Path, smollm2: Any, tokenizer: Any, mixture: list[dict[str, Any]], mode: str
+    tmp_path: Path, smollm2: Any, tokenizer: Any, mixture: list[dict[str, Any]]
 ) -> None:
     """One real SmolLM2 step on a long full trace and three prefixes: micro-batch 1 x
     accumulation 4, all four packed into one micro-batch, and packed with a budget that puts
-    the full trace alone give the same loss and the same gradient of every weight."""
+    the full trace alone give the same loss and the same gradient of every weight. In the
+    default averaging (per example): the token mode's sums under packing are the same code
+    path, checked in both modes on the tiny model (test_packed_step_equals_the_padded_step)."""
     import copy
 
     from upft.data import encode_rows, turn_end
@@ -424,6 +425,7 @@ def test_packed_and_padded_real_smollm2_steps_agree(
     encoded, _ = encode_rows([full, *prefixes], tokenizer, turn_end(tokenizer), 1024)
     lengths = [len(e["input_ids"]) for e in encoded]
     start = load_model(smollm2, resolve_config(None, {"dataset": "a/b", "output": "o"}))
+    mode = "example"
     one, cap_one = train(copy.deepcopy(start), encoded, tmp_path / "u", 1, 4, mode, lr="1e-30")
     reference, [loss] = cap_one.grads[0], logged_losses(one)
     del one, cap_one

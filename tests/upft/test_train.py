@@ -3,17 +3,15 @@
 One 10-step full fine-tune (through the click command) is shared by the tests of this module:
 the loss on a fixed batch falls, the weights change, the model learns to end its turn right
 after a prefix under the prefix instruction (and not at that depth of a full trace), and the
-folder reloads and generates with transformers and (in a subprocess) with vLLM. A 2-step
-LoRA run checks the merged output.
+folder reloads and generates with transformers. (That a trained folder loads and generates in
+vLLM is proven by ``tests/upft/evaluation/test_e2e.py``, whose ``upft-train --eval`` evaluates
+it with the vLLM engine.) A 2-step LoRA run checks the merged output.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +60,13 @@ def manifest(demo_build: Path) -> dict[str, Any]:
 
 
 def load(path: str) -> Any:
+    """The model in float32: the embedded SmolLM2 folder is stored in bfloat16, which a CPU
+    without native bfloat16 computes many times slower. The upcast is exact, so unchanged
+    weights still compare equal."""
+    import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path).eval()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
 def batch_loss(model: Any, batch: dict[str, Any]) -> float:
@@ -262,25 +264,6 @@ def test_reloads_and_generates_with_transformers(trained: Path, tuned_model: Any
     new = out[0, ids.shape[1] :].tolist()
     assert 1 <= len(new) <= 12
     assert str(tok.decode(new, skip_special_tokens=True)).strip()
-
-
-def test_generates_with_vllm(trained: Path) -> None:
-    script = Path(__file__).with_name("vllm_generate.py")
-    prompts = [[{"role": "user", "content": "What is 12 * 7?"}],
-               [{"role": "user", "content": "Name a prime number."}]]  # fmt: skip
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-    proc = subprocess.run(
-        [sys.executable, str(script), str(trained), json.dumps(prompts)],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("UPFT-RESULT "))
-    outputs = json.loads(line.removeprefix("UPFT-RESULT "))["outputs"]
-    assert len(outputs) == 2
-    for item in outputs:
-        assert 1 <= len(item["token_ids"]) <= 24
-        assert item["finish_reason"] in ("stop", "length")
-        assert item["text"].strip()
 
 
 def test_lora_run_saves_a_merged_model(tmp_path: Path, demo_build: Path, base_model: Any) -> None:

@@ -1,13 +1,14 @@
 """upft-eval end to end with the real vLLM engine and SmolLM2, as a user runs it.
 
 Every command runs as its own process (vLLM engines stay out of the test process):
-``upft-eval`` on 16 SVAMP questions from ../shared/data with the embedded model; a re-run with
-vLLM, transformers and torch made unimportable (so it provably loads no model); a 10-step
-``upft-train --eval`` on the demo build, which evaluates the trained folder on the same
+``upft-eval`` on the demo build's own 8 questions with the embedded model; a re-run with vLLM,
+transformers and torch made unimportable (so it provably loads no model); a 10-step
+``upft-train --eval`` on the demo build, which evaluates the trained folder with vLLM on the same
 questions and writes its card; ``upft-eval compare`` of the two. Accuracy cannot show a gain
-with this model (about 4% on SVAMP), so the last test asserts the prefix behaviour instead: on
-the build's own questions, under the prefix instruction, the trained model stops within
-L + slack tokens far more often than the base model.
+with this model, so the last test asserts the prefix behaviour the two evals measured: under the
+prefix instruction, the trained model stops within L + slack tokens far more often than the
+base model. (The question template of a field-less file, ``{Body} {Question}`` on SVAMP, runs
+through a real engine in ``test_served_eval.py``.)
 """
 
 from __future__ import annotations
@@ -25,25 +26,21 @@ import pytest
 
 from builder.cpu import engine_dtype
 from tests.conftest import DEMO_RECIPE
-from tests.upft.evaluation.conftest import SVAMP, svamp_rows
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-QUESTIONS = 16
+# The demo build's questions (tests/conftest.py builds the first 8 of the demo recipe's file):
+# the prefix check on them shows what training on their prefixes taught.
+DATA = DEMO_RECIPE.parent / "data" / "demo-questions.jsonl"
+QUESTIONS = 8
 PREFIX_LENGTH = 16  # the demo build's L (tests/conftest.py BUILD_OVERRIDES)
-MAX_TOKENS = 160
+MAX_TOKENS = 64
 ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 DATA_FLAGS = [
-    "--data", str(SVAMP), "--question", "{Body} {Question}", "--answer", "Answer",
-    "--id-field", "ID", "--limit", str(QUESTIONS), "--max-tokens", str(MAX_TOKENS),
-    "--prefix-length", str(PREFIX_LENGTH), "--compile", "eager", "--cpu-kvcache-gib", "1",
-]  # fmt: skip
-# The demo build's questions (tests/conftest.py builds the first 8 of the demo recipe's file).
-DEMO_FLAGS = [
-    "--data", str(DEMO_RECIPE.parent / "data" / "demo-questions.jsonl"), "--answer", "answer",
-    "--id-field", "id", "--limit", "8", "--max-tokens", "32",
-    "--prefix-length", str(PREFIX_LENGTH), "--compile", "eager", "--cpu-kvcache-gib", "1",
+    "--data", str(DATA), "--answer", "answer", "--id-field", "id", "--limit", str(QUESTIONS),
+    "--max-tokens", str(MAX_TOKENS), "--prefix-length", str(PREFIX_LENGTH),
+    "--compile", "eager", "--cpu-kvcache-gib", "1",
 ]  # fmt: skip
 # A short run with a high learning rate: 10 steps are enough to teach the model to end its turn
 # after the prefix under the instruction (greedy decoding needs the end-of-turn token to win).
@@ -83,8 +80,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, demo_build: Path, base: Pa
     config = folder / "eval.yaml"
     config.write_text(
         "model: {compile: eager, cpu_kvcache_gib: 1}\n"
-        f"data: {{path: {SVAMP}, question: '{{Body}} {{Question}}', answer: Answer, id: ID, "
-        f"limit: {QUESTIONS}}}\n"
+        f"data: {{path: {DATA}, answer: answer, id: id, limit: {QUESTIONS}}}\n"
         f"generation: {{max_tokens: {MAX_TOKENS}}}\n"
         f"prefix_check: {{length: {PREFIX_LENGTH}}}\n"
         f"base: {base}\n"
@@ -97,7 +93,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, demo_build: Path, base: Pa
 
 def test_eval_of_the_embedded_model(base: Path) -> None:
     summary, rows = read(base)
-    assert [r["id"] for r in rows] == [r["ID"] for r in svamp_rows(QUESTIONS)]
+    assert [r["id"] for r in rows] == [f"demo-{i:03d}" for i in range(1, QUESTIONS + 1)]
     assert summary["counts"]["questions"] == QUESTIONS == len(rows)
     assert summary["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / QUESTIONS)
     lo, hi = summary["accuracy_ci95"]
@@ -116,7 +112,7 @@ def test_eval_of_the_embedded_model(base: Path) -> None:
         assert r["prompt"].endswith("<|im_start|>assistant\n")
         assert 0 < r["prefix"]["tokens"] <= PREFIX_LENGTH + 8
     assert summary["model"]["spec"] == "embedded:smollm2" and summary["model"]["folder_sha256"]
-    assert summary["data"]["sha256"] == hashlib.sha256(SVAMP.read_bytes()).hexdigest()
+    assert summary["data"]["sha256"] == hashlib.sha256(DATA.read_bytes()).hexdigest()
     assert summary["settings"]["temperature"] == 0.0
     assert summary["throughput"]["tokens_per_s"] > 0
     assert summary["environment"]["vllm-cpu"] or summary["environment"]["vllm"]
@@ -149,17 +145,21 @@ def test_rerun_loads_no_model(base: Path, tmp_path: Path) -> None:
 def test_compare_and_card(base: Path, trained: Path) -> None:
     from huggingface_hub import ModelCard
 
-    tuned = trained / "eval" / "svamp-test"
+    tuned = trained / "eval" / "demo-questions"
     sb, _ = read(base)
     st, rows = read(tuned)
     assert st["model"]["path"] == str(trained.resolve())
     assert st["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / QUESTIONS)
+    # The trained folder loads and generates in vLLM (the engine users serve it with).
+    assert st["model"]["backend"] == "vllm" and st["model"]["engine"]["dtype"]
+    assert st["environment"]["vllm-cpu"] or st["environment"]["vllm"]
+    assert len(rows) == QUESTIONS and all(0 < r["tokens"] <= MAX_TOKENS for r in rows)
 
     proc = run("upft-eval", "compare", str(base), str(tuned))
     lines = [x for x in proc.stdout.splitlines() if x.startswith("| ")]
     assert lines[1].startswith("| base |") and "(baseline)" in lines[1]
     cells = [c.strip() for c in lines[2].split("|")]
-    assert cells[1] == f"{trained.name}/svamp-test"
+    assert cells[1] == f"{trained.name}/demo-questions"
     accuracy = float(cells[3].split()[0])
     delta = float(re.match(r"([+-][\d.]+) \[", cells[4]).group(1))  # type: ignore[union-attr]
     assert accuracy == pytest.approx(100 * st["accuracy"], abs=0.051)
@@ -169,7 +169,7 @@ def test_compare_and_card(base: Path, trained: Path) -> None:
     results = card.data.eval_results
     assert [r.metric_type for r in results] == ["accuracy"]
     assert results[0].metric_value == pytest.approx(round(100 * st["accuracy"], 2))
-    assert results[0].dataset_name == "svamp-test" and results[0].task_type == "text-generation"
+    assert results[0].dataset_name == "demo-questions" and results[0].task_type == "text-generation"
     index = card.data.to_dict()["model-index"]
     assert index[0]["name"] == trained.name
     assert index[0]["results"][0]["metrics"][0]["value"] == results[0].metric_value
@@ -178,15 +178,14 @@ def test_compare_and_card(base: Path, trained: Path) -> None:
     assert "Difference:" in text
 
 
-def test_prefix_behaviour_after_training(trained: Path, tmp_path: Path) -> None:
+def test_prefix_behaviour_after_training(base: Path, trained: Path) -> None:
     """Under the prefix instruction, the trained model stops within L + slack tokens on the
     build's questions far more often than the base model (which never does)."""
     shares = {}
-    for name, model in (("base", "embedded:smollm2"), ("trained", str(trained))):
-        out = tmp_path / name
-        run("upft-eval", "--model", model, *DEMO_FLAGS, "--output", str(out), "--quiet")
+    for name, out in (("base", base), ("trained", trained / "eval" / "demo-questions")):
         summary, rows = read(out)
         pb = summary["prefix_behaviour"]
+        assert (pb["length"], pb["slack"]) == (PREFIX_LENGTH, 8)
         limit = PREFIX_LENGTH + 8
         stopped = [
             r["prefix"]["finish_reason"] == "stop" and r["prefix"]["tokens"] <= limit for r in rows

@@ -22,7 +22,7 @@ from tests.upft.evaluation.conftest import SVAMP
 BIN = Path(sys.executable).parent
 FLAGS = [
     "--data", str(SVAMP), "--question", "{Body} {Question}", "--answer", "Answer",
-    "--id-field", "ID", "--limit", "6", "--max-tokens", "64", "--prefix-length", "8",
+    "--id-field", "ID", "--limit", "6", "--max-tokens", "32", "--prefix-length", "8",
     "--quiet",
 ]  # fmt: skip
 
