@@ -1,4 +1,5 @@
-"""Trainer-only fixtures: the SmolLM2 tokenizer and a hand-made UPFT version folder.
+"""Trainer-only fixtures: the SmolLM2 tokenizer, a hand-made UPFT version folder, and one real
+training run with its evals.
 
 End-to-end training tests use the real build (``demo_build`` in tests/conftest.py). The data
 and mask tests use the folder made here, whose rows are fully under the test's control: GSM8K
@@ -7,15 +8,24 @@ with the real SmolLM2 tokenizer so that ``num_tokens`` is exact, the solutions s
 sampled traces (long full traces included). It is laid out as ``upft-build`` writes it:
 README.md with ``configs:`` front matter, ``data/<config>/*.parquet``, ``manifest.json``,
 ``recipe.yaml``.
+
+``demo_base_eval`` and ``demo_trained`` run ``upft-eval`` and ``upft-train --eval`` as a user
+does (own processes, vLLM) on the demo build, once per session: test_train.py and
+evaluation/test_e2e.py check the same run.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import DEMO_RECIPE
 
 # ../shared/data next to the repository root
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k-test.jsonl"
@@ -168,3 +178,74 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> 
     LlamaForCausalLM(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
+
+
+# --- one training run and base eval shared by test_train.py and evaluation/test_e2e.py ---------
+
+BIN = Path(sys.executable).parent
+# The demo build's questions (tests/conftest.py builds the first 8 of the demo recipe's file):
+# the prefix check on them shows what training on their prefixes taught.
+EVAL_DATA = DEMO_RECIPE.parent / "data" / "demo-questions.jsonl"
+EVAL_QUESTIONS = 8
+EVAL_PREFIX_LENGTH = 16  # the demo build's L (tests/conftest.py BUILD_OVERRIDES)
+EVAL_MAX_TOKENS = 64
+EVAL_ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+EVAL_FLAGS = [
+    "--data", str(EVAL_DATA), "--answer", "answer", "--id-field", "id",
+    "--limit", str(EVAL_QUESTIONS), "--max-tokens", str(EVAL_MAX_TOKENS),
+    "--prefix-length", str(EVAL_PREFIX_LENGTH),
+    "--compile", "eager", "--cpu-kvcache-gib", "1",
+]  # fmt: skip
+# A short run with a high learning rate: 10 steps are enough to teach the model to end its turn
+# after the prefix under the instruction (greedy decoding needs the end-of-turn token to win).
+TRAIN_FLAGS = [
+    "--max-steps", "10", "--batch-size", "2", "--micro-batch-size", "2",
+    "--learning-rate", "3e-4", "--max-length", "512", "--seed", "0", "--quiet",
+]  # fmt: skip
+
+
+def run_command(
+    command: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [str(BIN / command), *args],
+        capture_output=True,
+        text=True,
+        env=env or EVAL_ENV,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, f"{command} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def demo_base_eval(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``upft-eval`` of the embedded SmolLM2 (vLLM, its own process) on the demo questions."""
+    out = tmp_path_factory.mktemp("evals") / "base"
+    proc = run_command(
+        "upft-eval", "--model", "embedded:smollm2", *EVAL_FLAGS, "--output", str(out), "--quiet"
+    )
+    assert proc.stdout.splitlines()[-1] == str(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_trained(
+    tmp_path_factory: pytest.TempPathFactory, demo_build: Path, demo_base_eval: Path
+) -> Path:
+    """One 10-step ``upft-train --eval`` (its own process) on the demo build, shared by
+    test_train.py (the trained folder, its summary, card and learning) and
+    evaluation/test_e2e.py (its vLLM eval, card and prefix behaviour)."""
+    folder = tmp_path_factory.mktemp("runs")
+    config = folder / "eval.yaml"
+    config.write_text(
+        "model: {compile: eager, cpu_kvcache_gib: 1}\n"
+        f"data: {{path: {EVAL_DATA}, answer: answer, id: id, limit: {EVAL_QUESTIONS}}}\n"
+        f"generation: {{max_tokens: {EVAL_MAX_TOKENS}}}\n"
+        f"prefix_check: {{length: {EVAL_PREFIX_LENGTH}}}\n"
+        f"base: {demo_base_eval}\n"
+    )
+    out = folder / "demo"
+    run_command("upft-train", "--dataset", str(demo_build), "--model", "embedded:smollm2",
+        "--output", str(out), *TRAIN_FLAGS, "--eval", str(config))  # fmt: skip
+    return out

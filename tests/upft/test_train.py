@@ -1,7 +1,8 @@
 """End-to-end training on CPU with the real SmolLM2 on a real build (``demo_build``).
 
-One 10-step full fine-tune (through the click command) is shared by the tests of this module:
-the loss on a fixed batch falls, the weights change, the model learns to end its turn right
+One 10-step full fine-tune is shared by the tests of this module (the session's ``upft-train
+--eval`` run, ``demo_trained`` in tests/upft/conftest.py, which evaluation/test_e2e.py checks
+too): the loss on a fixed batch falls, the weights change, the model learns to end its turn right
 after a prefix under the prefix instruction (and not at that depth of a full trace), and the
 folder reloads and generates with transformers. (That a trained folder loads and generates in
 vLLM is proven by ``tests/upft/evaluation/test_e2e.py``, whose ``upft-train --eval`` evaluates
@@ -24,11 +25,7 @@ from upft.config import resolve_config
 pytestmark = pytest.mark.slow
 
 IM_END = 2
-STEPS = 10
-FLAGS = [
-    "--max-steps", str(STEPS), "--batch-size", "2", "--micro-batch-size", "2",
-    "--learning-rate", "5e-5", "--max-length", "512", "--seed", "0", "--quiet",
-]  # fmt: skip
+STEPS = 10  # the shared run's (tests/upft/conftest.py TRAIN_FLAGS)
 
 
 def train(*args: str) -> Any:
@@ -38,11 +35,8 @@ def train(*args: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, demo_build: Path) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "demo"
-    train("--dataset", str(demo_build), "--model", "embedded:smollm2", "--output", str(out),
-          *FLAGS)  # fmt: skip
-    return out
+def trained(demo_trained: Path) -> Path:
+    return demo_trained
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +137,7 @@ def test_output_folder(
     }
 
     config = resolve_config(trained / "train_config.yaml", {})
-    assert (config.learning_rate, config.batch_size, config.max_steps) == (5e-5, 2, STEPS)
+    assert (config.learning_rate, config.batch_size, config.max_steps) == (3e-4, 2, STEPS)
     assert config.bf16 is (expected.name == "bf16")  # written resolved, as is packing
     assert config.packing is True
     assert config.dataset == str(demo_build)
@@ -157,7 +151,7 @@ def test_model_card(trained: Path, demo_build: Path, rows: list, manifest: dict)
     n_prefix = sum(1 for r in rows if r["kind"] == "prefix")
     expected = f"{n_prefix} prefix + {len(rows) - n_prefix} full trace = {len(rows)}"
     assert f"| Examples | {expected} |" in card
-    assert "| learning rate | `5e-05` |" in card
+    assert "| learning rate | `0.0003` |" in card
     assert "| schedule | `constant_with_warmup, warm-up ratio 0.03` |" in card
     assert (
         "| effective batch | `2 examples = 2 per process x 1 process(es), packed into "

@@ -17,45 +17,21 @@ import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from builder.cpu import engine_dtype
-from tests.conftest import DEMO_RECIPE
+from tests.upft.conftest import EVAL_DATA as DATA
+from tests.upft.conftest import EVAL_ENV as ENV
+from tests.upft.conftest import EVAL_FLAGS as DATA_FLAGS
+from tests.upft.conftest import EVAL_MAX_TOKENS as MAX_TOKENS
+from tests.upft.conftest import EVAL_PREFIX_LENGTH as PREFIX_LENGTH
+from tests.upft.conftest import EVAL_QUESTIONS as QUESTIONS
+from tests.upft.conftest import run_command as run
 
 pytestmark = pytest.mark.slow
-
-BIN = Path(sys.executable).parent
-# The demo build's questions (tests/conftest.py builds the first 8 of the demo recipe's file):
-# the prefix check on them shows what training on their prefixes taught.
-DATA = DEMO_RECIPE.parent / "data" / "demo-questions.jsonl"
-QUESTIONS = 8
-PREFIX_LENGTH = 16  # the demo build's L (tests/conftest.py BUILD_OVERRIDES)
-MAX_TOKENS = 64
-ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-DATA_FLAGS = [
-    "--data", str(DATA), "--answer", "answer", "--id-field", "id", "--limit", str(QUESTIONS),
-    "--max-tokens", str(MAX_TOKENS), "--prefix-length", str(PREFIX_LENGTH),
-    "--compile", "eager", "--cpu-kvcache-gib", "1",
-]  # fmt: skip
-# A short run with a high learning rate: 10 steps are enough to teach the model to end its turn
-# after the prefix under the instruction (greedy decoding needs the end-of-turn token to win).
-TRAIN_FLAGS = [
-    "--max-steps", "10", "--batch-size", "2", "--micro-batch-size", "2",
-    "--learning-rate", "3e-4", "--max-length", "512", "--seed", "0", "--quiet",
-]  # fmt: skip
-
-
-def run(command: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [str(BIN / command), *args], capture_output=True, text=True, env=env or ENV, timeout=1800
-    )
-    assert proc.returncode == 0, f"{command} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    return proc
 
 
 def read(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -65,30 +41,13 @@ def read(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("evals") / "base"
-    proc = run(
-        "upft-eval", "--model", "embedded:smollm2", *DATA_FLAGS, "--output", str(out), "--quiet"
-    )
-    assert proc.stdout.splitlines()[-1] == str(out)
-    return out
+def base(demo_base_eval: Path) -> Path:
+    return demo_base_eval
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, demo_build: Path, base: Path) -> Path:
-    folder = tmp_path_factory.mktemp("runs")
-    config = folder / "eval.yaml"
-    config.write_text(
-        "model: {compile: eager, cpu_kvcache_gib: 1}\n"
-        f"data: {{path: {DATA}, answer: answer, id: id, limit: {QUESTIONS}}}\n"
-        f"generation: {{max_tokens: {MAX_TOKENS}}}\n"
-        f"prefix_check: {{length: {PREFIX_LENGTH}}}\n"
-        f"base: {base}\n"
-    )
-    out = folder / "demo"
-    run("upft-train", "--dataset", str(demo_build), "--model", "embedded:smollm2",
-        "--output", str(out), *TRAIN_FLAGS, "--eval", str(config))  # fmt: skip
-    return out
+def trained(demo_trained: Path) -> Path:
+    return demo_trained
 
 
 def test_eval_of_the_embedded_model(base: Path) -> None:
