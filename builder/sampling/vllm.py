@@ -297,7 +297,9 @@ class VLLMSampler(Sampler):
         s = self.settings
         params_type = self._params_type
         if params_type is None:
-            from vllm import SamplingParams as params_type
+            from vllm import SamplingParams
+
+            params_type = SamplingParams
         return params_type(
             n=n,
             temperature=s.temperature,
