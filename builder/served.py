@@ -50,6 +50,16 @@ SERVED_FIELDS = (
     "request_timeout_s",
     "max_retries",
 )
+# The model section's settings of an engine in this process; a served model has none here.
+ENGINE_FIELDS = (
+    "dtype",
+    "max_model_len",
+    "tensor_parallel_size",
+    "gpu_memory_utilization",
+    "cpu_kvcache_gib",
+    "kv_block_size",
+    "compile",
+)
 # How the server is reached, not what it samples: left out of fingerprints.
 TRANSPORT_FIELDS = (
     "base_url",
@@ -210,6 +220,7 @@ def resolve_served(recipe: Any) -> tuple[Any, dict[str, str], Any]:
     from builder.resolve import NEUTRAL_DECODING
 
     m = recipe.model
+    warn_unused_engine_settings(m)
     tok = tokenizer_model(m)
     gen = local_generation_config(tok.path)
     s = recipe.sampling
@@ -291,12 +302,35 @@ def wants_messages(model: Any) -> bool:
     return getattr(model, "backend", None) == "openai" and getattr(model, "endpoint", "") == "chat"
 
 
+def unused_engine_settings(model: BaseModel) -> list[str]:
+    """``name=value`` of each engine setting that ``model`` moves off its default: with
+    ``backend: openai`` no engine starts here, so none of them changes what the server does."""
+    fields = type(model).model_fields
+    return [
+        f"{name}={getattr(model, name)!r}"
+        for name in ENGINE_FIELDS
+        if name in fields and getattr(model, name) != fields[name].default
+    ]
+
+
+def warn_unused_engine_settings(model: BaseModel) -> None:
+    """One warning line naming the engine settings a served model's section sets in vain."""
+    unused = unused_engine_settings(model)
+    if unused:
+        logger.warning(
+            "model %s not used with backend 'openai': the server computes as it was started "
+            "(set them where it is launched, e.g. vllm serve --dtype ...)",
+            ", ".join(unused),
+        )
+
+
 def served_identity(model: Any) -> tuple[Any, dict[str, Any]]:
     """For ``upft-eval --backend openai``: the ResolvedModel its tokenizer comes from, and what
     identifies the evaluated model (the served name at the endpoint; no weights are read here,
     so the fingerprint names the model by ``model.id`` and ``revision``)."""
     from builder.sampling.openai_client import public_url
 
+    warn_unused_engine_settings(model)
     tok = tokenizer_model(model)
     name = model.served_name or model.id
     ident = {

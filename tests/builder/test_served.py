@@ -18,7 +18,12 @@ from builder.pipeline import build
 from builder.recipe import apply_overrides, parse_recipe
 from builder.sampling import make_sampler
 from builder.sampling.openai import ServedEngine, ServedSpec
-from builder.served import resolve_served, served_settings, tokenizer_model
+from builder.served import (
+    resolve_served,
+    served_settings,
+    tokenizer_model,
+    unused_engine_settings,
+)
 from builder.served_executor import ServedExecutor
 from tests.conftest import demo_recipe
 from tests.fakes import CharTokenizer, fake_model_dir
@@ -34,6 +39,26 @@ def _recipe(**model: Any) -> dict[str, Any]:
         "source": {"path": "q.jsonl"},
         "model": {"backend": "openai", "base_url": URL, "served_name": "m", **model},
     }
+
+
+def test_engine_settings_of_a_served_model_are_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from upft.evaluation.config import ModelSection
+
+    assert unused_engine_settings(parse_recipe(_recipe()).model) == []
+    recipe = parse_recipe(_recipe(dtype="float32", max_model_len=2048, cpu_kvcache_gib=2))
+    # cpu_kvcache_gib 2 is the default: only what moves off a default is named
+    assert unused_engine_settings(recipe.model) == ["dtype='float32'", "max_model_len=2048"]
+    section = ModelSection(backend="openai", base_url=URL, compile="eager")
+    assert unused_engine_settings(section) == ["compile='eager'"]
+    folder = fake_model_dir(tmp_path, None)
+    with caplog.at_level("WARNING", logger="builder.served"):
+        resolve_served(parse_recipe(_recipe(dtype="bfloat16", tokenizer=str(folder))))
+    assert [r.getMessage() for r in caplog.records if r.name == "builder.served"] == [
+        "model dtype='bfloat16' not used with backend 'openai': the server computes as it was "
+        "started (set them where it is launched, e.g. vllm serve --dtype ...)"
+    ]
 
 
 def test_served_fields_follow_the_engine_fields_and_only_for_a_served_model() -> None:
