@@ -121,6 +121,24 @@ def batch_counts(batch: dict[str, Any]) -> list[Any]:
 COUNTS = ("examples", "supervised_tokens", "input_tokens", "positions", "passes")
 
 
+def step_totals(
+    parts: list[dict[str, Any]], device: Any, accelerator: Any, world_size: int
+) -> tuple[Any, int]:
+    """The ``COUNTS`` of one optimizer step's micro-batches summed over all processes, as one
+    tensor (the last entry: forward passes), and the forward passes of the busiest process."""
+    import torch
+
+    totals = torch.zeros(len(COUNTS), dtype=torch.long, device=device)
+    for part in parts:
+        totals[:-1] += torch.stack(batch_counts(part)).to(device)
+    totals[-1] = len(parts)
+    if world_size == 1:
+        return totals, len(parts)
+    # every process divides by the global count
+    gathered = accelerator.gather(totals.reshape(1, -1)).reshape(-1, len(totals))
+    return gathered.sum(0), int(gathered[:, -1].max())
+
+
 def trainer_class() -> type:
     """``UpftTrainer``: transformers' ``Trainer`` with the loss above (imported lazily)."""
     import torch
@@ -162,14 +180,7 @@ def trainer_class() -> type:
                 except StopIteration:  # the last optimizer step of an epoch may be short
                     break
             parts = [part for batch in batches for part in micro_batches(batch)]
-            totals = torch.zeros(len(COUNTS), dtype=torch.long, device=device)
-            for part in parts:
-                totals[:-1] += torch.stack(batch_counts(part)).to(device)
-            totals[-1] = len(parts)
-            most = len(parts)  # forward passes of the busiest process
-            if self.args.world_size > 1:  # every process divides by the global count
-                gathered = self.accelerator.gather(totals.reshape(1, -1)).reshape(-1, len(totals))
-                totals, most = gathered.sum(0), int(gathered[:, -1].max())
+            totals, most = step_totals(parts, device, self.accelerator, self.args.world_size)
             if self.even_micro_batches and batches and MICRO_BATCHES in batches[-1]:
                 from upft.packing import empty_micro_batch
 
