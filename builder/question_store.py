@@ -336,7 +336,7 @@ def _collect(sources: list[OpenedSource], work: Path, keep: bool) -> Collected:
         c.duplicate_within = chosen.duplicate_within[s]
         c.duplicate_across = chosen.duplicate_across[s]
         c.limited = chosen.limited[s]
-        c.kept = read_kept = int(chosen.kept.get(plans[s].start, plans[s].stop).sum())
+        c.kept = read_kept = chosen.kept.count(plans[s].start, plans[s].stop)
         assert read_kept == (
             c.read - c.empty - c.duplicate_within - c.duplicate_across - c.limited
         ), "internal: source counts do not add up"
@@ -440,7 +440,7 @@ class _Partitions:
     enough to sort one by one: key order is then the file order and each file's sorted rows."""
 
     def __init__(self, work: Path, plan: SourcePlan, kept: Any) -> None:
-        count = int(kept.get(plan.start, plan.stop).sum())
+        count = kept.count(plan.start, plan.stop)
         parts = 1
         while parts < _MAX_PARTS and parts * _PART_ROWS < count:
             parts *= 2

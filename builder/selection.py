@@ -69,6 +69,12 @@ class Bitmap:
         bits = np.unpackbits(self.bits[first : (stop + 7) >> 3], bitorder="little")
         return bits[start - 8 * first : stop - 8 * first].astype(bool)
 
+    def count(self, start: int, stop: int, chunk: int = 1 << 20) -> int:
+        """How many bits of ``start..stop-1`` are set (a chunk of booleans at a time)."""
+        return sum(
+            int(self.get(lo, min(lo + chunk, stop)).sum()) for lo in range(start, stop, chunk)
+        )
+
     def put(self, start: int, stop: int, values: np.ndarray) -> None:
         """Overwrite the bits of ``start..stop-1`` (the bits around them are kept)."""
         first, last = start >> 3, (stop + 7) >> 3

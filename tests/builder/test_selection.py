@@ -156,3 +156,11 @@ def test_bitmap_ranges_across_byte_boundaries() -> None:
     bits.set(np.arange(21))
     bits.keep_first(2, 19, 5, chunk=4)  # 2..6 stay, 7..18 go; outside the range untouched
     assert np.flatnonzero(bits.get(0, 21)).tolist() == [0, 1, 2, 3, 4, 5, 6, 19, 20]
+
+
+def test_bitmap_counts_a_range_chunk_by_chunk() -> None:
+    bits = Bitmap(100)
+    bits.set(np.array([0, 7, 8, 50, 99]))
+    assert bits.count(0, 100) == 5
+    assert bits.count(1, 99, chunk=3) == 3  # 7, 8 and 50, over chunks that split bytes
+    assert bits.count(8, 9) == 1 and bits.count(9, 9) == 0
