@@ -30,6 +30,7 @@ packed >= 2x the examples/s of mb1 on (a).
 
     python bench/packing.py --dataset out/demo-upft/0.1.0
     python bench/packing.py --quick      # 16 demo examples, 16 synthetic, one round
+    python bench/packing.py --skip-demo  # mixture (b) only
 """
 
 from __future__ import annotations
@@ -271,6 +272,7 @@ def main(argv: list[str]) -> int:
         help="also pack with these micro_batch_tokens budgets",
     )
     ap.add_argument("--skip-long", action="store_true", help="only the demo mixture")
+    ap.add_argument("--skip-demo", action="store_true", help="only the long-trace mixture")
     args = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.ERROR)
@@ -290,9 +292,10 @@ def main(argv: list[str]) -> int:
     arms = ["mb1", "padded8", "packed"] + [f"packed{b}" for b in args.budgets]
     steps = 2 if args.quick else None
     try:
-        demo = args.dataset or build_demo(work / "demo", 16 if args.quick else None)
-        print(f"(a) demo UPFT mixture: {demo}")
-        run_mixture("(a) demo", demo, arms, 1 if args.quick else args.rounds, work, steps)
+        if not args.skip_demo:
+            demo = args.dataset or build_demo(work / "demo", 16 if args.quick else None)
+            print(f"(a) demo UPFT mixture: {demo}")
+            run_mixture("(a) demo", demo, arms, 1 if args.quick else args.rounds, work, steps)
         if not args.skip_long:
             questions = 16 if args.quick else args.long_questions
             long = long_trace_mixture(work / "long" / "0.0.0", questions)

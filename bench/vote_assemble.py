@@ -26,11 +26,16 @@ solutions (tokenised with SmolLM2's tokenizer) with the structure real samples h
 stem, a few branches, then each sample's own continuation, some ending early), and their text.
 It prepares a few distinct shards of samples once and hands them out in turn (by the shard's
 prompts), so it costs next to nothing per call. Questions come from a generator, as a streaming
-source would give them; everything else is the builder's code path.
+source would give them, or with ``--from-file`` from a JSON Lines file written before the child
+process starts and read through the builder's own source stage (``builder.question_store
+.collect``: chunked reading, de-duplication, the kept questions stored in the staging folder and
+read back a batch at a time), so that peak RSS includes the source stage as a real build's does;
+everything else is the builder's code path.
 
     python bench/vote_assemble.py                    # 100k, 400k, 1.6M questions
     python bench/vote_assemble.py --quick            # 10k, 40k, 160k
     python bench/vote_assemble.py --sizes 100000 --overlap
+    python bench/vote_assemble.py --from-file        # with the source stage, from a file
 """
 
 from __future__ import annotations
@@ -183,6 +188,18 @@ class SyntheticQuestions:
             yield Question(f"q{i:08d}", f"{self.pool[i % len(self.pool)]} (variant {i})")
 
 
+def write_questions(path: Path, count: int, pool: list[str]) -> None:
+    """The generator's questions as a JSON Lines file (id + question), streamed to disk."""
+    with path.open("w", encoding="utf-8") as fh:
+        for q in SyntheticQuestions(count, pool):
+            fh.write(json.dumps({"id": q.id, "question": q.text}) + "\n")
+
+
+def gsm8k_questions() -> list[str]:
+    """The GSM8K train questions the stub's prompts are made from (no tokenizer needed)."""
+    return [json.loads(line)["question"] for line in (SHARED_DATA / "gsm8k-train.jsonl").open()]
+
+
 class Setup:
     """The tokenizer, the stub's material and the prompts, loaded once per process."""
 
@@ -204,14 +221,17 @@ class Setup:
         return [self.prompts[int(q.id[1:]) % len(self.prompts)] for q in shard]
 
 
-def recipe_for(args: argparse.Namespace) -> Any:
+def recipe_for(args: argparse.Namespace, path: Path | None = None) -> Any:
     from builder.recipe import parse_recipe
 
+    source = {"path": str(path or "synthetic.jsonl"), "question": "question"}
+    if path is not None:
+        source["id"] = "id"
     return parse_recipe(
         {
             "name": "bench-stream",
             "version": "0.0.1",
-            "source": {"path": "synthetic.jsonl", "question": "question"},
+            "source": source,
             "prefix": {
                 "length": args.length,
                 "samples": args.samples,
@@ -224,23 +244,39 @@ def recipe_for(args: argparse.Namespace) -> Any:
 
 
 def build_rows(
-    args: argparse.Namespace, setup: Setup, questions: int, executor: Any, work: Path
+    args: argparse.Namespace,
+    setup: Setup,
+    questions: int,
+    executor: Any,
+    work: Path,
+    source: Path | None = None,
 ) -> dict[str, Any]:
-    """Phase 2, then phase 1 with its shards chosen and written beside it (as a build runs);
-    returns seconds per stage, the counts and the parquet size."""
+    """(With ``source``: the source stage,) phase 2, then phase 1 with its shards chosen and
+    written beside it (as a build runs); returns seconds per stage, the counts and the parquet
+    size."""
     from builder.mixture import full_trace_share
     from builder.overlap import ShardWorkers
     from builder.phases import PhaseRunner, Shards, sample_full_traces
+    from builder.pipeline import open_sources
+    from builder.question_store import collect
     from builder.release import Assembler
     from builder.store import ShardStore
     from builder.writer import open_release
 
-    recipe = recipe_for(args)
-    shards = Shards(SyntheticQuestions(questions, setup.pool_q), questions, args.shard_size)
+    recipe = recipe_for(args, source)
     store = ShardStore(work / ".0.0.1.partial", "bench")
+    seconds: dict[str, float] = {}
+    found = None
+    if source is None:
+        shards = Shards(SyntheticQuestions(questions, setup.pool_q), questions, args.shard_size)
+    else:
+        mark = time.monotonic()
+        found = collect(open_sources(recipe, None), store.staging / "source")
+        assert found.store is not None and found.store.count == questions, found.kept
+        shards = Shards(found.store, found.store.count, args.shard_size)
+        seconds["source"] = time.monotonic() - mark
     runner = PhaseRunner(executor, store, True)
     executor.prepare()
-    seconds: dict[str, float] = {}
     started = time.monotonic()
     share = full_trace_share((q.id for q in shards.questions()), args.full_ratio, 0)
     full = shards.select(lambda q: q.id in share, share.size)
@@ -268,8 +304,10 @@ def build_rows(
     mark = time.monotonic()
     release = assembler.close()
     seconds["close files"] = time.monotonic() - mark
-    seconds["total"] = time.monotonic() - started
+    seconds["total"] = time.monotonic() - started  # the source stage is timed on its own
     files = sum(p.stat().st_size for p in writer.root.rglob("*.parquet"))
+    if found is not None:
+        found.close()
     store.close()
     return {
         "seconds": seconds,
@@ -292,7 +330,9 @@ def run_one(args: argparse.Namespace, questions: int) -> dict[str, Any]:
     rss_ready = current_rss_mib()
     work = Path(tempfile.mkdtemp(prefix="upft-bench-stream-", dir=args.tmp))
     try:
-        got = build_rows(args, setup, questions, LocalExecutor(sampler=sampler), work)
+        got = build_rows(
+            args, setup, questions, LocalExecutor(sampler=sampler), work, args.questions_file
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     trace_rows = got["counts"]["trace_rows"]
@@ -395,6 +435,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--overlap", action="store_true", help="then the Ray overlap check")
     ap.add_argument("--rate", type=float, default=None, help="stub tokens/s per replica")
     ap.add_argument("--tmp", type=Path, default=None, help="where the work files go")
+    ap.add_argument(
+        "--from-file",
+        action="store_true",
+        help="read the questions from a JSON Lines file through the builder's source stage",
+    )
+    ap.add_argument("--questions-file", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--overlap-one", type=float, nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -411,9 +457,21 @@ def main(argv: list[str]) -> int:
         f"(<= {args.full_tokens} tokens), shard size {args.shard_size}, vote "
         f"{'majority' if args.samples > 1 else 'first'}; stub engine"
     )
+    if args.from_file:
+        print("source  : a JSON Lines file per size, read through builder.question_store.collect")
     results = []
     for size in sizes:
-        results.append(_child(["--one", str(size)], args))
+        extra = ["--one", str(size)]
+        data = None
+        if args.from_file:
+            data = Path(tempfile.mkdtemp(prefix="upft-bench-source-", dir=args.tmp)) / "q.jsonl"
+            write_questions(data, size, gsm8k_questions())
+            extra += ["--questions-file", str(data)]
+        try:
+            results.append(_child(extra, args))
+        finally:
+            if data is not None:
+                shutil.rmtree(data.parent, ignore_errors=True)
         r = results[-1]
         print(
             f"{size:>10,} questions: {r['rows_per_s']:>8,} trace rows/s "
