@@ -32,7 +32,7 @@ each of its N samples would prefill it again).
 Kept on purpose (issue 20, "public APIs"): an eager CPU engine swaps vLLM's torch.compile'd
 rank helper, which costs seconds at every engine start and has no public switch, for
 :func:`eager_rank_counts` during its own calls only; a vLLM that renames the helper fails a
-fast test (tests/builder/test_sampling_vllm.py) and logs a warning here.
+fast test (tests/builder/sampling/test_vllm.py) and logs a warning here.
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ def test_faults_are_retried_and_give_the_same_rows(
     # The probe's two POSTs pass; the next three, of phase 1's first sampling requests (sent
     # together), fail one way each and are sent again with their own seeds. The "drop" one is
     # computed by the server and lost on the way back. (A reply slower than the client's timeout
-    # is retried the same way: tests/builder/test_sampling_openai_client.py, without waiting
+    # is retried the same way: tests/builder/sampling/test_openai_client.py, without waiting
     # out a real timeout here.)
     fresh.schedule(None, None, "429", "500", "drop")
     faulty = build(served_recipe(tmp_path, fresh.base_url), None, quiet=True)
