@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +149,12 @@ def _is_hub_id(spec: str) -> bool:
 
 
 def _show(text: str) -> str:
-    """Template text with control characters escaped (a newline shows as ``\\n``)."""
-    return text.encode("unicode_escape").decode("ascii")
+    """Template text with control characters escaped (a newline shows as ``\\n``); other
+    characters, non-ASCII ones included (DeepSeek's ``<｜end▁of▁sentence｜>``), stay as they are."""
+    return "".join(
+        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" else c
+        for c in text
+    )
 
 
 def _effective_batch(config: TrainConfig, summary: dict[str, Any]) -> str:

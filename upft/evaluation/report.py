@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -281,7 +282,7 @@ def card_block(
         )
         lines.append("")
     lines.append(
-        f"Zero-shot, {how}, max_tokens {s['max_tokens']}, the model's chat template"
+        f"Zero-shot, {how}, max_tokens {s['max_tokens']}, {s['chat_template']} chat template"
         + (f", system prompt `{s['system_prompt']}`" if s["system_prompt"] else "")
         + "; answers checked with math-verify. Measured with `upft-eval` (eval fingerprint "
         f"`{summary['fingerprint'][7:19]}`)."
@@ -290,6 +291,8 @@ def card_block(
 
 
 _SECTION = "## Evaluation"
+# The section's own heading line: not "### Evaluation during training", not "## Evaluation results".
+_SECTION_LINE = re.compile(r"^## Evaluation[ \t]*$", re.MULTILINE)
 
 
 def _replace_block(body: str, key: str, block: str) -> str:
@@ -298,8 +301,9 @@ def _replace_block(body: str, key: str, block: str) -> str:
     if begin in body and end in body:
         head, rest = body.split(begin, 1)
         return head + marked + rest.split(end, 1)[1]
-    if _SECTION in body:
-        head, rest = body.split(_SECTION, 1)
+    found = _SECTION_LINE.search(body)
+    if found is not None:
+        head, rest = body[: found.start()], body[found.end() :]
         nxt = rest.find("\n## ")
         if nxt < 0:
             return f"{head}{_SECTION}{rest.rstrip()}\n\n{marked}\n"
