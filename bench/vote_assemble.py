@@ -61,9 +61,15 @@ END = -1
 VARIANTS = 4  # distinct shards of samples the stub prepares per (size, n, max_tokens)
 
 
+def gsm8k_rows() -> list[dict[str, Any]]:
+    """GSM8K train (question, answer) rows: the questions and solutions the stub works from."""
+    with (SHARED_DATA / "gsm8k-train.jsonl").open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
 def load_pool(tokenizer: Any, limit_len: int) -> tuple[list[str], list[list[int]]]:
     """GSM8K train questions and tokenised solutions (the source of real ids)."""
-    rows = [json.loads(line) for line in (SHARED_DATA / "gsm8k-train.jsonl").open()]
+    rows = gsm8k_rows()
     ids = tokenizer([r["answer"] for r in rows], add_special_tokens=False)["input_ids"]
     return [r["question"] for r in rows], [list(x[:limit_len]) for x in ids]
 
@@ -193,11 +199,6 @@ def write_questions(path: Path, count: int, pool: list[str]) -> None:
     with path.open("w", encoding="utf-8") as fh:
         for q in SyntheticQuestions(count, pool):
             fh.write(json.dumps({"id": q.id, "question": q.text}) + "\n")
-
-
-def gsm8k_questions() -> list[str]:
-    """The GSM8K train questions the stub's prompts are made from (no tokenizer needed)."""
-    return [json.loads(line)["question"] for line in (SHARED_DATA / "gsm8k-train.jsonl").open()]
 
 
 class Setup:
@@ -465,7 +466,7 @@ def main(argv: list[str]) -> int:
         data = None
         if args.from_file:
             data = Path(tempfile.mkdtemp(prefix="upft-bench-source-", dir=args.tmp)) / "q.jsonl"
-            write_questions(data, size, gsm8k_questions())
+            write_questions(data, size, [r["question"] for r in gsm8k_rows()])
             extra += ["--questions-file", str(data)]
         try:
             results.append(_child(extra, args))
